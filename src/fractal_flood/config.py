@@ -1,0 +1,100 @@
+"""Typed model configurations and named presets. Each is saved into every checkpoint."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+
+@dataclass
+class RendererConfig:
+    """The shared-weight bidirectional renderer (``FractalDiffusionModel``).
+
+    ``levels`` comes from the tokenizer: one ``[num_conditions, num_targets, max_len]`` per
+    expansion step, top to bottom, so a deeper hierarchy needs no code change.
+    """
+
+    levels: list = field(default_factory=list)
+    n_layers: int = 6
+    d_model: int = 256
+    n_heads: int = 8
+    timesteps: int = 100  # T of the discrete noise process
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RendererConfig":
+        return cls(**_known(cls, d))
+
+
+@dataclass
+class CausalLMConfig:
+    """A GPT-2 shaped causal transformer: the manager (over roots) or the AR peer (over chunks)."""
+
+    vocab_size: int = 2048
+    n_layers: int = 4
+    d_model: int = 128
+    n_heads: int = 4
+    context: int = 256  # attention window in tokens
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "CausalLMConfig":
+        return cls(**_known(cls, d))
+
+
+@dataclass
+class Preset:
+    """Sizes and training schedule for one named preset."""
+
+    name: str
+    renderer: dict
+    manager: dict
+    peer: dict
+    num_chunks: int = 1024
+    num_roots: int = 2048
+    renderer_steps: int = 2400
+    renderer_batch: int = 1024  # per step, half per level
+    manager_steps: int = 3000
+    peer_steps: int = 3000
+    lm_batch: int = 64
+    lr: float = 1e-3
+    energy_weight: float = 1.0
+
+
+PRESETS: dict[str, Preset] = {
+    # Seconds on a CPU: for tests and smoke runs.
+    "tiny": Preset(
+        name="tiny",
+        renderer=dict(n_layers=2, d_model=64, n_heads=4),
+        manager=dict(n_layers=2, d_model=64, n_heads=4, context=64),
+        peer=dict(n_layers=2, d_model=64, n_heads=4, context=64),
+        num_chunks=128, num_roots=192,
+        renderer_steps=300, renderer_batch=128,
+        manager_steps=200, peer_steps=200, lm_batch=16, lr=3e-3,
+    ),
+    # The seed's sizes (DESIGN.md): renderer 6x256x8, manager 4x128; AR peer = renderer size.
+    "seed": Preset(
+        name="seed",
+        renderer=dict(n_layers=6, d_model=256, n_heads=8),
+        manager=dict(n_layers=4, d_model=128, n_heads=4, context=256),
+        peer=dict(n_layers=6, d_model=256, n_heads=8, context=256),
+    ),
+}
+
+
+def get_preset(name: str) -> Preset:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown preset {name!r} (choose from: {', '.join(PRESETS)})") from None
+
+
+def _known(cls, d: dict) -> dict:
+    names = {f.name for f in fields(cls)}
+    unknown = set(d) - names
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} fields: {sorted(unknown)}")
+    return dict(d)

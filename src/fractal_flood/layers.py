@@ -1,0 +1,94 @@
+"""Transformer building blocks shared by the renderer and the causal models.
+
+GPT-2 shaped (pre-LayerNorm, fused qkv ``c_attn``, GELU-tanh MLP ``c_fc``/``c_proj``) so a
+causal model maps one-to-one onto Hugging Face's ``GPT2LMHeadModel`` for the bench.
+Attention goes through ``scaled_dot_product_attention`` (flash / memory-efficient kernels).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class KVCache(nn.Module):
+    """Preallocated keys and values, written in place (module buffers, so a captured CUDA
+    graph sees the same memory every step)."""
+
+    def __init__(self, batch: int, heads: int, length: int, head_dim: int,
+                 dtype: torch.dtype, device: torch.device | str | None = None):
+        super().__init__()
+        shape = (batch, heads, length, head_dim)
+        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+
+    def update(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+        # input_pos: (T,) positions being written; k, v: (B, nh, T, hd)
+        self.k.index_copy_(2, input_pos, k.to(self.k.dtype))
+        self.v.index_copy_(2, input_pos, v.to(self.v.dtype))
+        return self.k, self.v
+
+
+class Attention(nn.Module):
+    def __init__(self, d_model: int, n_heads: int):
+        super().__init__()
+        if d_model % n_heads:
+            raise ValueError(f"d_model={d_model} is not divisible by n_heads={n_heads}")
+        self.n_heads = n_heads
+        self.head_dim = d_model // n_heads
+        self.c_attn = nn.Linear(d_model, 3 * d_model)
+        self.c_proj = nn.Linear(d_model, d_model)
+
+    def forward(self, x: torch.Tensor, *, is_causal: bool = False,
+                attn_mask: Optional[torch.Tensor] = None,
+                cache: Optional[KVCache] = None,
+                input_pos: Optional[torch.Tensor] = None) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        # (B, T, C) -> (B, nh, T, hd)
+        q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
+        k = k.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
+        v = v.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
+        if cache is not None:
+            k, v = cache.update(input_pos, k, v)
+            k, v = k.to(q.dtype), v.to(q.dtype)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
+                                           is_causal=is_causal and attn_mask is None)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
+        return self.c_proj(y)
+
+
+class MLP(nn.Module):
+    def __init__(self, d_model: int, ratio: int = 4):
+        super().__init__()
+        self.c_fc = nn.Linear(d_model, ratio * d_model)
+        self.c_proj = nn.Linear(ratio * d_model, d_model)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))
+
+
+class Block(nn.Module):
+    def __init__(self, d_model: int, n_heads: int):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(d_model)
+        self.attn = Attention(d_model, n_heads)
+        self.ln_2 = nn.LayerNorm(d_model)
+        self.mlp = MLP(d_model)
+
+    def forward(self, x: torch.Tensor, **attn_kwargs) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), **attn_kwargs)
+        return x + self.mlp(self.ln_2(x))
+
+
+def init_weights(module: nn.Module, n_layers: int) -> None:
+    """GPT-2 initialisation: N(0, 0.02), residual projections scaled by 1/sqrt(2 * layers)."""
+    for name, p in module.named_parameters():
+        if p.dim() >= 2:
+            std = 0.02 / (2 * n_layers) ** 0.5 if name.endswith("c_proj.weight") else 0.02
+            nn.init.normal_(p, mean=0.0, std=std)
+        elif name.endswith("bias"):
+            nn.init.zeros_(p)
