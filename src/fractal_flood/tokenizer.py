@@ -37,6 +37,10 @@ def _chunk_char(chunk_id: int) -> str:
 
 
 def _train_bpe(words: Iterable[str], vocab_size: int, max_len: int, alphabet: Sequence[str]) -> Tokenizer:
+    if max_len == 1:
+        # the trainer's max_token_length does not stop the first merges: a bound of 1 means
+        # no merges at all, so ask for no more tokens than the alphabet
+        vocab_size = len(alphabet)
     tok = Tokenizer(models.BPE())
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
@@ -214,14 +218,14 @@ class HierarchicalTokenizer:
     def expansion_table(self, level: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``(targets, lengths)`` for one level: targets is ``(num_conditions, max_len)``
         int64, padded with the level's pad id; lengths is ``(num_conditions,)``."""
+        if not 0 <= level < len(self.levels):
+            raise ValueError(f"level {level} does not exist (levels: 0..{len(self.levels) - 1})")
         if level not in self._tables:
             spec = self.levels[level]
             if level == 0:
                 rows = self._roots
-            elif level == 1:
-                rows = [[self._char_index[c] for c in s] for s in self._chunks]
             else:
-                raise ValueError(f"level {level} does not exist (levels: 0..{len(self.levels) - 1})")
+                rows = [[self._char_index[c] for c in s] for s in self._chunks]
             table = torch.full((spec.num_conditions, spec.max_len), spec.pad_id, dtype=torch.long)
             lengths = torch.tensor([len(r) for r in rows], dtype=torch.long)
             for i, r in enumerate(rows):

@@ -1,0 +1,98 @@
+"""A GPT-2 shaped causal transformer: the manager (over root ids) and the AR peer (over chunks).
+
+Two forward paths over the same weights:
+
+- ``forward``: full causal attention over the whole input. Training and the reference path.
+- ``forward_cached``: writes keys/values into a preallocated static cache (module buffers,
+  as in gpt-fast) and attends through a boolean mask over the *whole* cache length. Every
+  decode step therefore has the same shapes and touches the same memory, so it can be
+  captured once in a CUDA graph and replayed (``autoregress.ARStream``).
+
+The layout (``wte``, ``wpe``, ``blocks``, ``ln_f``, head tied to ``wte``) maps one-to-one onto
+Hugging Face's ``GPT2LMHeadModel`` (``hf_gpt2.to_hf_gpt2``).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import CausalLMConfig
+from .layers import Block, KVCache, init_weights
+
+
+class CausalLM(nn.Module):
+    def __init__(self, config: CausalLMConfig):
+        super().__init__()
+        self.config = config
+        V, C = config.vocab_size, config.d_model
+        self.wte = nn.Embedding(V, C)
+        self.wpe = nn.Embedding(config.context, C)  # learned absolute positions, as GPT-2
+        self.blocks = nn.ModuleList(Block(C, config.n_heads) for _ in range(config.n_layers))
+        self.ln_f = nn.LayerNorm(C)
+        self.lm_head = nn.Linear(C, V, bias=False)
+        self.lm_head.weight = self.wte.weight  # tied, as GPT-2
+        init_weights(self, config.n_layers)
+        self.kv_caches: Optional[nn.ModuleList] = None  # made by setup_cache
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        """Parameter count (tied head counted once); optionally without the position table."""
+        n = sum(p.numel() for p in self.parameters())
+        return n - self.wpe.weight.numel() if non_embedding else n
+
+    # ---- full causal path (training, reference) -------------------------------------------
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        """idx (B, T) token ids -> logits (B, T, V), causal over the T positions."""
+        B, T = idx.shape
+        if T > self.config.context:
+            raise ValueError(f"sequence of {T} tokens exceeds the context of {self.config.context}")
+        pos = torch.arange(T, device=idx.device)
+        x = self.wte(idx) + self.wpe(pos)  # (B, T, C)
+        for block in self.blocks:
+            x = block(x, is_causal=True)
+        return self.lm_head(self.ln_f(x))  # (B, T, V)
+
+    def loss(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Mean next-token cross-entropy; ``targets`` (B, T) is usually ``idx`` shifted by one."""
+        logits = self(idx)
+        return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1))
+
+    # ---- static KV cache path (decoding) ---------------------------------------------------
+
+    def setup_cache(self, batch: int, dtype: Optional[torch.dtype] = None,
+                    device: torch.device | str | None = None) -> None:
+        """Allocate one ``context``-long KV cache per block, plus the causal mask over it.
+
+        The buffers are non-persistent (not in ``state_dict``). Calling again replaces them;
+        one cache per model, so one decoding stream per model at a time.
+        """
+        cfg = self.config
+        dtype = dtype or self.wte.weight.dtype
+        device = device if device is not None else self.wte.weight.device
+        hd = cfg.d_model // cfg.n_heads
+        self.kv_caches = nn.ModuleList(
+            KVCache(batch, cfg.n_heads, cfg.context, hd, dtype, device) for _ in self.blocks)
+        L = cfg.context
+        # mask[p, j] is True where a query at position p may see cache slot j (j <= p). Slots
+        # above p may hold stale keys from before a window slide; the mask hides them.
+        mask = torch.ones(L, L, dtype=torch.bool, device=device).tril()
+        self.register_buffer("cache_mask", mask, persistent=False)
+
+    def forward_cached(self, idx: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+        """idx (B, T) at positions input_pos (T,) long -> logits (B, T, V).
+
+        Writes keys/values of these positions into the cache in place, then each query
+        attends to every cache slot at or before its own position. Shapes depend only on
+        (B, T), never on the position, so a T = 1 step is CUDA-graph capturable.
+        """
+        if self.kv_caches is None:
+            raise RuntimeError("call setup_cache(batch, dtype, device) before forward_cached")
+        x = self.wte(idx) + self.wpe(input_pos)  # (B, T, C)
+        mask = self.cache_mask[input_pos][None, None]  # (1, 1, T, L), broadcast over B, nh
+        for block, cache in zip(self.blocks, self.kv_caches):
+            x = block(x, attn_mask=mask, cache=cache, input_pos=input_pos)
+        return self.lm_head(self.ln_f(x))  # (B, T, V)

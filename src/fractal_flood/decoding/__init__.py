@@ -1,0 +1,24 @@
+"""Decoders: the sequential baseline and the Flash Flood (best-of-K and adaptive)."""
+
+from .base import DecodeOptions, Decoder
+from .flood import FlashFloodDecoder
+from .result import LevelStats, RenderResult
+from .sequential import SequentialDecoder
+
+DECODERS = ("flood", "adaptive", "sequential")
+
+
+def make_decoder(name: str, model, alphabet: str, options: DecodeOptions | None = None,
+                 autocast_dtype=None) -> Decoder:
+    """Build a decoder by name: ``flood`` (best-of-K), ``adaptive`` or ``sequential``."""
+    if name == "flood":
+        return FlashFloodDecoder(model, alphabet, options, autocast_dtype=autocast_dtype)
+    if name == "adaptive":
+        return FlashFloodDecoder(model, alphabet, options, autocast_dtype=autocast_dtype, adaptive=True)
+    if name == "sequential":
+        return SequentialDecoder(model, alphabet, options, autocast_dtype=autocast_dtype)
+    raise ValueError(f"unknown decoder {name!r} (choose from: {', '.join(DECODERS)})")
+
+
+__all__ = ["DecodeOptions", "Decoder", "FlashFloodDecoder", "SequentialDecoder", "LevelStats",
+           "RenderResult", "DECODERS", "make_decoder"]

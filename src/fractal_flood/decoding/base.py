@@ -1,0 +1,58 @@
+"""The interface every decoder implements, and the options they share."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..renderer import FractalDiffusionModel
+from .expand import Expander
+from .result import RenderResult
+
+
+@dataclass
+class DecodeOptions:
+    k: int = 1  # best-of-K candidates per item (flood)
+    threshold: float = 0.5  # accept a draw whose energy is below this (sequential, adaptive)
+    max_tries: int = 10  # draws per item before keeping the best (sequential, adaptive)
+    temperature: float = 0.0  # 0 = argmax; > 0 samples the renderer (diverse candidates)
+    seed: int = 0
+    max_batch: int = 65536  # sequences per forward pass: bounds memory for any number of roots
+
+    def validate(self) -> "DecodeOptions":
+        if int(self.k) != self.k or self.k < 1:
+            raise ValueError(f"k must be an integer >= 1, got {self.k}")
+        if int(self.max_tries) != self.max_tries or self.max_tries < 1:
+            raise ValueError(f"max_tries must be an integer >= 1, got {self.max_tries}")
+        if not self.threshold == self.threshold:  # NaN
+            raise ValueError("threshold must be a number, got NaN")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if self.max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {self.max_batch}")
+        return self
+
+
+class Decoder:
+    """Renders root ids to text with a trained renderer. Subclasses choose candidates."""
+
+    name = "base"
+
+    def __init__(self, model: FractalDiffusionModel, alphabet: str, options: DecodeOptions | None = None,
+                 autocast_dtype: torch.dtype | None = None):
+        self.model = model
+        self.alphabet = alphabet
+        self.options = (options or DecodeOptions()).validate()
+        self.expander = Expander(model, self.options.seed, self.options.temperature, autocast_dtype)
+        self.device = self.expander.device
+
+    def render(self, root_ids) -> RenderResult:
+        raise NotImplementedError
+
+    def _roots_tensor(self, root_ids) -> torch.Tensor:
+        roots = torch.as_tensor(root_ids, dtype=torch.long).reshape(-1)
+        n = self.model.config.levels[0][0]
+        if roots.numel() and (int(roots.min()) < 0 or int(roots.max()) >= n):
+            raise ValueError(f"root ids must lie in [0, {n})")
+        return roots.to(self.device)

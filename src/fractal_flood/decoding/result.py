@@ -1,0 +1,73 @@
+"""What a render returns: the text, per-root texts, and the work it took."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+
+@dataclass
+class LevelStats:
+    items: int = 0  # conditions expanded at this level
+    draws: int = 0  # candidates drawn (K per item for best-of-K; tries for rejection)
+    passes: int = 0  # batched forward passes
+    rounds: int = 0  # adaptive rounds (or batches)
+    accepted: int = 0  # items whose chosen draw passed the threshold
+    energy_sum: float = 0.0
+
+    def as_dict(self) -> dict:
+        d = dict(self.__dict__)
+        d["mean_energy"] = self.energy_sum / self.items if self.items else 0.0
+        d.pop("energy_sum")
+        return d
+
+
+@dataclass
+class RenderResult:
+    """``counts[l]``: children kept per item of level ``l`` (pads dropped), in item order."""
+
+    tokens: torch.Tensor  # bottom-level ids (characters), flattened, on the CPU
+    counts: list  # list of CPU int64 tensors
+    alphabet: str
+    levels: list = field(default_factory=list)  # LevelStats per level
+    energies: list = field(default_factory=list)  # chosen energy per item, per level (CPU)
+
+    @property
+    def text(self) -> str:
+        table = np.array(list(self.alphabet))
+        return "".join(table[self.tokens.numpy()].tolist())
+
+    @property
+    def num_roots(self) -> int:
+        return len(self.counts[0])
+
+    @property
+    def num_chunks(self) -> int:
+        """Level-1 tokens rendered: the unit of 'tokens/s' (DESIGN.md)."""
+        return int(self.counts[0].sum())
+
+    def root_texts(self) -> list[str]:
+        """The rendered text of each root, in order."""
+        chars_per_item = self.counts[-1]
+        for counts in reversed(self.counts[:-1]):  # fold up to roots
+            owner = torch.repeat_interleave(torch.arange(len(counts)), counts)
+            chars_per_item = torch.zeros(len(counts), dtype=torch.long).index_add_(0, owner, chars_per_item)
+        text = self.text
+        ends = torch.cumsum(chars_per_item, 0).tolist()
+        starts = [0] + ends[:-1]
+        return [text[s:e] for s, e in zip(starts, ends)]
+
+    @property
+    def draws(self) -> int:
+        return sum(s.draws for s in self.levels)
+
+    @property
+    def passes(self) -> int:
+        return sum(s.passes for s in self.levels)
+
+    def stats(self) -> dict:
+        return {"roots": self.num_roots, "chunks": self.num_chunks, "chars": len(self.tokens),
+                "draws": self.draws, "passes": self.passes,
+                "levels": [s.as_dict() for s in self.levels]}

@@ -1,0 +1,55 @@
+"""Counter-based random draws: every random number is a pure function of
+``(seed, stream, level, item, draw, position, class)``.
+
+This is what makes the decoders interchangeable. The sequential loop, the flood and the
+adaptive flood give item ``i`` on try ``d`` exactly the same noise whatever the batch it
+sits in, so they can be tested for identical output, and a flood split into memory-bounded
+batches renders the same text as one big batch. It is a few elementwise integer ops
+(murmur3's 32-bit finaliser on int64 lanes), cheap next to a transformer pass, and needs no
+generator state, so it never synchronises with the host.
+"""
+
+from __future__ import annotations
+
+import torch
+
+MASK32 = 0xFFFFFFFF
+NOISE_STREAM = 0  # the corrupted input the renderer denoises
+GUMBEL_STREAM = 1  # temperature sampling of its output
+
+
+def _fmix(h: torch.Tensor) -> torch.Tensor:
+    # murmur3 fmix32; h holds values in [0, 2^32) in int64, products wrap in the low 32 bits
+    h = h ^ (h >> 16)
+    h = (h * 0x85EBCA6B) & MASK32
+    h = h ^ (h >> 13)
+    h = (h * 0xC2B2AE35) & MASK32
+    return h ^ (h >> 16)
+
+
+def hash_counters(seed: int, stream: int, level: int, item: torch.Tensor, draw: torch.Tensor,
+                  tail: tuple[int, ...]) -> torch.Tensor:
+    """32-bit hashes of shape ``item.shape + tail``; ``item`` and ``draw`` broadcast."""
+    base = _fmix(torch.as_tensor((seed * 0x9E3779B1 + stream * 0x7F4A7C15 + level * 0x632BE5AB) & MASK32,
+                                 dtype=torch.long, device=item.device))
+    h = _fmix((item.long() & MASK32) ^ base)
+    h = _fmix((h + (draw.long() & MASK32) * 0x27D4EB2F) & MASK32)
+    h = h.view(h.shape + (1,) * len(tail))
+    n = 1
+    for s in tail:
+        n *= s
+    counter = torch.arange(n, device=item.device, dtype=torch.long).view(tail)
+    return _fmix((h ^ (counter * 0x165667B1 & MASK32)) & MASK32)
+
+
+def randint(seed: int, stream: int, level: int, item: torch.Tensor, draw: torch.Tensor,
+            tail: tuple[int, ...], high: int) -> torch.Tensor:
+    """Integers in ``[0, high)``, shape ``item.shape + tail``."""
+    return hash_counters(seed, stream, level, item, draw, tail) % high
+
+
+def uniform(seed: int, stream: int, level: int, item: torch.Tensor, draw: torch.Tensor,
+            tail: tuple[int, ...]) -> torch.Tensor:
+    """Floats strictly inside (0, 1), 24 bits of resolution, shape ``item.shape + tail``."""
+    h = hash_counters(seed, stream, level, item, draw, tail)
+    return ((h >> 8).float() + 0.5) * (1.0 / (1 << 24))

@@ -1,0 +1,167 @@
+"""Text in, text out: the manager plans roots block by block, a decoder renders each block.
+
+On a GPU the renderer works on a second CUDA stream, so while block ``b`` is flooded the
+manager's steps for block ``b + 1`` are already queued on the first: the manager is
+latency-bound and leaves most of the chip idle, which the flood fills.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+
+from . import checkpoint as ckpt
+from .autoregress import ARStream
+from .decoding import DecodeOptions, RenderResult, make_decoder
+from .device import resolve_device, resolve_dtype, synchronize
+from .errors import FractalFloodError
+from .sampling import SamplingConfig
+
+
+@dataclass
+class GenerationResult:
+    prompt: str
+    text: str  # the continuation (the prompt is not repeated)
+    root_ids: list
+    renders: list = field(default_factory=list)  # RenderResult per block
+    seconds: float = 0.0
+    manager_steps: int = 0
+
+    @property
+    def num_chunks(self) -> int:
+        return sum(r.num_chunks for r in self.renders)
+
+    def energies(self, level: int) -> list:
+        return [float(e) for r in self.renders for e in r.energies[level]]
+
+    def to_dict(self) -> dict:
+        levels = []
+        for li in range(len(self.renders[0].levels) if self.renders else 0):
+            agg = {}
+            for r in self.renders:
+                for k, v in r.levels[li].as_dict().items():
+                    agg[k] = agg.get(k, 0) + v
+            agg["mean_energy"] = (sum(self.energies(li)) / max(1, len(self.energies(li))))
+            agg["rejected"] = agg["items"] - agg["accepted"]
+            levels.append(agg)
+        return {
+            "prompt": self.prompt, "text": self.text, "root_ids": self.root_ids,
+            "roots": len(self.root_ids), "chunks": self.num_chunks, "chars": len(self.text),
+            "energies": {f"level{li}": self.energies(li) for li in range(len(levels))},
+            "levels": levels, "manager_steps": self.manager_steps,
+            "seconds": self.seconds,
+            "chunks_per_s": self.num_chunks / self.seconds if self.seconds else None,
+        }
+
+
+class TextPipeline:
+    """Manager + renderer + decoder. Build one with :func:`load_pipeline`."""
+
+    def __init__(self, tokenizer, manager, renderer, device: torch.device, dtype: torch.dtype,
+                 decoder: str = "flood", options: DecodeOptions | None = None, cuda_graph: bool | None = None):
+        self.tokenizer, self.manager, self.renderer = tokenizer, manager, renderer
+        self.device, self.dtype = device, dtype
+        self.decoder_name = decoder
+        self.options = (options or DecodeOptions()).validate()
+        make_decoder(decoder, renderer, tokenizer.alphabet, self.options)  # validate the name now
+        self.cuda_graph = (device.type == "cuda") if cuda_graph is None else cuda_graph
+        self._streams = {}
+
+    def _decoder(self, seed: int):
+        opts = DecodeOptions(**{**self.options.__dict__, "seed": seed})
+        autocast = self.dtype if self.dtype != torch.float32 else None
+        return make_decoder(self.decoder_name, self.renderer, self.tokenizer.alphabet, opts, autocast)
+
+    def _ar_stream(self, sampling: SamplingConfig, seed: int) -> ARStream:
+        # one stream (and CUDA graph) per sampling config, reused across calls
+        key = (sampling.temperature, sampling.top_k, sampling.top_p)
+        ar = self._streams.get(key)
+        if ar is None:
+            cache_dtype = self.dtype if self.device.type == "cuda" else None
+            ar = ARStream(self.manager, 1, sampling, self.device, cache_dtype, self.cuda_graph, seed)
+            self._streams = {key: ar}  # the manager owns one cache: keep one stream
+        ar.seed = seed
+        return ar
+
+    def prompt_ids(self, prompt: str) -> list[int]:
+        """The roots the manager continues from; an empty prompt starts after a newline."""
+        ids = self.tokenizer.encode(prompt) if prompt else []
+        return ids or self.tokenizer.encode("\n")
+
+    def stream(self, prompt: str = "", roots: int = 256, sampling: SamplingConfig | None = None,
+               seed: int = 0, block_roots: int = 64) -> Iterator[tuple[list, RenderResult]]:
+        """Yield ``(root_ids, render)`` block by block while later blocks are planned."""
+        if int(roots) != roots or roots < 1:
+            raise FractalFloodError(f"roots must be a positive integer, got {roots}")
+        if block_roots < 1:
+            raise FractalFloodError(f"block_roots must be >= 1, got {block_roots}")
+        sampling = sampling or SamplingConfig()
+        start = torch.tensor(self.prompt_ids(prompt), dtype=torch.long)
+        decoder = self._decoder(seed)
+        ar = self._ar_stream(sampling, seed)
+        autocast = (torch.autocast(self.device.type, dtype=self.dtype)
+                    if self.dtype != torch.float32 else nullcontext())
+        cuda = self.device.type == "cuda"
+        side = torch.cuda.Stream(self.device) if cuda else None
+        sizes = [min(block_roots, roots - s) for s in range(0, roots, block_roots)]
+        with torch.no_grad(), autocast:
+            ar.start(start)
+            pending = ar.generate(sizes[0])[0]  # (n,) on the device
+            ready = _record(cuda)
+            for b in range(len(sizes)):
+                block, block_ready = pending, ready
+                if b + 1 < len(sizes):  # queue the next block's manager steps first
+                    pending = ar.generate(sizes[b + 1])[0]
+                    ready = _record(cuda)
+                if cuda:
+                    side.wait_event(block_ready)
+                    block.record_stream(side)
+                    with torch.cuda.stream(side):
+                        render = decoder.render(block)
+                else:
+                    render = decoder.render(block)
+                yield block.tolist(), render
+
+    def generate(self, prompt: str = "", roots: int = 256, sampling: SamplingConfig | None = None,
+                 seed: int = 0, block_roots: int = 64,
+                 on_block: Callable[[str], None] | None = None) -> GenerationResult:
+        """Generate ``roots`` roots after ``prompt`` and render them to text."""
+        synchronize(self.device)
+        t0 = time.perf_counter()
+        root_ids, renders, texts = [], [], []
+        for ids, render in self.stream(prompt, roots, sampling, seed, block_roots):
+            text = render.text
+            root_ids += ids
+            renders.append(render)
+            texts.append(text)
+            if on_block is not None:
+                on_block(text)
+        synchronize(self.device)
+        seconds = time.perf_counter() - t0
+        return GenerationResult(prompt, "".join(texts), root_ids, renders, seconds, len(root_ids))
+
+
+def _record(cuda: bool):
+    if not cuda:
+        return None
+    ev = torch.cuda.Event()
+    ev.record()
+    return ev
+
+
+def load_pipeline(model_dir: str | Path | None = None, device: str = "auto", dtype: str = "auto",
+                  decoder: str = "flood", options: DecodeOptions | None = None,
+                  cuda_graph: bool | None = None) -> TextPipeline:
+    """Load a trained model directory (default: the model shipped with the package)."""
+    model_dir = Path(model_dir) if model_dir is not None else ckpt.default_model_dir()
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    tokenizer = ckpt.load_tokenizer(model_dir)
+    renderer, _ = ckpt.load_renderer(model_dir, tokenizer, dev)
+    manager, _ = ckpt.load_manager(model_dir, tokenizer, dev)
+    return TextPipeline(tokenizer, manager, renderer, dev, dt, decoder, options, cuda_graph)

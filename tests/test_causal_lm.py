@@ -1,0 +1,198 @@
+"""CausalLM, sampling, ARStream (KV cache, sliding window, CUDA graph) and the HF conversion.
+
+Tiny models on the CPU; every fast path is checked against its plain reference.
+"""
+
+import pytest
+import torch
+
+from fractal_flood.autoregress import ARStream, generate_reference
+from fractal_flood.causal_lm import CausalLM
+from fractal_flood.config import CausalLMConfig
+from fractal_flood.errors import DeviceError
+from fractal_flood.sampling import SamplingConfig, sample
+
+V, CTX = 37, 16
+SAMPLERS = [
+    SamplingConfig(temperature=0),
+    SamplingConfig(temperature=1.0),
+    SamplingConfig(temperature=0.7, top_k=5),
+    SamplingConfig(temperature=1.3, top_p=0.8),
+    SamplingConfig(temperature=0.9, top_k=8, top_p=0.9),
+]
+
+
+def tiny(seed=0, context=CTX, vocab=V) -> CausalLM:
+    torch.manual_seed(seed)
+    model = CausalLM(CausalLMConfig(vocab_size=vocab, n_layers=2, d_model=32, n_heads=4,
+                                    context=context))
+    with torch.no_grad():  # sharper logits than at init, so sampling is not near-uniform
+        model.wte.weight.mul_(20)
+    return model.eval()
+
+
+def test_shapes_and_params():
+    model = tiny()
+    idx = torch.randint(0, V, (3, 10))
+    assert model(idx).shape == (3, 10, V)
+    loss = model.loss(idx[:, :-1], idx[:, 1:])
+    assert loss.dim() == 0 and torch.isfinite(loss)
+    assert model.num_params() == sum(p.numel() for p in model.parameters())
+    assert model.lm_head.weight is model.wte.weight
+    with pytest.raises(ValueError, match="context"):
+        model(torch.zeros(1, CTX + 1, dtype=torch.long))
+
+
+def test_causality():
+    model = tiny()
+    idx = torch.randint(0, V, (2, 12))
+    changed = idx.clone()
+    changed[:, 8] = (changed[:, 8] + 1) % V
+    a, b = model(idx), model(changed)
+    torch.testing.assert_close(a[:, :8], b[:, :8], atol=0, rtol=0)
+    assert not torch.allclose(a[:, 8:], b[:, 8:])
+
+
+@torch.no_grad()
+def test_cached_forward_matches_full():
+    model = tiny()
+    idx = torch.randint(0, V, (2, 13))
+    full = model(idx)
+    model.setup_cache(2)
+    # stale junk in the cache must be masked out
+    model.forward_cached(torch.randint(0, V, (2, CTX)), torch.arange(CTX))
+    pre = model.forward_cached(idx[:, :7], torch.arange(7))
+    steps = [model.forward_cached(idx[:, t:t + 1], torch.tensor([t])) for t in range(7, 13)]
+    cached = torch.cat([pre] + steps, dim=1)
+    torch.testing.assert_close(cached, full, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("cfg", SAMPLERS, ids=str)
+def test_stream_matches_reference_across_slides(cfg):
+    model = tiny()
+    prompt = torch.randint(0, V, (3, 5))
+    n = 3 * CTX + 5  # several slides of the window
+    ref = generate_reference(model, prompt, n, cfg, seed=7)
+    stream = ARStream(model, 3, cfg, "cpu", seed=7)
+    stream.start(prompt)
+    got = torch.cat([stream.generate(k) for k in (1, 10, 0, n - 11)], dim=1)
+    assert torch.equal(got, ref)
+    assert stream.steps == n and stream.prefills >= 4  # prompt + at least 3 slides
+    stream.start(prompt)  # restart reseeds: same tokens again
+    assert torch.equal(stream.generate(n), ref)
+
+
+def test_long_and_single_prompts():
+    model = tiny()
+    cfg = SamplingConfig(temperature=1.0, top_k=10)
+    for prompt in (torch.randint(0, V, (2, CTX + 9)), torch.randint(0, V, (2, 1))):
+        stream = ARStream(model, 2, cfg, "cpu", seed=3)
+        stream.start(prompt)
+        assert torch.equal(stream.generate(20), generate_reference(model, prompt, 20, cfg, seed=3))
+    one = torch.randint(0, V, (4,))  # a (T,) prompt is repeated over the batch
+    stream = ARStream(model, 2, SamplingConfig(temperature=0), "cpu")
+    stream.start(one)
+    out = stream.generate(6)
+    assert out.shape == (2, 6) and torch.equal(out[0], out[1])
+
+
+def test_stream_errors():
+    model = tiny()
+    with pytest.raises(DeviceError, match="CUDA"):
+        ARStream(model, 1, SamplingConfig(), "cpu", cuda_graph=True)
+    stream = ARStream(model, 2, SamplingConfig(), "cpu")
+    with pytest.raises(RuntimeError, match="start"):
+        stream.generate(1)
+    with pytest.raises(ValueError, match="batch"):
+        stream.start(torch.zeros(3, 4, dtype=torch.long))
+
+
+def test_sampling_special_cases():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(64, 50, generator=g) * 3
+    argmax = logits.argmax(-1)
+    for cfg in (SamplingConfig(temperature=0), SamplingConfig(top_k=1),
+                SamplingConfig(temperature=2.0, top_p=1e-6)):
+        assert torch.equal(sample(logits, cfg, g), argmax)
+    cfg = SamplingConfig(temperature=1.5, top_k=5, top_p=0.95)
+    a = sample(logits, cfg, torch.Generator().manual_seed(1))
+    b = sample(logits, cfg, torch.Generator().manual_seed(1))
+    assert torch.equal(a, b)
+
+
+def test_sampling_stays_in_top_k_and_top_p():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(8, 50, generator=g).repeat(100, 1)  # (800, 50): 100 draws per row
+    top5 = logits.topk(5).indices
+    got = sample(logits, SamplingConfig(temperature=2.0, top_k=5), g)
+    assert (got[:, None] == top5).any(-1).all()
+    assert len(set(got[::8].tolist())) > 1  # actually random, not argmax
+    probs, order = logits.softmax(-1).sort(-1, descending=True)
+    nucleus_size = ((probs.cumsum(-1) - probs) < 0.5).sum(-1)  # (800,)
+    got = sample(logits, SamplingConfig(top_p=0.5), g)
+    rank = (order == got[:, None]).float().argmax(-1)
+    assert (rank < nucleus_size).all()
+
+
+def test_sampling_distribution():
+    logits = torch.tensor([[0.0, 1.0, 2.0, -1.0]]).repeat(40000, 1).log_softmax(-1)
+    got = sample(logits, SamplingConfig(), torch.Generator().manual_seed(0))
+    freq = torch.bincount(got, minlength=4).float() / got.numel()
+    torch.testing.assert_close(freq, logits[0].exp(), atol=0.01, rtol=0)
+
+
+@pytest.mark.parametrize("kwargs", [dict(temperature=-0.1), dict(temperature=float("nan")),
+                                    dict(top_k=0), dict(top_k=2.5), dict(top_p=0.0),
+                                    dict(top_p=1.5)])
+def test_sampling_config_validation(kwargs):
+    with pytest.raises(ValueError, match=next(iter(kwargs))):
+        SamplingConfig(**kwargs)
+
+
+def test_training_learns_a_pattern():
+    torch.manual_seed(0)
+    pattern = torch.randperm(V)[:7]  # a cycle of 7 distinct tokens
+    model = CausalLM(CausalLMConfig(vocab_size=V, n_layers=2, d_model=32, n_heads=4, context=CTX))
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(100):
+        starts = torch.randint(0, 7, (16, 1))
+        seq = pattern[(starts + torch.arange(CTX + 1)) % 7]  # (16, CTX + 1)
+        loss = model.loss(seq[:, :-1], seq[:, 1:])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.1 * losses[0]
+    # the learned cycle continues past several window slides
+    stream = ARStream(model.eval(), 1, SamplingConfig(temperature=0), "cpu")
+    stream.start(pattern[:3])
+    out = stream.generate(3 * CTX)[0]
+    assert torch.equal(out, pattern[(3 + torch.arange(3 * CTX)) % 7])
+
+
+def test_hf_conversion_same_logits():
+    pytest.importorskip("transformers")
+    from fractal_flood.hf_gpt2 import to_hf_gpt2
+
+    model = tiny()
+    hf = to_hf_gpt2(model)
+    idx = torch.randint(0, V, (2, CTX))
+    with torch.no_grad():
+        torch.testing.assert_close(hf(idx).logits, model(idx), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("cfg", SAMPLERS, ids=str)
+def test_cuda_graph_matches_eager(cfg):
+    model = tiny().cuda()
+    prompt = torch.randint(0, V, (4, 6), device="cuda")
+    runs = []
+    for graph in (False, True):
+        stream = ARStream(model, 4, cfg, "cuda", cuda_graph=graph, seed=11)
+        stream.start(prompt)
+        runs.append(torch.cat([stream.generate(k) for k in (7, 2 * CTX, 9)], dim=1))
+        stream.start(prompt)  # restart reseeds the graph's generator too
+        assert torch.equal(stream.generate(7), runs[-1][:, :7])
+    assert torch.equal(runs[0], runs[1])
