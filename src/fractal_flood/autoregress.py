@@ -48,7 +48,7 @@ class ARStream:
 
     def __init__(self, model: CausalLM, batch_size: int, sampling: SamplingConfig,
                  device: torch.device | str, dtype: Optional[torch.dtype] = None,
-                 cuda_graph: bool = False, seed: int = 0):
+                 cuda_graph: bool = False, seed: int = 0, compile: bool = False):
         self.device = torch.device(device)
         if cuda_graph and (self.device.type != "cuda" or not torch.cuda.is_available()):
             raise DeviceError(f"cuda_graph=True needs a CUDA device, got {self.device} "
@@ -65,6 +65,10 @@ class ARStream:
         self.pos: Optional[int] = None  # host mirror of _pos; None until start()
         self.steps = 0
         self.prefills = 0
+        # torch.compile fuses the step's small kernels (layer norms, bias, GELU, residuals);
+        # only the T = 1 decode step is compiled, prefill stays eager (one shape, one compile)
+        self._step_forward = (torch.compile(model.forward_cached, dynamic=False)
+                              if compile else model.forward_cached)
         self._graph = self._capture() if cuda_graph else None
 
     @property
@@ -105,7 +109,7 @@ class ARStream:
     def _step(self) -> None:
         """One decode step on static buffers only: the body of the CUDA graph."""
         self._window.index_copy_(1, self._pos, self._tok)  # pending token takes its slot
-        logits = self.model.forward_cached(self._tok, self._pos)  # (B, 1, V)
+        logits = self._step_forward(self._tok, self._pos)  # (B, 1, V)
         nxt = sample(logits[:, -1], self.sampling, self.generator)  # (B,)
         self._tok.copy_(nxt[:, None])
         self._pos.add_(1)

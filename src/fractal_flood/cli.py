@@ -114,6 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--model", help="model directory (default: the shipped model)")
     g.add_argument("--stream", action="store_true", help="print text block by block as it is rendered")
     g.add_argument("--block", type=positive_int, default=64, help="roots per block")
+    g.add_argument("--compile", action="store_true",
+                   help="torch.compile the manager's decode step (GPU; slow first call)")
     g.add_argument("--json", action="store_true", help="print text, root ids, energies, timings as JSON")
 
     e = sub.add_parser("eval", help="evaluate a model: render fidelity, energy detection, manager loss",
@@ -122,7 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--corpus", help="UTF-8 text file (default: shipped TinyShakespeare)")
     e.add_argument("--device", default="auto")
     e.add_argument("--k", type=positive_int, default=1, help="best-of-K for the fidelity render")
-    e.add_argument("--max-roots", type=positive_int, default=20000, help="held-out roots to render")
+    e.add_argument("--max-roots", type=positive_int, default=5000,
+                   help="held-out roots to evaluate (default 5000; the tail has ~17.9k)")
     e.add_argument("--json", action="store_true", help="print JSON")
 
     b = sub.add_parser("bench", help="benchmark decoders against the sequential and AR baselines",
@@ -214,7 +217,7 @@ def _generate(args) -> int:
                                 temperature=args.render_temperature).validate()
     except ValueError as e:
         raise FractalFloodError(str(e)) from None
-    pipe = load_pipeline(args.model, args.device, args.dtype, args.decoder, options)
+    pipe = load_pipeline(args.model, args.device, args.dtype, args.decoder, options, compile=args.compile)
     pipe.tokenizer.check_text(args.prompt)
     if args.stream and not args.json:
         sys.stdout.write(args.prompt)

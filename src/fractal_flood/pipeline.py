@@ -63,13 +63,15 @@ class TextPipeline:
     """Manager + renderer + decoder. Build one with :func:`load_pipeline`."""
 
     def __init__(self, tokenizer, manager, renderer, device: torch.device, dtype: torch.dtype,
-                 decoder: str = "flood", options: DecodeOptions | None = None, cuda_graph: bool | None = None):
+                 decoder: str = "flood", options: DecodeOptions | None = None, cuda_graph: bool | None = None,
+                 compile: bool = False):
         self.tokenizer, self.manager, self.renderer = tokenizer, manager, renderer
         self.device, self.dtype = device, dtype
         self.decoder_name = decoder
         self.options = (options or DecodeOptions()).validate()
         make_decoder(decoder, renderer, tokenizer.alphabet, self.options)  # validate the name now
         self.cuda_graph = (device.type == "cuda") if cuda_graph is None else cuda_graph
+        self.compile = compile
         self._streams = {}
 
     def _decoder(self, seed: int):
@@ -83,7 +85,8 @@ class TextPipeline:
         ar = self._streams.get(key)
         if ar is None:
             cache_dtype = self.dtype if self.device.type == "cuda" else None
-            ar = ARStream(self.manager, 1, sampling, self.device, cache_dtype, self.cuda_graph, seed)
+            ar = ARStream(self.manager, 1, sampling, self.device, cache_dtype, self.cuda_graph, seed,
+                          compile=self.compile)
             self._streams = {key: ar}  # the manager owns one cache: keep one stream
         ar.seed = seed
         return ar
@@ -156,7 +159,7 @@ def _record(cuda: bool):
 
 def load_pipeline(model_dir: str | Path | None = None, device: str = "auto", dtype: str = "auto",
                   decoder: str = "flood", options: DecodeOptions | None = None,
-                  cuda_graph: bool | None = None) -> TextPipeline:
+                  cuda_graph: bool | None = None, compile: bool = False) -> TextPipeline:
     """Load a trained model directory (default: the model shipped with the package)."""
     model_dir = Path(model_dir) if model_dir is not None else ckpt.default_model_dir()
     dev = resolve_device(device)
@@ -164,4 +167,4 @@ def load_pipeline(model_dir: str | Path | None = None, device: str = "auto", dty
     tokenizer = ckpt.load_tokenizer(model_dir)
     renderer, _ = ckpt.load_renderer(model_dir, tokenizer, dev)
     manager, _ = ckpt.load_manager(model_dir, tokenizer, dev)
-    return TextPipeline(tokenizer, manager, renderer, dev, dt, decoder, options, cuda_graph)
+    return TextPipeline(tokenizer, manager, renderer, dev, dt, decoder, options, cuda_graph, compile)

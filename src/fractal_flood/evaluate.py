@@ -1,0 +1,114 @@
+"""``fractal-flood eval``: held-out quality of a model directory (definitions in DESIGN.md).
+
+Held-out data is the tail of the corpus that the manager never trained on (the same 5%
+split as training). Reported:
+
+- render fidelity per level: level 0 = share of held-out roots expanded to exactly their
+  chunks; level 1 = share of their chunks spelled exactly; overall = share of roots whose
+  rendered text equals the tokenizer's decode (full roots -> text flood), with the CER;
+- energy detection per level: share of held-out pairs where energy(wrong) > energy(right),
+  for random negatives (another condition's expansion) and hard ones (1-2 tokens changed);
+- accept rate at the threshold: share of first draws from noise scoring below it;
+- manager held-out loss per root and in bits per character, next to the AR peer's
+  (a chunk-level model of the renderer's size) when the directory has one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+
+from . import checkpoint as ckpt
+from .corpus import load_corpus
+from .decoding import DecodeOptions, FlashFloodDecoder
+from .device import describe, resolve_device
+from .metrics import render_fidelity
+from .pairs import TokenStream, hard_negatives, level_tables, random_negatives
+from .train import heldout_loss
+
+
+@torch.no_grad()
+def evaluate(model_dir=None, corpus=None, device="auto", k: int = 1, max_roots: int = 5000,
+             threshold: float = 0.5, seed: int = 0) -> dict:
+    model_dir = Path(model_dir) if model_dir else ckpt.default_model_dir()
+    dev = resolve_device(device)
+    tok = ckpt.load_tokenizer(model_dir)
+    renderer, rmeta = ckpt.load_renderer(model_dir, tok, dev)
+    manager, _ = ckpt.load_manager(model_dir, tok, dev)
+    text = load_corpus(corpus)
+    tok.check_text(text)
+    roots = TokenStream.split(tok.encode(text)).val
+    held = roots[:max_roots]
+    out = {"model": str(model_dir), "device": describe(dev), "heldout_roots": len(held),
+           "k": k, "threshold": threshold, "renderer_steps": rmeta.get("step")}
+
+    # --- render fidelity, per level given the right condition, then the whole flood
+    decoder = FlashFloodDecoder(renderer, tok.alphabet, DecodeOptions(k=k, threshold=threshold, seed=seed))
+    tables = [t.to(dev) for t in level_tables(tok)]
+    items = held.to(dev)
+    levels = []
+    g = torch.Generator(device=dev).manual_seed(seed)
+    for level, table in enumerate(tables):
+        right = table.targets[items]  # (N, L)
+        sel, energy = decoder.expand_level_parallel(items, level, k)
+        first_draw = decoder.expander.score(level, items, decoder.expander.draw(
+            level, items, torch.arange(len(items), device=dev), torch.zeros_like(items)))
+        e_right = renderer.energy(level, items, right)
+        e_rand = renderer.energy(level, items, random_negatives(table, items, g))
+        e_hard = renderer.energy(level, items, hard_negatives(table, items, g))
+        levels.append({
+            "level": level, "items": len(items),
+            "fidelity": float((sel == right).all(dim=1).float().mean()),
+            "detect_random": float((e_rand > e_right).float().mean()),
+            "detect_hard": float((e_hard > e_right).float().mean()),
+            "accept_rate": float((first_draw < threshold).float().mean()),
+            "right_accepted": float((e_right < threshold).float().mean()),
+            "mean_energy_right": float(e_right.mean()),
+        })
+        items = right[right != table.pad_id]  # the true children go on to the next level
+    out["levels"] = levels
+    result = decoder.render_parallel(held)
+    out["render"] = render_fidelity(result.root_texts(), held.tolist(), tok)
+
+    # --- manager (and AR peer) held-out loss
+    held_chars = len(tok.decode(roots.tolist()))
+    loss = heldout_loss(manager, roots, dev)
+    out["manager"] = {"loss_per_root": loss, "bpc": _bpc(loss, len(roots), held_chars)}
+    if (model_dir / "peer.json").exists():
+        peer, _ = ckpt.load_peer(model_dir, tok, dev)
+        chunks = torch.tensor(tok.encode_chunks(tok.decode(roots.tolist())))
+        ploss = heldout_loss(peer, chunks, dev)
+        out["peer"] = {"loss_per_chunk": ploss, "bpc": _bpc(ploss, len(chunks), held_chars)}
+    return out
+
+
+def _bpc(loss_per_token: float, tokens: int, chars: int) -> float:
+    return loss_per_token * tokens / chars / math.log(2)
+
+
+def format_report(r: dict) -> str:
+    lines = [f"model {r['model']} on {r['device']}, {r['heldout_roots']} held-out roots, "
+             f"K={r['k']}, threshold {r['threshold']}"]
+    lines.append(f"{'level':<14}{'items':>8}{'fidelity':>10}{'det.rand':>10}{'det.hard':>10}"
+                 f"{'accept':>9}{'E(right)':>10}")
+    for lv in r["levels"]:
+        name = ["root->chunks", "chunk->chars"][lv["level"]] if lv["level"] < 2 else f"level {lv['level']}"
+        lines.append(f"{name:<14}{lv['items']:>8}{lv['fidelity']:>10.4f}{lv['detect_random']:>10.4f}"
+                     f"{lv['detect_hard']:>10.4f}{lv['accept_rate']:>9.4f}{lv['mean_energy_right']:>10.4f}")
+    rd = r["render"]
+    lines.append(f"overall render fidelity (roots -> text): {rd['fidelity']:.4f}, CER {rd['cer']:.5f}")
+    m = r["manager"]
+    lines.append(f"manager held-out loss: {m['loss_per_root']:.4f} nats/root, {m['bpc']:.4f} bits/char")
+    if "peer" in r:
+        p = r["peer"]
+        lines.append(f"AR peer (chunk-level reference): {p['loss_per_chunk']:.4f} nats/chunk, {p['bpc']:.4f} bits/char")
+    return "\n".join(lines)
+
+
+def run_eval_cli(args) -> int:
+    r = evaluate(args.model, args.corpus, args.device, args.k, args.max_roots)
+    print(json.dumps(r, indent=1) if args.json else format_report(r))
+    return 0
