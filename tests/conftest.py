@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from pathlib import Path
+
 import pytest
 
 from fractal_flood.corpus import load_corpus
@@ -46,3 +49,95 @@ def tiny_tokenizer(small_text: str) -> HierarchicalTokenizer:
 def default_tokenizer(corpus_text: str) -> HierarchicalTokenizer:
     """Default sizes (1024 chunks, 2048 roots) on the full corpus: about 2 s."""
     return HierarchicalTokenizer.train(corpus_text)
+
+
+# ---------------------------------------------------------------- trained tiny models
+# Shared by test_training, test_checkpoint, test_decoders, test_pipeline and test_cli: the
+# tiny preset is trained once per session (a few seconds to ~20 s on a 2-core CPU).
+
+TINY_RENDERER_STEPS = 300
+TINY_LM_STEPS = 60
+
+
+@contextmanager
+def torch_threads(n: int):
+    """Run a block with ``n`` intra-op threads. Tiny models gain nothing from more, and on a
+    busy 2-core machine two spinning OpenMP threads make a tiny training step ~20x slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """Module-wide ``torch_threads(1)``: ``pytestmark = pytest.mark.usefixtures("single_thread")``."""
+    with torch_threads(1):
+        yield
+
+
+@pytest.fixture(scope="session")
+def small_corpus_file(small_text: str, tmp_path_factory) -> Path:
+    """``small_text`` written to a UTF-8 file, for ``--corpus``."""
+    path = tmp_path_factory.mktemp("corpus") / "small.txt"
+    path.write_text(small_text, encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def trained_tiny(small_corpus_file, tmp_path_factory):
+    """A model directory trained with preset ``tiny`` on ``small_text``: renderer
+    (TINY_RENDERER_STEPS steps) and manager (TINY_LM_STEPS steps). Returns
+    ``(model_dir, results of run_training)``."""
+    import torch
+
+    from fractal_flood.train import TrainOptions, run_training
+
+    out = tmp_path_factory.mktemp("tiny_model")
+    with torch_threads(1), torch.random.fork_rng():
+        torch.manual_seed(0)  # model init draws from the global generator
+        results = run_training(TrainOptions(
+            out_dir=out, preset="tiny", corpus=str(small_corpus_file), parts=("renderer", "manager"),
+            steps=TINY_RENDERER_STEPS, lm_steps=TINY_LM_STEPS, eval_every=TINY_RENDERER_STEPS,
+            save_every=TINY_RENDERER_STEPS, progress=False, log=lambda s: None))
+    return out, results
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(trained_tiny):
+    return trained_tiny[0]
+
+
+@pytest.fixture(scope="session")
+def tiny_trained_tokenizer(tiny_model_dir):
+    from fractal_flood import checkpoint as ckpt
+
+    return ckpt.load_tokenizer(tiny_model_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_renderer(tiny_model_dir, tiny_trained_tokenizer):
+    """The trained tiny renderer (float32, eval mode). Do not modify it in a test."""
+    from fractal_flood import checkpoint as ckpt
+
+    model, _ = ckpt.load_renderer(tiny_model_dir, tiny_trained_tokenizer)
+    return model
+
+
+@pytest.fixture(scope="session")
+def shipped_tokenizer():
+    from fractal_flood import checkpoint as ckpt
+
+    return ckpt.load_tokenizer(ckpt.default_model_dir())
+
+
+@pytest.fixture(scope="session")
+def shipped_renderer(shipped_tokenizer):
+    from fractal_flood import checkpoint as ckpt
+
+    model, _ = ckpt.load_renderer(ckpt.default_model_dir(), shipped_tokenizer)
+    return model

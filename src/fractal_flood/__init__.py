@@ -3,6 +3,13 @@
 from .errors import (CheckpointError, DeviceError, FractalFloodError, TokenizerFileError,
                      UnknownCharacterError)
 from .tokenizer import HierarchicalTokenizer, LevelSpec
+from .config import CausalLMConfig, RendererConfig
+from .renderer import FractalDiffusionModel
+from .causal_lm import CausalLM
+from .sampling import SamplingConfig
+from .decoding import DecodeOptions, FlashFloodDecoder, SequentialDecoder, make_decoder
+from .pipeline import TextPipeline, load_pipeline
+from .train import TrainOptions, run_training
 
 __version__ = "0.1.0"
 
@@ -10,6 +17,19 @@ __all__ = [
     "__version__",
     "HierarchicalTokenizer",
     "LevelSpec",
+    "RendererConfig",
+    "CausalLMConfig",
+    "FractalDiffusionModel",
+    "CausalLM",
+    "SamplingConfig",
+    "DecodeOptions",
+    "FlashFloodDecoder",
+    "SequentialDecoder",
+    "make_decoder",
+    "TextPipeline",
+    "load_pipeline",
+    "TrainOptions",
+    "run_training",
     "FractalFloodError",
     "UnknownCharacterError",
     "TokenizerFileError",

@@ -91,8 +91,9 @@ def load_part(model_dir: str | Path, part: str, device="cpu", dtype: torch.dtype
     try:
         config = cfg_cls.from_dict(meta["config"])
         model = cls(config)
-    except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{model_dir / (part + '.json')} has an incompatible config: {e}") from None
+    except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as e:
+        raise CheckpointError(f"{model_dir / (part + '.json')} has an invalid or incompatible config: "
+                              f"{type(e).__name__}: {e}") from None
     wpath = model_dir / f"{part}.safetensors"
     if not wpath.is_file():
         raise CheckpointError(f"model directory {model_dir} has no {part}.safetensors (missing file)")
@@ -100,7 +101,10 @@ def load_part(model_dir: str | Path, part: str, device="cpu", dtype: torch.dtype
         state = load_file(str(wpath))
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{wpath} is truncated or corrupt: {e}") from None
-    missing, unexpected = _load_state(model, state)
+    try:
+        missing, unexpected = _load_state(model, state)
+    except CheckpointError as e:
+        raise CheckpointError(f"{wpath}: {e}") from None
     if unexpected or missing:
         raise CheckpointError(f"{wpath} does not match its config (missing {sorted(missing)[:3]}, "
                               f"unexpected {sorted(unexpected)[:3]})")

@@ -50,6 +50,13 @@ def nonneg_float(s: str) -> float:
     return v
 
 
+def positive_float(s: str) -> float:
+    v = finite_float(s)
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {v}")
+    return v
+
+
 def unit_float(s: str) -> float:
     v = finite_float(s)
     if not 0 < v <= 1:
@@ -85,8 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--steps", type=positive_int, help="renderer steps (default: the preset's)")
     t.add_argument("--lm-steps", type=positive_int, help="manager / peer steps (default: the preset's)")
     t.add_argument("--batch", type=positive_int, help="batch size (default: the preset's)")
-    t.add_argument("--time-limit", type=nonneg_float,
-                   help="seconds per part: after a short timing run, cap the steps to fit")
+    t.add_argument("--time-limit", type=positive_float,
+                   help="seconds per part: after timing steps 10-40, cap the schedule to fit "
+                        "(a fresh run only; --resume keeps the capped schedule it saved)")
     t.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--eval-every", type=positive_int, default=200, help="validation line every N steps")

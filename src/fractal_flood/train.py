@@ -87,6 +87,7 @@ def _train_part(part, tokenizer, text, preset: Preset, opts: TrainOptions, devic
     # the renderer samples its pairs on the device; the LMs cut windows from a CPU stream
     gen = torch.Generator(device=device if part == "renderer" else "cpu")
     gen.manual_seed(opts.seed + ALL_PARTS.index(part))
+    torch.manual_seed(opts.seed + ALL_PARTS.index(part))  # weight init: same seed, same model
     if part == "renderer":
         cfg = RendererConfig(levels=[[s.num_conditions, s.num_targets, s.max_len] for s in tokenizer.levels],
                              **preset.renderer)
@@ -102,6 +103,9 @@ def _train_part(part, tokenizer, text, preset: Preset, opts: TrainOptions, devic
             cfg = CausalLMConfig(vocab_size=tokenizer.num_chunks, **extra)
         model = CausalLM(cfg)
         stream = TokenStream.split(ids)
+        if len(stream.train) < 2 or len(stream.val) < 2:
+            raise FractalFloodError(f"corpus too short to train the {part}: {len(ids)} tokens "
+                                    f"({len(text)} characters); give it more text")
         task = LMTask(model, stream, opts.batch or preset.lm_batch, device, gen, chars=len(text))
         steps = opts.lm_steps or (preset.manager_steps if part == "manager" else preset.peer_steps)
     model.to(device)
@@ -119,15 +123,19 @@ def _train_part(part, tokenizer, text, preset: Preset, opts: TrainOptions, devic
                dynamic_ncols=True)
     last = {}
     t0 = time.perf_counter()
-    probe = start + 30  # steps timed before a --time-limit caps the schedule
+    # --time-limit: time steps 10..40 (after warm-up), then cap the schedule to fit
+    probe_from, probe_to, t_probe = start + 10, start + 40, None
     for step in bar:
         if step >= steps:
             break
-        if opts.time_limit and step == probe and start == 0:
+        if opts.time_limit and start == 0 and step in (probe_from, probe_to):
             if device.type == "cuda":
                 torch.cuda.synchronize()
-            per_step = (time.perf_counter() - t0) / (step - start)
-            fit = int(opts.time_limit / per_step)
+            if step == probe_from:
+                t_probe = time.perf_counter()
+        if opts.time_limit and start == 0 and step == probe_to:
+            per_step = (time.perf_counter() - t_probe) / (probe_to - probe_from)
+            fit = int((opts.time_limit - (time.perf_counter() - t0)) / per_step) + step
             if fit < steps:
                 opts.log(f"{part}: {per_step * 1000:.0f} ms/step, --time-limit {opts.time_limit:.0f}s "
                          f"caps the run at {fit} of {steps} steps")

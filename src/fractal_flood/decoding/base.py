@@ -18,7 +18,9 @@ class DecodeOptions:
     max_tries: int = 10  # draws per item before keeping the best (sequential, adaptive)
     temperature: float = 0.0  # 0 = argmax; > 0 samples the renderer (diverse candidates)
     seed: int = 0
-    max_batch: int = 65536  # sequences per forward pass: bounds memory for any number of roots
+    # sequences per forward pass: bounds memory for any number of roots (one item's K
+    # candidates always share a pass, so the bound is max(max_batch, k))
+    max_batch: int = 65536
 
     def validate(self) -> "DecodeOptions":
         if int(self.k) != self.k or self.k < 1:

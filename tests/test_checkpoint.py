@@ -1,0 +1,338 @@
+"""Model directories: save/load round trips, atomic writes, one clear CheckpointError for
+every kind of bad directory."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from fractal_flood import checkpoint as ckpt
+from fractal_flood.causal_lm import CausalLM
+from fractal_flood.config import CausalLMConfig, RendererConfig
+from fractal_flood.errors import CheckpointError, FractalFloodError
+from fractal_flood.pipeline import load_pipeline
+from fractal_flood.renderer import FractalDiffusionModel
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+LEVELS = [[50, 30, 4], [30, 12, 6]]
+
+
+def renderer(seed=0) -> FractalDiffusionModel:
+    torch.manual_seed(seed)
+    return FractalDiffusionModel(RendererConfig(levels=LEVELS, n_layers=2, d_model=32, n_heads=4,
+                                                timesteps=20)).eval()
+
+
+def manager(seed=0) -> CausalLM:
+    torch.manual_seed(seed)
+    return CausalLM(CausalLMConfig(vocab_size=50, n_layers=2, d_model=32, n_heads=4, context=16)).eval()
+
+
+def fp16_rounded(model):
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(p.half().float())
+    return model
+
+
+def renderer_outputs(model):
+    g = torch.Generator().manual_seed(0)
+    out = []
+    with torch.no_grad():
+        for level, (n_cond, n_tgt, L) in enumerate(LEVELS):
+            cond = torch.randint(0, n_cond, (6,), generator=g)
+            tgt = torch.randint(0, n_tgt + 1, (6, L), generator=g)
+            t = torch.randint(0, 20, (6,), generator=g)
+            out += list(model(level, cond, tgt, t))
+            out.append(model.energy(level, cond, tgt))
+    return out
+
+
+def manager_outputs(model):
+    idx = torch.randint(0, 50, (3, 16), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        return [model(idx)]
+
+
+def no_temp_files(d: Path):
+    return [p.name for p in Path(d).rglob("*") if p.name.startswith(".") or ".tmp" in p.name]
+
+
+# ---------------------------------------------------------------- round trips
+
+
+@pytest.mark.parametrize("part", ["renderer", "manager", "peer"])
+def test_round_trip(tmp_path, part):
+    make, outputs = (renderer, renderer_outputs) if part == "renderer" else (manager, manager_outputs)
+    model = make()
+    ckpt.save_part(tmp_path, part, model, extra={"step": 7, "preset": "test"})
+    loaded, meta = ckpt.load_part(tmp_path, part)
+    assert meta["step"] == 7 and meta["preset"] == "test" and meta["part"] == part
+    assert meta["dtype"] == "float16"
+    assert loaded.config == model.config
+    assert not loaded.training
+    assert next(loaded.parameters()).dtype == torch.float32
+    # up to fp16 rounding of the weights
+    for a, b in zip(outputs(model), outputs(loaded)):
+        torch.testing.assert_close(b, a, atol=2e-2, rtol=2e-2)
+    # exactly, once the weights are fp16-representable
+    exact = fp16_rounded(make())
+    ckpt.save_part(tmp_path, part, exact)
+    loaded, _ = ckpt.load_part(tmp_path, part)
+    for a, b in zip(outputs(exact), outputs(loaded)):
+        assert torch.equal(a, b)
+    assert no_temp_files(tmp_path) == []
+
+
+def test_round_trip_float32(tmp_path):
+    model = renderer()
+    ckpt.save_part(tmp_path, "renderer", model, dtype=torch.float32)
+    loaded, meta = ckpt.load_part(tmp_path, "renderer")
+    assert meta["dtype"] == "float32"
+    for a, b in zip(renderer_outputs(model), renderer_outputs(loaded)):
+        assert torch.equal(a, b)
+
+
+def test_tied_manager_head_survives(tmp_path):
+    model = manager()
+    ckpt.save_part(tmp_path, "manager", model)
+    loaded, _ = ckpt.load_part(tmp_path, "manager")
+    assert loaded.lm_head.weight.data_ptr() == loaded.wte.weight.data_ptr()
+
+
+def test_trained_dir_round_trip(tiny_model_dir, tiny_trained_tokenizer, tmp_path):
+    """A trained directory re-saved and re-loaded gives the same outputs and tokenizer."""
+    r, _ = ckpt.load_renderer(tiny_model_dir, tiny_trained_tokenizer)
+    m, _ = ckpt.load_manager(tiny_model_dir, tiny_trained_tokenizer)
+    ckpt.save_tokenizer(tmp_path, tiny_trained_tokenizer)
+    ckpt.save_part(tmp_path, "renderer", r)
+    ckpt.save_part(tmp_path, "manager", m)
+    tok2 = ckpt.load_tokenizer(tmp_path)
+    assert tok2 == tiny_trained_tokenizer
+    r2, _ = ckpt.load_renderer(tmp_path, tok2)
+    m2, _ = ckpt.load_manager(tmp_path, tok2)
+    cond = torch.arange(10)
+    tgt = torch.randint(0, 129, (10, 4), generator=torch.Generator().manual_seed(0))
+    t = torch.full((10,), 99)
+    with torch.no_grad():
+        for a, b in zip(r(0, cond, tgt, t), r2(0, cond, tgt, t)):
+            assert torch.equal(a, b)  # loaded weights are fp16 already: exact
+        idx = torch.arange(20).view(2, 10)
+        assert torch.equal(m(idx), m2(idx))
+
+
+def test_load_to_dtype(tmp_path):
+    ckpt.save_part(tmp_path, "renderer", renderer())
+    loaded, _ = ckpt.load_part(tmp_path, "renderer", dtype=torch.bfloat16)
+    assert next(loaded.parameters()).dtype == torch.bfloat16
+
+
+# ---------------------------------------------------------------- atomic writes
+
+
+def test_atomic_write_failure_keeps_previous_file(tmp_path):
+    target = tmp_path / "file.bin"
+    target.write_bytes(b"old contents")
+
+    def half_then_fail(p):
+        Path(p).write_bytes(b"new but half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        ckpt.atomic_write(target, half_then_fail)
+    assert target.read_bytes() == b"old contents"
+    assert no_temp_files(tmp_path) == []
+    ckpt.atomic_write(target, lambda p: Path(p).write_bytes(b"new"))
+    assert target.read_bytes() == b"new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file.bin"]
+
+
+def test_save_part_failure_keeps_previous_model(tmp_path, monkeypatch):
+    old = renderer(0)
+    ckpt.save_part(tmp_path, "renderer", old, extra={"step": 1})
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    real_save = ckpt.save_file
+
+    def crash(state, path, metadata=None):
+        real_save(dict(list(state.items())[:2]), path, metadata=metadata)  # a partial file
+        raise KeyboardInterrupt  # killed mid-write
+
+    monkeypatch.setattr(ckpt, "save_file", crash)
+    with pytest.raises(KeyboardInterrupt):
+        ckpt.save_part(tmp_path, "renderer", renderer(1), extra={"step": 2})
+    monkeypatch.undo()
+    after = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert after == before  # nothing changed, no temporary file left
+    loaded, meta = ckpt.load_part(tmp_path, "renderer")
+    assert meta["step"] == 1
+    for a, b in zip(renderer_outputs(old), renderer_outputs(loaded)):
+        torch.testing.assert_close(b, a, atol=2e-2, rtol=2e-2)
+
+
+def test_save_tokenizer_failure_keeps_previous_file(tmp_path, monkeypatch, tiny_tokenizer):
+    ckpt.save_tokenizer(tmp_path, tiny_tokenizer)
+    before = (tmp_path / "tokenizer.json").read_bytes()
+    import fractal_flood.tokenizer as tokmod
+
+    def crash(obj, f, **kw):
+        f.write('{"format": "frac')
+        raise OSError("disk full")
+
+    monkeypatch.setattr(tokmod.json, "dump", crash)
+    with pytest.raises(OSError):
+        ckpt.save_tokenizer(tmp_path, tiny_tokenizer)
+    monkeypatch.undo()
+    assert (tmp_path / "tokenizer.json").read_bytes() == before
+    assert ckpt.load_tokenizer(tmp_path) == tiny_tokenizer
+    assert no_temp_files(tmp_path) == []
+
+
+def test_saves_leave_no_temp_files(tiny_model_dir):
+    assert no_temp_files(tiny_model_dir) == []
+
+
+# ---------------------------------------------------------------- bad directories
+
+
+@pytest.fixture()
+def model_dir(tiny_model_dir, tmp_path):
+    """A private copy of the trained tiny model directory, to break."""
+    d = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, d, ignore=shutil.ignore_patterns("train_state"))
+    return d
+
+
+def load_all(d):
+    tok = ckpt.load_tokenizer(d)
+    ckpt.load_renderer(d, tok)
+    ckpt.load_manager(d, tok)
+    return tok
+
+
+def expect_error(d, *fragments):
+    for load in (load_all, lambda d: load_pipeline(d, device="cpu")):
+        with pytest.raises(CheckpointError) as info:
+            load(d)
+        msg = str(info.value)
+        assert "\n" not in msg
+        for frag in fragments:
+            assert frag in msg, msg
+    assert isinstance(info.value, FractalFloodError)
+
+
+def test_the_copy_loads(model_dir):
+    load_all(model_dir)
+    load_pipeline(model_dir, device="cpu")
+
+
+def test_missing_directory(tmp_path):
+    expect_error(tmp_path / "nope", "not found", "nope")
+
+
+def test_a_file_is_not_a_directory(tmp_path):
+    f = tmp_path / "file"
+    f.write_text("x")
+    expect_error(f, "not a model directory")
+
+
+@pytest.mark.parametrize("name", ["tokenizer.json", "renderer.json", "renderer.safetensors",
+                                  "manager.json", "manager.safetensors"])
+def test_missing_file(model_dir, name):
+    (model_dir / name).unlink()
+    expect_error(model_dir, name, "missing")
+
+
+@pytest.mark.parametrize("keep", [0, 5, 100, 0.5])
+@pytest.mark.parametrize("part", ["renderer", "manager"])
+def test_truncated_safetensors(model_dir, part, keep):
+    p = model_dir / f"{part}.safetensors"
+    data = p.read_bytes()
+    n = int(len(data) * keep) if isinstance(keep, float) else keep
+    p.write_bytes(data[:n])
+    expect_error(model_dir, f"{part}.safetensors", "truncated or corrupt")
+
+
+def test_garbage_safetensors(model_dir):
+    (model_dir / "renderer.safetensors").write_bytes(b"\x00\xff" * 3000)
+    expect_error(model_dir, "renderer.safetensors")
+
+
+@pytest.mark.parametrize("name", ["renderer.json", "manager.json", "tokenizer.json"])
+def test_corrupt_json(model_dir, name):
+    p = model_dir / name
+    p.write_text(p.read_text(encoding="utf-8")[:40], encoding="utf-8")
+    expect_error(model_dir, name)
+
+
+def test_json_not_utf8(model_dir):
+    (model_dir / "renderer.json").write_bytes(b"\xff\xfe{}")
+    expect_error(model_dir, "renderer.json")
+
+
+@pytest.mark.parametrize("field,value", [("format", "some-other-model"), ("format", None),
+                                         ("part", "manager"), ("version", 99)])
+def test_wrong_header_field(model_dir, field, value):
+    p = model_dir / "renderer.json"
+    meta = json.loads(p.read_text())
+    meta[field] = value
+    p.write_text(json.dumps(meta))
+    expect_error(model_dir, "renderer.json")
+
+
+def test_json_of_the_wrong_shape(model_dir):
+    (model_dir / "renderer.json").write_text("[1, 2, 3]")
+    expect_error(model_dir, "renderer.json")
+
+
+def test_config_from_a_different_vocabulary(model_dir, shipped_tokenizer):
+    """The tiny model's renderer and manager next to the shipped (default-size) tokenizer."""
+    ckpt.save_tokenizer(model_dir, shipped_tokenizer)
+    with pytest.raises(CheckpointError, match="levels"):
+        ckpt.load_renderer(model_dir, shipped_tokenizer)
+    with pytest.raises(CheckpointError, match="vocabulary"):
+        ckpt.load_manager(model_dir, shipped_tokenizer)
+    expect_error(model_dir, "tokenizer")
+
+
+def _set_config(model_dir, **change):
+    p = model_dir / "renderer.json"
+    meta = json.loads(p.read_text())
+    meta["config"].update(change)
+    p.write_text(json.dumps(meta))
+
+
+def test_weights_that_do_not_match_the_config(model_dir):
+    _set_config(model_dir, d_model=32)  # the weights are 64 wide
+    expect_error(model_dir, "wte.weight", "(382, 64)")
+    _set_config(model_dir, d_model=64, n_layers=3)  # a block the weights lack
+    expect_error(model_dir, "renderer.safetensors", "does not match")
+
+
+def test_wrong_shape_message_names_the_file(model_dir):
+    _set_config(model_dir, d_model=32)
+    expect_error(model_dir, "renderer.safetensors")
+
+
+@pytest.mark.parametrize("change", [dict(n_heads=7), dict(n_layers="two"), dict(unknown_field=1),
+                                    dict(levels=[]), dict(levels="abc")])
+def test_malformed_config(model_dir, change):
+    _set_config(model_dir, **change)
+    expect_error(model_dir, "renderer")
+
+
+@pytest.mark.parametrize("change", [dict(d_model=-64), dict(levels=[[192, 128], [128, 59, 16]])])
+def test_malformed_config_sizes(model_dir, change):
+    _set_config(model_dir, **change)
+    expect_error(model_dir, "renderer")
+
+
+def test_shipped_model_loads():
+    d = ckpt.default_model_dir()
+    tok = load_all(d)
+    meta = ckpt.read_meta(d, "renderer")
+    assert meta["format"] == ckpt.FORMAT and meta["version"] == ckpt.VERSION
+    assert [list(lv) for lv in meta["config"]["levels"]] == [
+        [s.num_conditions, s.num_targets, s.max_len] for s in tok.levels]
