@@ -196,3 +196,27 @@ def test_cuda_graph_matches_eager(cfg):
         stream.start(prompt)  # restart reseeds the graph's generator too
         assert torch.equal(stream.generate(7), runs[-1][:, :7])
     assert torch.equal(runs[0], runs[1])
+
+
+def _compiled_vs_eager(device: str, graph: bool):
+    model = tiny().to(device)
+    cfg = SamplingConfig(temperature=0.9, top_k=8)
+    prompt = torch.randint(0, V, (2, 5), generator=torch.Generator().manual_seed(3)).to(device)
+    runs = []
+    for compiled in (False, True):
+        stream = ARStream(model, 2, cfg, device, cuda_graph=graph, seed=5, compile=compiled)
+        stream.start(prompt)
+        runs.append(stream.generate(2 * CTX + 3))  # crosses a window slide
+    assert torch.equal(runs[0], runs[1])
+
+
+def test_compiled_step_matches_eager_cpu():
+    """The torch.compile'd decode step is a fast path: same tokens as the eager step."""
+    pytest.importorskip("torch._inductor")
+    _compiled_vs_eager("cpu", graph=False)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_compiled_step_in_cuda_graph_matches_eager():
+    _compiled_vs_eager("cuda", graph=True)

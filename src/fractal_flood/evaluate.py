@@ -71,7 +71,8 @@ def evaluate(model_dir=None, corpus=None, device="auto", k: int = 1, max_roots: 
         items = right[right != table.pad_id]  # the true children go on to the next level
     out["levels"] = levels
     result = decoder.render_parallel(held)
-    out["render"] = render_fidelity(result.root_texts(), held.tolist(), tok)
+    fid, cer = render_fidelity(tok, held.tolist(), result.root_texts())
+    out["render"] = {"fidelity": fid, "cer": cer, "roots": len(held)}
 
     # --- manager (and AR peer) held-out loss
     held_chars = len(tok.decode(roots.tolist()))

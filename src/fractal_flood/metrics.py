@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
+import torch.nn.functional as F
 
 
 def edit_distance(a: str, b: str) -> int:
@@ -20,40 +22,49 @@ def edit_distance(a: str, b: str) -> int:
     return prev[-1]
 
 
-def render_fidelity(rendered: list[str], root_ids, tokenizer) -> dict:
-    """Share of roots whose rendered text equals the tokenizer's decode of that root, and
-    the character error rate (edit distance summed over roots / reference characters)."""
-    ids = [int(r) for r in root_ids]
-    if len(rendered) != len(ids):
-        raise ValueError(f"{len(rendered)} rendered roots for {len(ids)} root ids")
-    exact, errors, chars = 0, 0, 0
-    for text, r in zip(rendered, ids):
-        ref = tokenizer.root_text(r)
-        chars += len(ref)
-        if text == ref:
+def render_fidelity(tokenizer, root_ids, texts: list) -> tuple[float, float]:
+    """-> (share of roots rendered exactly as ``tokenizer.root_text``, character error rate:
+    edit distances summed over roots / reference characters)."""
+    if len(root_ids) != len(texts):
+        raise ValueError(f"{len(root_ids)} roots but {len(texts)} rendered texts")
+    exact = edits = chars = 0
+    for r, got in zip(root_ids, texts):
+        want = tokenizer.root_text(int(r))
+        chars += len(want)
+        if got == want:
             exact += 1
         else:
-            errors += edit_distance(text, ref)
-    return {"fidelity": exact / len(ids) if ids else 1.0,
-            "cer": errors / chars if chars else 0.0, "roots": len(ids)}
+            edits += edit_distance(got, want)
+    return exact / max(1, len(texts)), edits / max(1, chars)
 
 
 @torch.no_grad()
-def bits_per_char(model, chunk_ids: list[int], n_chars: int, device) -> float:
-    """Bits per character of a chunk sequence under a causal LM, scored in non-overlapping
-    windows of the model's context (the first token of each window is context only)."""
-    ids = torch.as_tensor(chunk_ids, dtype=torch.long)
-    T = model.config.context
-    total, count = 0.0, 0
-    for s in range(0, max(len(ids) - 1, 0), T):
-        win = ids[s:s + T + 1].to(device)
-        if len(win) < 2:
+def bits_per_char(peer, tokenizer, texts: list, max_windows: int) -> Optional[float]:
+    """Bits per character of ``texts`` under the AR peer: the texts are encoded to chunks,
+    cut into windows of ``context + 1`` chunks (each window predicts its last ``context``),
+    and the summed nats are divided by the characters of the predicted chunks and ln 2.
+    Scores at most ``max_windows`` windows (from the start), to bound the cost."""
+    T = peer.config.context
+    windows = []
+    for text in texts:
+        ids = tokenizer.encode_chunks(text)
+        windows += [ids[s:s + T + 1] for s in range(0, len(ids) - 1, T)]
+        if len(windows) >= max_windows:
             break
-        logits = model(win[None, :-1]).float()  # (1, t, V)
-        nll = torch.nn.functional.cross_entropy(logits[0], win[1:], reduction="sum")
-        total += float(nll)
-        count += len(win) - 1
-    if count == 0 or n_chars == 0:
-        return float("nan")
-    # scale: the nats of the scored tokens, spread over the characters they cover
-    return total / math.log(2) / (n_chars * count / max(len(ids), 1))
+    windows = windows[:max_windows]
+    if not windows:
+        return None
+    chars = sum(len(tokenizer.spell(i)) for w in windows for i in w[1:])
+    device = peer.wte.weight.device
+    by_len = {}
+    for w in windows:  # equal lengths batch together; only a text's last window is short
+        by_len.setdefault(len(w), []).append(w)
+    nats = 0.0
+    for group in by_len.values():
+        for s in range(0, len(group), 32):
+            x = torch.tensor(group[s:s + 32], device=device)  # (n, L + 1)
+            logits = peer(x[:, :-1]).float()  # (n, L, V)
+            nats += float(F.cross_entropy(logits.flatten(0, 1), x[:, 1:].flatten(), reduction="sum"))
+    return nats / chars / math.log(2)
+
+

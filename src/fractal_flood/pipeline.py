@@ -8,7 +8,6 @@ latency-bound and leaves most of the chip idle, which the flood fills.
 from __future__ import annotations
 
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -76,16 +75,14 @@ class TextPipeline:
 
     def _decoder(self, seed: int):
         opts = DecodeOptions(**{**self.options.__dict__, "seed": seed})
-        autocast = self.dtype if self.dtype != torch.float32 else None
-        return make_decoder(self.decoder_name, self.renderer, self.tokenizer.alphabet, opts, autocast)
+        return make_decoder(self.decoder_name, self.renderer, self.tokenizer.alphabet, opts)
 
     def _ar_stream(self, sampling: SamplingConfig, seed: int) -> ARStream:
         # one stream (and CUDA graph) per sampling config, reused across calls
         key = (sampling.temperature, sampling.top_k, sampling.top_p)
         ar = self._streams.get(key)
         if ar is None:
-            cache_dtype = self.dtype if self.device.type == "cuda" else None
-            ar = ARStream(self.manager, 1, sampling, self.device, cache_dtype, self.cuda_graph, seed,
+            ar = ARStream(self.manager, 1, sampling, self.device, None, self.cuda_graph, seed,
                           compile=self.compile)
             self._streams = {key: ar}  # the manager owns one cache: keep one stream
         ar.seed = seed
@@ -107,12 +104,10 @@ class TextPipeline:
         start = torch.tensor(self.prompt_ids(prompt), dtype=torch.long)
         decoder = self._decoder(seed)
         ar = self._ar_stream(sampling, seed)
-        autocast = (torch.autocast(self.device.type, dtype=self.dtype)
-                    if self.dtype != torch.float32 else nullcontext())
         cuda = self.device.type == "cuda"
         side = torch.cuda.Stream(self.device) if cuda else None
         sizes = [min(block_roots, roots - s) for s in range(0, roots, block_roots)]
-        with torch.no_grad(), autocast:
+        with torch.no_grad():
             ar.start(start)
             pending = ar.generate(sizes[0])[0]  # (n,) on the device
             ready = _record(cuda)
@@ -165,6 +160,7 @@ def load_pipeline(model_dir: str | Path | None = None, device: str = "auto", dty
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     tokenizer = ckpt.load_tokenizer(model_dir)
-    renderer, _ = ckpt.load_renderer(model_dir, tokenizer, dev)
-    manager, _ = ckpt.load_manager(model_dir, tokenizer, dev)
+    # weights held in the compute dtype (bf16 on a GPU): no autocast, no per-call weight casts
+    renderer, _ = ckpt.load_renderer(model_dir, tokenizer, dev, dt)
+    manager, _ = ckpt.load_manager(model_dir, tokenizer, dev, dt)
     return TextPipeline(tokenizer, manager, renderer, dev, dt, decoder, options, cuda_graph, compile)

@@ -8,15 +8,14 @@ from .sequential import SequentialDecoder
 DECODERS = ("flood", "adaptive", "sequential")
 
 
-def make_decoder(name: str, model, alphabet: str, options: DecodeOptions | None = None,
-                 autocast_dtype=None) -> Decoder:
+def make_decoder(name: str, model, alphabet: str, options: DecodeOptions | None = None) -> Decoder:
     """Build a decoder by name: ``flood`` (best-of-K), ``adaptive`` or ``sequential``."""
     if name == "flood":
-        return FlashFloodDecoder(model, alphabet, options, autocast_dtype=autocast_dtype)
+        return FlashFloodDecoder(model, alphabet, options)
     if name == "adaptive":
-        return FlashFloodDecoder(model, alphabet, options, autocast_dtype=autocast_dtype, adaptive=True)
+        return FlashFloodDecoder(model, alphabet, options, adaptive=True)
     if name == "sequential":
-        return SequentialDecoder(model, alphabet, options, autocast_dtype=autocast_dtype)
+        return SequentialDecoder(model, alphabet, options)
     raise ValueError(f"unknown decoder {name!r} (choose from: {', '.join(DECODERS)})")
 
 

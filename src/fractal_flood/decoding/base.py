@@ -41,12 +41,11 @@ class Decoder:
 
     name = "base"
 
-    def __init__(self, model: FractalDiffusionModel, alphabet: str, options: DecodeOptions | None = None,
-                 autocast_dtype: torch.dtype | None = None):
+    def __init__(self, model: FractalDiffusionModel, alphabet: str, options: DecodeOptions | None = None):
         self.model = model
         self.alphabet = alphabet
         self.options = (options or DecodeOptions()).validate()
-        self.expander = Expander(model, self.options.seed, self.options.temperature, autocast_dtype)
+        self.expander = Expander(model, self.options.seed, self.options.temperature)
         self.device = self.expander.device
 
     def render(self, root_ids) -> RenderResult:

@@ -9,8 +9,6 @@ items and tries they send here and how they choose among the results.
 
 from __future__ import annotations
 
-from contextlib import nullcontext
-
 import torch
 
 from .. import draws
@@ -18,26 +16,15 @@ from ..renderer import FractalDiffusionModel
 
 
 class Expander:
-    def __init__(self, model: FractalDiffusionModel, seed: int = 0, temperature: float = 0.0,
-                 autocast_dtype: torch.dtype | None = None):
+    def __init__(self, model: FractalDiffusionModel, seed: int = 0, temperature: float = 0.0):
         if temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {temperature}")
         self.model = model
         self.seed = int(seed)
         self.temperature = float(temperature)
-        self.autocast_dtype = autocast_dtype
         self.device = next(model.parameters()).device
         self.passes = 0  # batched forward passes (denoise + energy)
         self.draws = 0  # candidates drawn
-
-    def reset_counts(self) -> None:
-        self.passes = 0
-        self.draws = 0
-
-    def _autocast(self):
-        if self.autocast_dtype is None or self.autocast_dtype == torch.float32:
-            return nullcontext()
-        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
     @torch.no_grad()
     def draw(self, level: int, cond: torch.Tensor, item: torch.Tensor, draw: torch.Tensor) -> torch.Tensor:
@@ -46,21 +33,19 @@ class Expander:
         B = cond.shape[0]
         noise = draws.randint(self.seed, draws.NOISE_STREAM, level, item, draw, (L,), C)  # (B, L)
         t = torch.full((B,), self.model.config.timesteps - 1, dtype=torch.long, device=cond.device)
-        with self._autocast():
-            logits = self.model.denoise(level, cond, noise, t).float()  # (B, L, C)
+        logits = self.model.denoise(level, cond, noise, t)  # (B, L, C), the model's dtype
         self.passes += 1
         self.draws += B
         if self.temperature == 0:
             return logits.argmax(-1)
         u = draws.uniform(self.seed, draws.GUMBEL_STREAM, level, item, draw, (L, C))
         gumbel = -torch.log(-torch.log(u))
-        return (logits / self.temperature + gumbel).argmax(-1)
+        return (logits.float() / self.temperature + gumbel).argmax(-1)
 
     @torch.no_grad()
     def score(self, level: int, cond: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:
         """-> energies (B,) in float32."""
-        with self._autocast():
-            e = self.model.energy(level, cond, cand).float()
+        e = self.model.energy(level, cond, cand).float()
         self.passes += 1
         return e
 

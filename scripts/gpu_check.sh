@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Everything that needs a GPU, in one run of about 4 minutes on one H100 / H200, from the
+# repository root with nothing installed (PYTHONPATH=src, plain python3):
+#   1. the CUDA tests (-m cuda), then the other tests that skip without a GPU or without
+#      transformers (selected by keyword: they are the ones a CPU run could not check);
+#   2. the full bench (every row capped in time, the sequential baseline at small sizes).
+# Writes bench.json, bench.md, bench.png and gpu_check.log into OUT_DIR and prints a short
+# table last. The bench rewrites bench.json after every row, so a run cut short keeps its rows.
+# Usage: scripts/gpu_check.sh [OUT_DIR]   (default: $OUT, else out/gpu_check)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${1:-${OUT:-out/gpu_check}}
+mkdir -p "$OUT"
+export PYTHONPATH=src PYTHONUNBUFFERED=1
+LOG="$OUT/gpu_check.log"
+: > "$LOG"
+rc=0
+
+step() {  # label, time limit (s), command...: run it, log it, return its status
+  local label=$1 limit=$2
+  shift 2
+  echo "== $label ($(date -u +%H:%M:%S))" | tee -a "$LOG"
+  timeout "$limit" "$@" 2>&1 | tee -a "$LOG"
+  local status=$?
+  echo "== $label: exit $status" | tee -a "$LOG"
+  return "$status"
+}
+
+step "machine" 60 bash -c 'nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader;
+  python3 -c "import sys, torch; print(\"python\", sys.version.split()[0], \"torch\", torch.__version__,
+  \"cuda\", torch.version.cuda, torch.cuda.get_device_name() if torch.cuda.is_available() else \"NO GPU\")";
+  date -u' || rc=1
+step "CUDA tests" 120 python3 -m pytest -q -p no:cacheprovider --continue-on-collection-errors -m cuda tests || rc=1
+# exit 5 = nothing selected, which is fine
+step "tests that skip on a CPU" 60 python3 -m pytest -q -p no:cacheprovider --continue-on-collection-errors \
+  -m "not cuda" -k "(cuda or gpu or hf_ or transformers) and not without" tests
+s=$?; [ "$s" -eq 0 ] || [ "$s" -eq 5 ] || rc=1
+step "bench (full)" 330 python3 -m fractal_flood bench --device cuda \
+  --json "$OUT/bench.json" --markdown "$OUT/bench.md" --plot "$OUT/bench.png" || rc=1
+
+echo | tee -a "$LOG"
+if [ -s "$OUT/bench.json" ]; then
+  python3 -c 'import json, sys
+from fractal_flood.bench_report import short_table
+d = json.load(open(sys.argv[1]))
+print(short_table(d) + ("\n(partial: the bench stopped early)" if d["run"].get("partial") else ""))' \
+    "$OUT/bench.json" 2>&1 | tee -a "$LOG"
+else
+  echo "no bench.json: the bench did not get to its first row" | tee -a "$LOG"
+fi
+echo "gpu_check: exit $rc, files in $OUT" | tee -a "$LOG"
+exit "$rc"
