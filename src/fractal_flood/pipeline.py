@@ -63,7 +63,7 @@ class TextPipeline:
 
     def __init__(self, tokenizer, manager, renderer, device: torch.device, dtype: torch.dtype,
                  decoder: str = "flood", options: DecodeOptions | None = None, cuda_graph: bool | None = None,
-                 compile: bool = False):
+                 compile: bool = False, overlap: bool = True):
         self.tokenizer, self.manager, self.renderer = tokenizer, manager, renderer
         self.device, self.dtype = device, dtype
         self.decoder_name = decoder
@@ -71,6 +71,7 @@ class TextPipeline:
         make_decoder(decoder, renderer, tokenizer.alphabet, self.options)  # validate the name now
         self.cuda_graph = (device.type == "cuda") if cuda_graph is None else cuda_graph
         self.compile = compile
+        self.overlap = overlap  # render on a second CUDA stream while the manager goes on
         self._streams = {}
 
     def _decoder(self, seed: int):
@@ -104,7 +105,7 @@ class TextPipeline:
         start = torch.tensor(self.prompt_ids(prompt), dtype=torch.long)
         decoder = self._decoder(seed)
         ar = self._ar_stream(sampling, seed)
-        cuda = self.device.type == "cuda"
+        cuda = self.device.type == "cuda" and self.overlap
         side = torch.cuda.Stream(self.device) if cuda else None
         sizes = [min(block_roots, roots - s) for s in range(0, roots, block_roots)]
         with torch.no_grad():

@@ -1,0 +1,98 @@
+"""Speed experiments behind RESULTS.md's "predicted / measured" table, one run, one device.
+
+Each probe changes one thing and times it against its baseline in the same process:
+  1. manager decode step at batch 1: eager vs CUDA graph vs CUDA graph + torch.compile,
+     sampled (temperature 0.8) and greedy;
+  2. single-stream end-to-end: the flood on a second CUDA stream (overlap) vs inline;
+  3. the flood (K = 1) at a large R: bf16 vs fp32 weights, and bf16 with the renderer's
+     transformer under torch.compile.
+Usage: PYTHONPATH=src python3 scripts/speed_probe.py [--device cuda] [--quick]
+Prints one line per probe and a JSON line at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+from fractal_flood import checkpoint as ckpt
+from fractal_flood.autoregress import ARStream
+from fractal_flood.corpus import load_corpus
+from fractal_flood.decoding import DecodeOptions, make_decoder
+from fractal_flood.device import describe, resolve_device
+from fractal_flood.pipeline import TextPipeline
+from fractal_flood.sampling import SamplingConfig
+from fractal_flood.timing import device_sync, measure
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--quick", action="store_true", help="tiny sizes (CPU smoke test)")
+    ap.add_argument("--skip-compile", action="store_true")
+    args = ap.parse_args()
+    dev = resolve_device(args.device)
+    cuda = dev.type == "cuda"
+    sync = device_sync(dev)
+    d = ckpt.default_model_dir()
+    tok = ckpt.load_tokenizer(d)
+    bf16 = torch.bfloat16 if cuda else torch.float32
+    steps, e2e_roots, R = (16, 24, 64) if args.quick else (512, 900, 16384)
+    out = {"device": describe(dev), "torch": torch.__version__,
+           "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    print(f"speed probe on {out['device']}, torch {out['torch']}, {out['date']}", flush=True)
+
+    # 1. manager step
+    manager, _ = ckpt.load_manager(d, tok, dev, bf16)
+    prompt = torch.tensor(tok.encode("\n"))
+    variants = [("eager", False, False)] + ([("graph", True, False)] if cuda else [])
+    if not args.skip_compile:
+        variants.append(("graph+compile" if cuda else "compile", cuda, True))
+    for temp in (0.8, 0.0):
+        for name, graph, comp in variants:
+            ar = ARStream(manager, 1, SamplingConfig(temperature=temp), dev, None, graph, 0, compile=comp)
+
+            def run():
+                ar.start(prompt)
+                return ar.generate(steps)
+            t = measure(run, repeats=3, warmup=1, sync=sync)
+            us = t.seconds / steps * 1e6
+            out[f"manager_step_us/{name}/T={temp}"] = us
+            print(f"manager step, batch 1, {name:>13}, temperature {temp}: {us:8.1f} us/step", flush=True)
+
+    # 2. overlap of manager and flood
+    renderer, _ = ckpt.load_renderer(d, tok, dev, bf16)
+    for overlap in (True, False):
+        pipe = TextPipeline(tok, manager, renderer, dev, bf16, "flood", DecodeOptions(k=1), overlap=overlap)
+        sampling = SamplingConfig(temperature=0.8)
+        t = measure(lambda: pipe.generate("", e2e_roots, sampling, seed=0), repeats=3, warmup=1, sync=sync)
+        g = t.result
+        out[f"e2e_single_tokens_per_s/overlap={overlap}"] = g.num_chunks / t.seconds
+        print(f"e2e single flood k=1, overlap={overlap!s:>5}: {g.num_chunks / t.seconds:10,.0f} tokens/s "
+              f"({t.seconds * 1e3:.1f} ms for {g.num_chunks} tokens)", flush=True)
+
+    # 3. the flood at large R
+    text = load_corpus()
+    roots = torch.tensor(tok.encode(text[-len(text) // 20:]))
+    roots = roots.repeat(-(-R // len(roots)))[:R].to(dev)
+    dtypes = [("bf16", torch.bfloat16), ("fp32", torch.float32)] if cuda else [("fp32", torch.float32)]
+    compiled = [(f"{dtypes[0][0]}+compile", dtypes[0][1])] if not args.skip_compile else []
+    for name, dt in dtypes + compiled:
+        model, _ = ckpt.load_renderer(d, tok, dev, dt)
+        if name.endswith("compile"):
+            model._hidden = torch.compile(model._hidden, dynamic=False)
+        dec = make_decoder("flood", model, tok.alphabet, DecodeOptions(k=1))
+        t = measure(lambda: dec.render(roots), repeats=3, warmup=2, sync=sync)
+        res = t.result
+        exact = sum(a == tok.root_text(int(r)) for a, r in zip(res.root_texts(), roots.tolist())) / R
+        out[f"flood_k1_tokens_per_s/{name}"] = res.num_chunks / t.seconds
+        print(f"flood k=1 R={R}, {name:>12}: {res.num_chunks / t.seconds:10,.0f} tokens/s, "
+              f"fidelity {exact:.2%}, warm-up {t.warmup_s:.1f} s", flush=True)
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
