@@ -33,6 +33,8 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--quick", action="store_true", help="tiny sizes (CPU smoke test)")
     ap.add_argument("--skip-compile", action="store_true")
+    ap.add_argument("--only-e2e", action="store_true",
+                    help="only probe 2, over block sizes (64, 256, 900) and the compiled manager step")
     args = ap.parse_args()
     dev = resolve_device(args.device)
     cuda = dev.type == "cuda"
@@ -45,8 +47,14 @@ def main() -> None:
            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     print(f"speed probe on {out['device']}, torch {out['torch']}, {out['date']}", flush=True)
 
-    # 1. manager step
     manager, _ = ckpt.load_manager(d, tok, dev, bf16)
+    renderer, _ = ckpt.load_renderer(d, tok, dev, bf16)
+    if args.only_e2e:
+        e2e_blocks(out, tok, manager, renderer, dev, bf16, sync, e2e_roots, not args.skip_compile)
+        print(json.dumps(out))
+        return
+
+    # 1. manager step
     prompt = torch.tensor(tok.encode("\n"))
     variants = [("eager", False, False)] + ([("graph", True, False)] if cuda else [])
     if not args.skip_compile:
@@ -64,7 +72,6 @@ def main() -> None:
             print(f"manager step, batch 1, {name:>13}, temperature {temp}: {us:8.1f} us/step", flush=True)
 
     # 2. overlap of manager and flood
-    renderer, _ = ckpt.load_renderer(d, tok, dev, bf16)
     for overlap in (True, False):
         pipe = TextPipeline(tok, manager, renderer, dev, bf16, "flood", DecodeOptions(k=1), overlap=overlap)
         sampling = SamplingConfig(temperature=0.8)
@@ -92,6 +99,24 @@ def main() -> None:
         print(f"flood k=1 R={R}, {name:>12}: {res.num_chunks / t.seconds:10,.0f} tokens/s, "
               f"fidelity {exact:.2%}, warm-up {t.warmup_s:.1f} s", flush=True)
     print(json.dumps(out))
+
+
+def e2e_blocks(out, tok, manager, renderer, dev, dt, sync, roots, with_compile) -> None:
+    """Single-stream end-to-end by block size (the flood's fixed cost per block is launch
+    bound), overlap on and off, then the compiled manager step at the largest block."""
+    sampling = SamplingConfig(temperature=0.8)
+    runs = [(b, ov, False) for b in (64, 256, roots) for ov in (True, False)]
+    runs += [(256, True, True), (roots, True, True)] if with_compile else []
+    for block, overlap, comp in runs:
+        pipe = TextPipeline(tok, manager, renderer, dev, dt, "flood", DecodeOptions(k=1),
+                            overlap=overlap, compile=comp)
+        t = measure(lambda: pipe.generate("", roots, sampling, seed=0, block_roots=block),
+                    repeats=5, warmup=1, sync=sync)
+        n = t.result.num_chunks
+        key = f"e2e_single_tokens_per_s/block={block}/overlap={overlap}/compile={comp}"
+        out[key] = n / t.seconds
+        print(f"e2e single flood k=1, block {block:>4}, overlap={overlap!s:>5}, compile={comp!s:>5}: "
+              f"{n / t.seconds:8,.0f} tokens/s ({t.seconds * 1e3:.1f} ms for {n} tokens)", flush=True)
 
 
 if __name__ == "__main__":
