@@ -121,7 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16")
     g.add_argument("--model", help="model directory (default: the shipped model)")
     g.add_argument("--stream", action="store_true", help="print text block by block as it is rendered")
-    g.add_argument("--block", type=positive_int, default=64, help="roots per block")
+    g.add_argument("--block", type=positive_int, default=256,
+                   help="roots per block: the manager plans one while the previous is rendered (default 256)")
     g.add_argument("--compile", action="store_true",
                    help="torch.compile the manager's decode step (GPU; slow first call)")
     g.add_argument("--json", action="store_true", help="print text, root ids, energies, timings as JSON")

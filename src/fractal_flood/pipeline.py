@@ -95,7 +95,7 @@ class TextPipeline:
         return ids or self.tokenizer.encode("\n")
 
     def stream(self, prompt: str = "", roots: int = 256, sampling: SamplingConfig | None = None,
-               seed: int = 0, block_roots: int = 64) -> Iterator[tuple[list, RenderResult]]:
+               seed: int = 0, block_roots: int = 256) -> Iterator[tuple[list, RenderResult]]:
         """Yield ``(root_ids, render)`` block by block while later blocks are planned."""
         if int(roots) != roots or roots < 1:
             raise FractalFloodError(f"roots must be a positive integer, got {roots}")
@@ -127,7 +127,7 @@ class TextPipeline:
                 yield block.tolist(), render
 
     def generate(self, prompt: str = "", roots: int = 256, sampling: SamplingConfig | None = None,
-                 seed: int = 0, block_roots: int = 64,
+                 seed: int = 0, block_roots: int = 256,
                  on_block: Callable[[str], None] | None = None) -> GenerationResult:
         """Generate ``roots`` roots after ``prompt`` and render them to text."""
         synchronize(self.device)
