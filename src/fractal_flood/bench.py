@@ -80,6 +80,10 @@ FULL = Sizes(name="full", roots=(64, 256, 1024, 4096, 16384, 65536), seq_roots=(
              peer_batch=(64, 256, 1024), peer_tokens_batched=128, hf_batch=(1, 64), hf_tokens=None,
              repeats=3, row_budget_s=12.0, sweep_deadline_s=150.0, quality_windows=32,
              small_warmup=False)
+# A CPU full run: same kinds of rows, batched sizes a 2-core machine finishes, so the
+# render sweeps (run last) still get their share of the time.
+CPU_FULL = replace(FULL, name="full-cpu", batch=(4, 16), roots_per_request=32, peer_batch=(4, 16, 64),
+                   sweep_deadline_s=240.0)
 QUICK = Sizes(name="quick", roots=(4, 16), seq_roots=(4,), ks=(1, 4, 16), e2e_roots=24,
               batch=(4,), roots_per_request=8, peer_tokens=32, peer_batch=(4,), peer_tokens_batched=8,
               hf_batch=(1, 64), hf_tokens=8, repeats=1, row_budget_s=2.0, sweep_deadline_s=20.0,
@@ -382,7 +386,7 @@ def run_bench(model_dir=None, device: str = "auto", dtype: str = "auto", quick: 
 
     ``on_row`` gets the partial report after each row, so a run cut short still leaves
     its numbers. The cheap rows every target needs run first; the long R sweeps last."""
-    sizes = QUICK if quick else FULL
+    sizes = QUICK if quick else FULL if resolve_device(device).type == "cuda" else CPU_FULL
     if repeats:
         sizes = replace(sizes, repeats=repeats)
     b = Bench(model_dir, device, dtype, sizes, log)

@@ -155,18 +155,20 @@ def load_renderer(model_dir, tokenizer: HierarchicalTokenizer, device="cpu", dty
 
 
 def load_manager(model_dir, tokenizer: HierarchicalTokenizer, device="cpu", dtype=None):
-    model, meta = load_part(model_dir, "manager", device, dtype)
-    if model.config.vocab_size != tokenizer.num_roots:
-        raise CheckpointError(f"manager in {model_dir} has vocabulary {model.config.vocab_size}, "
-                              f"the tokenizer has {tokenizer.num_roots} roots")
-    return model, meta
+    """The manager: a causal LM over roots."""
+    return _load_lm(model_dir, "manager", tokenizer.num_roots, "roots", device, dtype)
 
 
 def load_peer(model_dir, tokenizer: HierarchicalTokenizer, device="cpu", dtype=None):
-    model, meta = load_part(model_dir, "peer", device, dtype)
-    if model.config.vocab_size != tokenizer.num_chunks:
-        raise CheckpointError(f"AR peer in {model_dir} has vocabulary {model.config.vocab_size}, "
-                              f"the tokenizer has {tokenizer.num_chunks} chunks")
+    """The AR peer (the bench's baseline): a causal LM over chunks."""
+    return _load_lm(model_dir, "peer", tokenizer.num_chunks, "chunks", device, dtype)
+
+
+def _load_lm(model_dir, part: str, vocab: int, unit: str, device, dtype):
+    model, meta = load_part(model_dir, part, device, dtype)
+    if model.config.vocab_size != vocab:
+        raise CheckpointError(f"{part} in {model_dir} has vocabulary {model.config.vocab_size}, "
+                              f"the tokenizer has {vocab} {unit}")
     return model, meta
 
 

@@ -106,7 +106,9 @@ def _train_part(part, tokenizer, text, preset: Preset, opts: TrainOptions, devic
         if len(stream.train) < 2 or len(stream.val) < 2:
             raise FractalFloodError(f"corpus too short to train the {part}: {len(ids)} tokens "
                                     f"({len(text)} characters); give it more text")
-        task = LMTask(model, stream, opts.batch or preset.lm_batch, device, gen, chars=len(text))
+        decode = tokenizer.decode if part == "manager" else tokenizer.decode_chunks
+        val_chars = len(decode(stream.val.tolist()))  # bits per char of the held-out text itself
+        task = LMTask(model, stream, opts.batch or preset.lm_batch, device, gen, val_chars)
         steps = opts.lm_steps or (preset.manager_steps if part == "manager" else preset.peer_steps)
     model.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=preset.lr, betas=(0.9, 0.95), weight_decay=0.01)
@@ -256,12 +258,11 @@ class RendererTask:
 class LMTask:
     """Next-token prediction on random windows; validation on the held-out tail."""
 
-    def __init__(self, model, stream: TokenStream, batch, device, gen, chars: int):
+    def __init__(self, model, stream: TokenStream, batch, device, gen, val_chars: int):
         self.model, self.stream, self.batch, self.device = model, stream, batch, device
         self.gen = gen  # CPU generator
         self.context = model.config.context
-        total = len(stream.train) + len(stream.val)
-        self.chars_per_token = chars / total
+        self.chars_per_token = val_chars / len(stream.val)
         self.best = float("inf")
 
     def improved(self, metrics: dict) -> bool:
