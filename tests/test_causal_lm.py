@@ -220,3 +220,21 @@ def test_compiled_step_matches_eager_cpu():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_compiled_step_in_cuda_graph_matches_eager():
     _compiled_vs_eager("cuda", graph=True)
+
+
+def test_two_streams_on_one_model_keep_their_own_cache():
+    """A second stream (another batch size) on the same model must not corrupt the first."""
+    model = tiny()
+    cfg = SamplingConfig(temperature=0.8)
+    prompt = torch.randint(0, V, (5,), generator=torch.Generator().manual_seed(2))
+    alone = ARStream(model, 2, cfg, "cpu", seed=4)
+    alone.start(prompt)
+    expected = alone.generate(2 * CTX)
+    a = ARStream(model, 2, cfg, "cpu", seed=4)
+    b = ARStream(model, 3, cfg, "cpu", seed=9)
+    a.start(prompt)
+    first = a.generate(CTX)
+    b.start(prompt)
+    b.generate(CTX + 3)  # installs b's cache and fills it
+    second = a.generate(CTX)  # a goes on from its own cache
+    assert torch.equal(torch.cat([first, second], dim=1), expected)

@@ -57,6 +57,9 @@ class ARStream:
         self.context = model.config.context
         self.keep = max(1, self.context // 2)
         model.setup_cache(batch_size, dtype, self.device)
+        # this stream's own cache: another stream on the same model installs its own, so
+        # each call puts ours back (the CUDA graph captured these very buffers)
+        self._cache = (model.kv_caches, model.cache_mask)
         self.generator = torch.Generator(self.device)
         B, L = batch_size, self.context
         self._tok = torch.zeros(B, 1, dtype=torch.long, device=self.device)  # pending token
@@ -78,6 +81,7 @@ class ARStream:
     @torch.no_grad()
     def start(self, prompt: torch.Tensor) -> None:
         """Reset to ``prompt`` (T,) or (B, T) and reseed, so a stream is reproducible."""
+        self._install_cache()
         prompt = _as_batch(prompt.to(self.device), self.batch_size)[:, -self.context:]
         T = prompt.size(1)
         self.generator.manual_seed(self.seed)
@@ -91,6 +95,7 @@ class ARStream:
         """The next n tokens, (B, n) long on the device. Call again to continue."""
         if self.pos is None:
             raise RuntimeError("call start(prompt) before generate(n)")
+        self._install_cache()
         out = torch.empty(self.batch_size, n, dtype=torch.long, device=self.device)
         for i in range(n):
             if self.pos == self.context:  # window full: the pending token has no slot
@@ -105,6 +110,10 @@ class ARStream:
         return out
 
     # ---- internals ------------------------------------------------------------------------
+
+    def _install_cache(self) -> None:
+        if self.model.kv_caches is not self._cache[0]:
+            self.model.kv_caches, self.model.cache_mask = self._cache
 
     def _step(self) -> None:
         """One decode step on static buffers only: the body of the CUDA graph."""
