@@ -17,7 +17,20 @@ from .errors import FractalFloodError
 EXIT_USER_ERROR = 2
 
 
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a default when there is one worth showing (not None, False or '')."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False or action.default == "":
+            return action.help
+        return super()._get_help_string(action)
+
+
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kwargs)
+
     def error(self, message):  # one line, not usage + message
         sys.stderr.write(f"{self.prog}: error: {message}\n")
         sys.exit(EXIT_USER_ERROR)
@@ -74,9 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("stats", help="train the tokenizer on a corpus and print hierarchy statistics",
                        description="Train the 3-level tokenizer on a corpus (default: the shipped "
                                    "TinyShakespeare) and print chars/chunk, chunks/root, counts.")
-    s.add_argument("--corpus", help="UTF-8 text file (default: shipped TinyShakespeare)")
-    s.add_argument("--chunks", type=positive_int, default=1024, help="chunk vocabulary size (default 1024)")
-    s.add_argument("--roots", type=positive_int, default=2048, help="root vocabulary size (default 2048)")
+    s.add_argument("--corpus", help="UTF-8 text file (default: the shipped TinyShakespeare)")
+    s.add_argument("--chunks", type=positive_int, default=1024, help="chunk vocabulary size")
+    s.add_argument("--roots", type=positive_int, default=2048, help="root vocabulary size")
     s.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     from .config import PRESETS
@@ -86,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True, help="model directory to write")
     t.add_argument("--preset", default="seed", choices=sorted(PRESETS),
                    help="model sizes and schedule: tiny (tests) or seed (renderer 6x256x8, manager 4x128)")
-    t.add_argument("--corpus", help="UTF-8 text file (default: shipped TinyShakespeare)")
+    t.add_argument("--corpus", help="UTF-8 text file (default: the shipped TinyShakespeare)")
     t.add_argument("--parts", default="renderer,manager",
                    help="comma list of renderer, manager, peer (the AR baseline for the bench)")
     t.add_argument("--steps", type=positive_int, help="renderer steps (default: the preset's)")
@@ -95,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--time-limit", type=positive_float,
                    help="seconds per part: after timing steps 10-40, cap the schedule to fit "
                         "(a fresh run only; --resume keeps the capped schedule it saved)")
-    t.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
+    t.add_argument("--device", default="auto", help="cpu, cuda or auto")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--eval-every", type=positive_int, default=200, help="validation line every N steps")
     t.add_argument("--save-every", type=positive_int, default=500, help="checkpoint every N steps")
@@ -117,12 +130,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--top-k", type=positive_int, help="manager top-k")
     g.add_argument("--top-p", type=unit_float, help="manager nucleus p")
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
+    g.add_argument("--device", default="auto", help="cpu, cuda or auto")
     g.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16")
     g.add_argument("--model", help="model directory (default: the shipped model)")
     g.add_argument("--stream", action="store_true", help="print text block by block as it is rendered")
     g.add_argument("--block", type=positive_int, default=256,
-                   help="roots per block: the manager plans one while the previous is rendered (default 256)")
+                   help="roots per block: the manager plans one while the previous is rendered")
     g.add_argument("--compile", action="store_true",
                    help="torch.compile the manager's decode step (GPU; slow first call)")
     g.add_argument("--json", action="store_true", help="print text, root ids, energies, timings as JSON")
@@ -130,11 +143,11 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="evaluate a model: render fidelity, energy detection, manager loss",
                        description="Held-out evaluation on the tail of the corpus (see DESIGN definitions).")
     e.add_argument("--model", help="model directory (default: the shipped model)")
-    e.add_argument("--corpus", help="UTF-8 text file (default: shipped TinyShakespeare)")
+    e.add_argument("--corpus", help="UTF-8 text file (default: the shipped TinyShakespeare)")
     e.add_argument("--device", default="auto")
     e.add_argument("--k", type=positive_int, default=1, help="best-of-K for the fidelity render")
     e.add_argument("--max-roots", type=positive_int, default=5000,
-                   help="held-out roots to evaluate (default 5000; the tail has ~17.9k)")
+                   help="held-out roots to evaluate (the tail has ~17.9k)")
     e.add_argument("--json", action="store_true", help="print JSON")
 
     b = sub.add_parser("bench", help="benchmark decoders against the sequential and AR baselines",
