@@ -355,3 +355,27 @@ def test_tiny_preset_is_smaller_than_seed():
     n_tiny = FractalDiffusionModel(RendererConfig(levels=levels, **tiny.renderer)).num_params()
     n_seed = FractalDiffusionModel(RendererConfig(levels=levels, **seed.renderer)).num_params()
     assert n_tiny * 10 < n_seed
+
+
+def test_resume_keeps_the_best_heldout_loss_of_a_language_model(tmp_path, small_corpus_file):
+    """The manager publishes only improving checkpoints; a resumed run must remember the best
+    held-out loss so far, not start again from infinity."""
+    out = tmp_path / "lm"
+
+    def interrupt_at_15(line):
+        if "step 15" in line:
+            raise Interrupted(line)
+
+    with pytest.raises(Interrupted):
+        run_training(_opts(out, small_corpus_file, parts=("manager",), lm_steps=30, eval_every=5,
+                           log=interrupt_at_15))
+    saved = _state(out, "manager")
+    published = ckpt.read_meta(out, "manager")
+    assert saved["step"] == 10 and saved["best"] == pytest.approx(published["metrics"]["val_loss"])
+    seen = []
+    run_training(_opts(out, small_corpus_file, parts=("manager",), lm_steps=30, resume=True,
+                       log=seen.append))
+    final = _state(out, "manager")
+    published = ckpt.read_meta(out, "manager")
+    assert final["best"] == pytest.approx(published["metrics"]["val_loss"])
+    assert final["best"] <= saved["best"]  # never published a worse checkpoint after resuming

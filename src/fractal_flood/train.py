@@ -115,7 +115,8 @@ def _train_part(part, tokenizer, text, preset: Preset, opts: TrainOptions, devic
     state_path = Path(opts.out_dir) / STATE_DIR / f"{part}.pt"
     start = 0
     if opts.resume and state_path.exists():
-        start, steps = _restore(state_path, model, opt, gen, part)
+        start, steps, best = _restore(state_path, model, opt, gen, part)
+        task.best = best
         opts.log(f"{part}: resuming from step {start} of {steps}")
     elif opts.resume:
         opts.log(f"{part}: no saved state in {state_path.parent}, starting from step 0")
@@ -166,7 +167,7 @@ def _train_part(part, tokenizer, text, preset: Preset, opts: TrainOptions, devic
                                extra={"step": done, "total_steps": steps, "preset": opts.preset,
                                       "metrics": {k: float(v) for k, v in last.items()}})
         if done % opts.save_every == 0 or done == steps:
-            _save_state(opts.out_dir, part, model, opt, gen, done, steps, opts.preset)
+            _save_state(opts.out_dir, part, model, opt, gen, done, steps, opts.preset, task.best)
     seconds = time.perf_counter() - t0
     opts.log(f"{part}: done, {steps - start} steps in {seconds:.1f}s -> {opts.out_dir}")
     return {"steps": steps, "seconds": seconds, **last}
@@ -180,12 +181,12 @@ def _lr(step: int, total: int, peak: float) -> float:
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
 
 
-def _save_state(out_dir, part, model, opt, gen, step, total, preset) -> None:
+def _save_state(out_dir, part, model, opt, gen, step, total, preset, best) -> None:
     """Everything ``--resume`` needs, written atomically."""
     state_dir = Path(out_dir) / STATE_DIR
     state_dir.mkdir(parents=True, exist_ok=True)
     state = {"model": model.state_dict(), "optim": opt.state_dict(), "step": step,
-             "total_steps": total, "rng": gen.get_state(), "preset": preset}
+             "total_steps": total, "rng": gen.get_state(), "preset": preset, "best": best}
     ckpt.atomic_write(state_dir / f"{part}.pt", lambda p: torch.save(state, p))
 
 
@@ -195,7 +196,7 @@ def _restore(path: Path, model, opt, gen, part) -> int:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optim"])
         gen.set_state(state["rng"])
-        return int(state["step"]), int(state["total_steps"])
+        return int(state["step"]), int(state["total_steps"]), state.get("best", float("inf"))
     except Exception as e:
         raise FractalFloodError(f"cannot resume {part} from {path}: {type(e).__name__}: {e}") from None
 
@@ -212,8 +213,10 @@ class RendererTask:
         self.energy_weight = energy_weight
         self.T = model.config.timesteps
 
+    best = None  # the renderer learns a table: the latest weights are the best
+
     def improved(self, metrics: dict) -> bool:
-        return True  # the renderer learns a table: the latest weights are the best
+        return True
 
     def loss(self):
         total, logs = 0.0, {}
