@@ -142,9 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="evaluate a model: render fidelity, energy detection, manager loss",
                        description="Held-out evaluation on the tail of the corpus (see DESIGN definitions).")
-    e.add_argument("--model", help="model directory (default: the shipped model)")
+    _add_model_and_device(e)
     e.add_argument("--corpus", help="UTF-8 text file (default: the shipped TinyShakespeare)")
-    e.add_argument("--device", default="auto")
     e.add_argument("--k", type=positive_int, default=1, help="best-of-K for the fidelity render")
     e.add_argument("--max-roots", type=positive_int, default=5000,
                    help="held-out roots to evaluate (the tail has ~17.9k)")
@@ -152,15 +151,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="benchmark decoders against the sequential and AR baselines",
                        description="Sequential vs flood vs adaptive vs AR peer, end-to-end and render-only.")
-    b.add_argument("--model", help="model directory (default: the shipped model)")
-    b.add_argument("--device", default="auto")
-    b.add_argument("--dtype", default="auto")
+    _add_model_and_device(b)
+    b.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16")
     b.add_argument("--quick", action="store_true", help="small sizes: under a minute on a 2-core CPU")
     b.add_argument("--json", dest="json_path", help="write results as JSON to this file")
     b.add_argument("--markdown", help="write a Markdown report to this file")
     b.add_argument("--plot", help="write a PNG plot (throughput vs roots) to this file")
     b.add_argument("--repeats", type=positive_int, help="timed runs per row (median reported)")
     return p
+
+
+def _add_model_and_device(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="model directory (default: the shipped model)")
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto")
 
 
 def main(argv=None) -> int:
