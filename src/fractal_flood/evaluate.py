@@ -16,7 +16,6 @@ split as training). Reported:
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import torch
@@ -25,9 +24,8 @@ from . import checkpoint as ckpt
 from .corpus import load_corpus
 from .decoding import DecodeOptions, FlashFloodDecoder
 from .device import describe, resolve_device
-from .metrics import render_fidelity
+from .metrics import bits_per_char_of_loss, heldout_loss, render_fidelity
 from .pairs import TokenStream, hard_negatives, level_tables, random_negatives
-from .train import heldout_loss
 
 
 @torch.no_grad()
@@ -77,17 +75,13 @@ def evaluate(model_dir=None, corpus=None, device="auto", k: int = 1, max_roots: 
     # --- manager (and AR peer) held-out loss
     held_chars = len(tok.decode(roots.tolist()))
     loss = heldout_loss(manager, roots, dev)
-    out["manager"] = {"loss_per_root": loss, "bpc": _bpc(loss, len(roots), held_chars)}
+    out["manager"] = {"loss_per_root": loss, "bpc": bits_per_char_of_loss(loss, held_chars / len(roots))}
     if (model_dir / "peer.json").exists():
         peer, _ = ckpt.load_peer(model_dir, tok, dev)
         chunks = torch.tensor(tok.encode_chunks(tok.decode(roots.tolist())))
         ploss = heldout_loss(peer, chunks, dev)
-        out["peer"] = {"loss_per_chunk": ploss, "bpc": _bpc(ploss, len(chunks), held_chars)}
+        out["peer"] = {"loss_per_chunk": ploss, "bpc": bits_per_char_of_loss(ploss, held_chars / len(chunks))}
     return out
-
-
-def _bpc(loss_per_token: float, tokens: int, chars: int) -> float:
-    return loss_per_token * tokens / chars / math.log(2)
 
 
 def format_report(r: dict) -> str:

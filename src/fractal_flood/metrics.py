@@ -8,6 +8,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from .errors import FractalFloodError
+
 
 def edit_distance(a: str, b: str) -> int:
     """Levenshtein distance (insertions, deletions, substitutions), O(len(a) * len(b))."""
@@ -68,3 +70,18 @@ def bits_per_char(peer, tokenizer, texts: list, max_windows: int) -> Optional[fl
     return nats / chars / math.log(2)
 
 
+def bits_per_char_of_loss(nats_per_token: float, chars_per_token: float) -> float:
+    """A mean loss in nats per token as bits per character of the text those tokens spell."""
+    return nats_per_token / math.log(2) / chars_per_token
+
+
+@torch.no_grad()
+def heldout_loss(model, ids: torch.Tensor, device, max_windows: int = 64) -> float:
+    """Mean next-token loss (nats) over non-overlapping windows of the held-out stream."""
+    T = min(model.config.context, len(ids) - 1)
+    n = min(max_windows, (len(ids) - 1) // T)
+    if n < 1:
+        raise FractalFloodError("held-out stream is shorter than one window")
+    idx = torch.arange(n).unsqueeze(1) * T + torch.arange(T + 1)  # (n, T + 1)
+    win = ids[idx].to(device)
+    return float(model.loss(win[:, :-1], win[:, 1:]))

@@ -8,7 +8,6 @@ atomic checkpoint every ``save_every`` steps that ``resume=True`` continues from
 from __future__ import annotations
 
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,14 +22,14 @@ from .config import CausalLMConfig, Preset, RendererConfig, get_preset
 from .corpus import load_corpus
 from .device import resolve_device
 from .errors import FractalFloodError
-from .losses import diffusion_loss, energy_loss
-from .noise import corrupt
-from .pairs import TokenStream, level_tables, lm_batch, sample_conditions, wrong_pairs
+from .lm_task import LMTask
+from .pairs import TokenStream
 from .renderer import FractalDiffusionModel
+from .renderer_task import RendererTask
 from .tokenizer import HierarchicalTokenizer
+from .train_state import STATE_DIR, restore_state, save_state, state_path
 
 ALL_PARTS = ("renderer", "manager", "peer")
-STATE_DIR = "train_state"
 
 
 @dataclass
@@ -83,7 +82,26 @@ def run_training(opts: TrainOptions) -> dict:
     return results
 
 
+@dataclass
+class PartRun:
+    """One part ready to train: its model, task, optimizer, generator and schedule."""
+    part: str
+    model: torch.nn.Module
+    task: object  # RendererTask or LMTask: loss(), validate(), improved(), best
+    opt: torch.optim.Optimizer
+    gen: torch.Generator
+    steps: int
+    start: int = 0
+
+
 def _train_part(part, tokenizer, text, preset: Preset, opts: TrainOptions, device) -> dict:
+    run = _build_part(part, tokenizer, text, preset, opts, device)
+    _resume_part(run, opts)
+    return _train_loop(run, preset, opts, device)
+
+
+def _build_part(part, tokenizer, text, preset: Preset, opts: TrainOptions, device) -> PartRun:
+    """The model (seeded init), its task and optimizer, on ``device``."""
     # the renderer samples its pairs on the device; the LMs cut windows from a CPU stream
     gen = torch.Generator(device=device if part == "renderer" else "cpu")
     gen.manual_seed(opts.seed + ALL_PARTS.index(part))
@@ -112,14 +130,23 @@ def _train_part(part, tokenizer, text, preset: Preset, opts: TrainOptions, devic
         steps = opts.lm_steps or (preset.manager_steps if part == "manager" else preset.peer_steps)
     model.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=preset.lr, betas=(0.9, 0.95), weight_decay=0.01)
-    state_path = Path(opts.out_dir) / STATE_DIR / f"{part}.pt"
-    start = 0
-    if opts.resume and state_path.exists():
-        start, steps, best = _restore(state_path, model, opt, gen, part)
-        task.best = best
-        opts.log(f"{part}: resuming from step {start} of {steps}")
+    return PartRun(part, model, task, opt, gen, steps)
+
+
+def _resume_part(run: PartRun, opts: TrainOptions) -> None:
+    """With ``--resume``, continue from the part's saved state when it has one."""
+    path = state_path(opts.out_dir, run.part)
+    if opts.resume and path.exists():
+        run.start, run.steps, best = restore_state(path, run.model, run.opt, run.gen, run.part)
+        run.task.best = best
+        opts.log(f"{run.part}: resuming from step {run.start} of {run.steps}")
     elif opts.resume:
-        opts.log(f"{part}: no saved state in {state_path.parent}, starting from step 0")
+        opts.log(f"{run.part}: no saved state in {path.parent}, starting from step 0")
+
+
+def _train_loop(run: PartRun, preset: Preset, opts: TrainOptions, device) -> dict:
+    part, model, task, opt, gen = run.part, run.model, run.task, run.opt, run.gen
+    start, steps = run.start, run.steps
     opts.log(f"{part}: {model.num_params() / 1e6:.2f}M parameters, {steps} steps on {device}")
     use_bf16 = device.type == "cuda"
     bar = tqdm(range(start, steps), desc=part, disable=not opts.progress, initial=start, total=steps,
@@ -167,7 +194,7 @@ def _train_part(part, tokenizer, text, preset: Preset, opts: TrainOptions, devic
                                extra={"step": done, "total_steps": steps, "preset": opts.preset,
                                       "metrics": {k: float(v) for k, v in last.items()}})
         if done % opts.save_every == 0 or done == steps:
-            _save_state(opts.out_dir, part, model, opt, gen, done, steps, opts.preset, task.best)
+            save_state(opts.out_dir, part, model, opt, gen, done, steps, opts.preset, task.best)
     seconds = time.perf_counter() - t0
     opts.log(f"{part}: done, {steps - start} steps in {seconds:.1f}s -> {opts.out_dir}")
     return {"steps": steps, "seconds": seconds, **last}
@@ -179,120 +206,3 @@ def _lr(step: int, total: int, peak: float) -> float:
         return peak * (step + 1) / warm
     frac = (step - warm) / max(1, total - warm)
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
-
-
-def _save_state(out_dir, part, model, opt, gen, step, total, preset, best) -> None:
-    """Everything ``--resume`` needs, written atomically."""
-    state_dir = Path(out_dir) / STATE_DIR
-    state_dir.mkdir(parents=True, exist_ok=True)
-    state = {"model": model.state_dict(), "optim": opt.state_dict(), "step": step,
-             "total_steps": total, "rng": gen.get_state(), "preset": preset, "best": best}
-    ckpt.atomic_write(state_dir / f"{part}.pt", lambda p: torch.save(state, p))
-
-
-def _restore(path: Path, model, opt, gen, part) -> int:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optim"])
-        gen.set_state(state["rng"])
-        return int(state["step"]), int(state["total_steps"]), state.get("best", float("inf"))
-    except Exception as e:
-        raise FractalFloodError(f"cannot resume {part} from {path}: {type(e).__name__}: {e}") from None
-
-
-class RendererTask:
-    """Per step, the batch is split evenly over the levels. Each level's share is one
-    forward of three groups: noisy targets at random t (denoising cross-entropy), and at
-    t = 0 the clean right expansion (energy -> 0) and a wrong one (energy -> 1)."""
-
-    def __init__(self, model, tokenizer, batch, energy_weight, device, gen):
-        self.model, self.device, self.gen = model, device, gen
-        self.tables = [t.to(device) for t in level_tables(tokenizer)]
-        self.per_level = max(2, batch // len(self.tables))
-        self.energy_weight = energy_weight
-        self.T = model.config.timesteps
-
-    best = None  # the renderer learns a table: the latest weights are the best
-
-    def improved(self, metrics: dict) -> bool:
-        return True
-
-    def loss(self):
-        total, logs = 0.0, {}
-        for level, table in enumerate(self.tables):
-            n, e = self.per_level, self.per_level // 2
-            cond = sample_conditions(table, n, self.gen)  # (n,)
-            right = table.targets[cond]  # (n, L)
-            t = torch.randint(0, self.T, (n,), device=self.device, generator=self.gen)
-            noisy = corrupt(right, t, self.T, table.num_classes, self.gen)
-            wrong = wrong_pairs(table, cond[:e], self.gen)
-            cond_all = torch.cat([cond, cond[:e], cond[:e]])
-            tgt_all = torch.cat([noisy, right[:e], wrong])
-            t_all = torch.cat([t, torch.zeros(2 * e, dtype=torch.long, device=self.device)])
-            logits, energy = self.model(level, cond_all, tgt_all, t_all)
-            ce = diffusion_loss(logits[:n], right)
-            labels = torch.cat([torch.zeros(e), torch.ones(e)]).to(self.device)
-            en = energy_loss(energy[n:], labels)
-            total = total + ce + self.energy_weight * en
-            logs[f"ce{level}"] = ce.detach()  # tensors: no host sync per step
-            logs[f"en{level}"] = en.detach()
-        return total, logs
-
-    @torch.no_grad()
-    def validate(self, n: int = 512) -> dict:
-        """Exact expansion from pure noise (argmax, K = 1) and energy separation, per level."""
-        out = {}
-        g = torch.Generator(device=self.device)
-        g.manual_seed(1234)
-        for level, table in enumerate(self.tables):
-            cond = sample_conditions(table, n, g)
-            right = table.targets[cond]
-            noise = torch.randint(0, table.num_classes, right.shape, device=self.device, generator=g)
-            t = torch.full((n,), self.T - 1, device=self.device, dtype=torch.long)
-            pred = self.model.denoise(level, cond, noise, t).argmax(-1)
-            out[f"exact{level}"] = (pred == right).all(-1).float().mean().item()
-            e_right = self.model.energy(level, cond, right)
-            e_wrong = self.model.energy(level, cond, wrong_pairs(table, cond, g))
-            out[f"detect{level}"] = (e_wrong > e_right).float().mean().item()
-        return out
-
-
-class LMTask:
-    """Next-token prediction on random windows; validation on the held-out tail."""
-
-    def __init__(self, model, stream: TokenStream, batch, device, gen, val_chars: int):
-        self.model, self.stream, self.batch, self.device = model, stream, batch, device
-        self.gen = gen  # CPU generator
-        self.context = model.config.context
-        self.chars_per_token = val_chars / len(stream.val)
-        self.best = float("inf")
-
-    def improved(self, metrics: dict) -> bool:
-        loss = metrics.get("val_loss")
-        if loss is None or loss < self.best:
-            self.best = loss if loss is not None else self.best
-            return True
-        return False
-
-    def loss(self):
-        x, y = lm_batch(self.stream.train, self.batch, self.context, self.gen)
-        loss = self.model.loss(x.to(self.device), y.to(self.device))
-        return loss, {"loss": loss.detach()}
-
-    @torch.no_grad()
-    def validate(self) -> dict:
-        loss = heldout_loss(self.model, self.stream.val, self.device)
-        return {"val_loss": loss, "val_bpc": loss / math.log(2) / self.chars_per_token}
-
-
-@torch.no_grad()
-def heldout_loss(model: CausalLM, ids: torch.Tensor, device, max_windows: int = 64) -> float:
-    """Mean next-token loss (nats) over non-overlapping windows of the held-out stream."""
-    T = min(model.config.context, len(ids) - 1)
-    n = min(max_windows, (len(ids) - 1) // T)
-    if n < 1:
-        raise FractalFloodError("held-out stream is shorter than one window")
-    idx = torch.arange(n).unsqueeze(1) * T + torch.arange(T + 1)  # (n, T + 1)
-    win = ids[idx].to(device)
-    return float(model.loss(win[:, :-1], win[:, 1:]))
