@@ -2,7 +2,8 @@
 
 from .errors import (CheckpointError, DeviceError, FractalFloodError, TokenizerFileError,
                      UnknownCharacterError)
-from .tokenizer import HierarchicalTokenizer, LevelSpec
+from .tokenizer import HierarchicalTokenizer
+from .levels import Level
 from .config import CausalLMConfig, RendererConfig
 from .renderer import FractalDiffusionModel
 from .causal_lm import CausalLM
@@ -16,7 +17,7 @@ __version__ = "0.1.0"
 __all__ = [
     "__version__",
     "HierarchicalTokenizer",
-    "LevelSpec",
+    "Level",
     "RendererConfig",
     "CausalLMConfig",
     "FractalDiffusionModel",

@@ -9,8 +9,8 @@ from dataclasses import asdict, dataclass, field, fields
 class RendererConfig:
     """The shared-weight bidirectional renderer (``FractalDiffusionModel``).
 
-    ``levels`` comes from the tokenizer: one ``[num_conditions, num_targets, max_len]`` per
-    expansion step, top to bottom, so a deeper hierarchy needs no code change.
+    ``levels`` comes from the tokenizer: the hierarchy as ``levels.Level`` dicts, top to
+    bottom, so a deeper hierarchy needs no code change.
     """
 
     levels: list = field(default_factory=list)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -23,6 +22,7 @@ import torch
 from tokenizers import Tokenizer, models, trainers
 
 from .errors import TokenizerFileError, UnknownCharacterError
+from .levels import Level
 
 FORMAT_NAME = "fractal-flood-tokenizer"
 FORMAT_VERSION = 1
@@ -52,21 +52,6 @@ def _train_bpe(words: Iterable[str], vocab_size: int, max_len: int, alphabet: Se
     )
     tok.train_from_iterator(words, trainer)
     return tok
-
-
-@dataclass(frozen=True)
-class LevelSpec:
-    """One expansion step of the hierarchy: a condition token -> up to ``max_len`` targets."""
-
-    index: int  # 0 = root -> chunks, 1 = chunk -> chars, ...
-    name: str
-    num_conditions: int  # size of the parent vocabulary
-    num_targets: int  # size of the child vocabulary; the pad target is id num_targets
-    max_len: int
-
-    @property
-    def pad_id(self) -> int:
-        return self.num_targets
 
 
 class HierarchicalTokenizer:
@@ -137,11 +122,12 @@ class HierarchicalTokenizer:
         return len(self._roots)
 
     @property
-    def levels(self) -> list[LevelSpec]:
-        """The expansion steps, top (roots) to bottom (characters)."""
+    def levels(self) -> list[Level]:
+        """The hierarchy, top (roots) to bottom (characters): see ``levels.Level``."""
         return [
-            LevelSpec(0, "root->chunks", self.num_roots, self.num_chunks, self.max_root_chunks),
-            LevelSpec(1, "chunk->chars", self.num_chunks, self.num_chars, self.max_chunk_chars),
+            Level("roots", self.num_roots, self.max_root_chunks),
+            Level("chunks", self.num_chunks, self.max_chunk_chars),
+            Level("chars", self.num_chars, 0),
         ]
 
     # ------------------------------------------------------------------ encode / decode
@@ -216,17 +202,18 @@ class HierarchicalTokenizer:
 
     # ------------------------------------------------------------------ tensors
     def expansion_table(self, level: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(targets, lengths)`` for one level: targets is ``(num_conditions, max_len)``
-        int64, padded with the level's pad id; lengths is ``(num_conditions,)``."""
-        if not 0 <= level < len(self.levels):
-            raise ValueError(f"level {level} does not exist (levels: 0..{len(self.levels) - 1})")
+        """``(targets, lengths)`` for the expansion of level ``level`` into level ``level + 1``:
+        targets is ``(levels[level].size, levels[level].max_children)`` int64, padded with the
+        child level's pad id; lengths is ``(levels[level].size,)``."""
+        if not 0 <= level < len(self.levels) - 1:
+            raise ValueError(f"level {level} does not expand (expanding levels: 0..{len(self.levels) - 2})")
         if level not in self._tables:
-            spec = self.levels[level]
+            parent, child = self.levels[level], self.levels[level + 1]
             if level == 0:
                 rows = self._roots
             else:
                 rows = [[self._char_index[c] for c in s] for s in self._chunks]
-            table = torch.full((spec.num_conditions, spec.max_len), spec.pad_id, dtype=torch.long)
+            table = torch.full((parent.size, parent.max_children), child.pad_id, dtype=torch.long)
             lengths = torch.tensor([len(r) for r in rows], dtype=torch.long)
             for i, r in enumerate(rows):
                 table[i, : len(r)] = torch.tensor(r, dtype=torch.long)

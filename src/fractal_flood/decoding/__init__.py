@@ -1,23 +1,26 @@
-"""Decoders: the sequential baseline and the Flash Flood (best-of-K and adaptive)."""
+"""Decoders: the sequential baseline and the Flash Flood (best-of-K and adaptive).
+
+``canvas.py`` holds the two renderer passes (draw, score), ``choose.py`` the pure choice
+functions (best-of-K, adaptive), ``flood.py`` the one loop over levels, and
+``sequential.py`` the item-by-item reference every flood is tested against.
+"""
 
 from .base import DecodeOptions, Decoder
-from .flood import FlashFloodDecoder
+from .flood import AdaptiveFloodDecoder, FlashFloodDecoder, render
 from .result import LevelStats, RenderResult
 from .sequential import SequentialDecoder
 
-DECODERS = ("flood", "adaptive", "sequential")
+DECODERS = {"flood": FlashFloodDecoder, "adaptive": AdaptiveFloodDecoder, "sequential": SequentialDecoder}
 
 
 def make_decoder(name: str, model, alphabet: str, options: DecodeOptions | None = None) -> Decoder:
     """Build a decoder by name: ``flood`` (best-of-K), ``adaptive`` or ``sequential``."""
-    if name == "flood":
-        return FlashFloodDecoder(model, alphabet, options)
-    if name == "adaptive":
-        return FlashFloodDecoder(model, alphabet, options, adaptive=True)
-    if name == "sequential":
-        return SequentialDecoder(model, alphabet, options)
-    raise ValueError(f"unknown decoder {name!r} (choose from: {', '.join(DECODERS)})")
+    try:
+        cls = DECODERS[name]
+    except KeyError:
+        raise ValueError(f"unknown decoder {name!r} (choose from: {', '.join(DECODERS)})") from None
+    return cls(model, alphabet, options)
 
 
-__all__ = ["DecodeOptions", "Decoder", "FlashFloodDecoder", "SequentialDecoder", "LevelStats",
-           "RenderResult", "DECODERS", "make_decoder"]
+__all__ = ["DecodeOptions", "Decoder", "FlashFloodDecoder", "AdaptiveFloodDecoder", "SequentialDecoder",
+           "LevelStats", "RenderResult", "DECODERS", "make_decoder", "render"]

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 import torch
 
 from ..renderer import FractalDiffusionModel
-from .expand import Expander
 from .result import RenderResult
 
 
@@ -21,6 +20,8 @@ class DecodeOptions:
     # sequences per forward pass: bounds memory for any number of roots (one item's K
     # candidates always share a pass, so the bound is max(max_batch, k))
     max_batch: int = 65536
+    energies: bool = False  # score the chosen draws even where no choice needs it (K = 1 flood)
+    packed: bool = True  # canvases sized to the lengths; False: the padded, masked reference
 
     def validate(self) -> "DecodeOptions":
         if int(self.k) != self.k or self.k < 1:
@@ -29,8 +30,8 @@ class DecodeOptions:
             raise ValueError(f"max_tries must be an integer >= 1, got {self.max_tries}")
         if not self.threshold == self.threshold:  # NaN
             raise ValueError("threshold must be a number, got NaN")
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 <= self.temperature < float("inf"):  # also rejects NaN
+            raise ValueError(f"temperature must be a finite number >= 0, got {self.temperature}")
         if self.max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {self.max_batch}")
         return self
@@ -45,15 +46,14 @@ class Decoder:
         self.model = model
         self.alphabet = alphabet
         self.options = (options or DecodeOptions()).validate()
-        self.expander = Expander(model, self.options.seed, self.options.temperature)
-        self.device = self.expander.device
+        self.device = next(model.parameters()).device
 
     def render(self, root_ids) -> RenderResult:
         raise NotImplementedError
 
     def _roots_tensor(self, root_ids) -> torch.Tensor:
         roots = torch.as_tensor(root_ids, dtype=torch.long).reshape(-1)
-        n = self.model.config.levels[0][0]
+        n = self.model.levels[0].size
         if roots.numel() and (int(roots.min()) < 0 or int(roots.max()) >= n):
             raise ValueError(f"root ids must lie in [0, {n})")
         return roots.to(self.device)

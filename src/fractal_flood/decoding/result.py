@@ -14,12 +14,17 @@ class LevelStats:
     draws: int = 0  # candidates drawn (K per item for best-of-K; tries for rejection)
     passes: int = 0  # batched forward passes
     rounds: int = 0  # adaptive rounds (or batches)
-    accepted: int = 0  # items whose chosen draw passed the threshold
+    accepted: int = 0  # items whose chosen draw passed the threshold (if scored)
     energy_sum: float = 0.0
+    positions: int = 0  # canvas positions computed (condition included)
+    flops: int = 0  # matrix FLOPs of the passes, counted from shapes (flops.py)
+    scored: bool = False  # whether an energy pass ran (K > 1, adaptive, sequential, or asked)
 
     def as_dict(self) -> dict:
         d = dict(self.__dict__)
-        d["mean_energy"] = self.energy_sum / self.items if self.items else 0.0
+        d["mean_energy"] = (self.energy_sum / self.items if self.items else 0.0) if self.scored else None
+        if not self.scored:
+            d["accepted"] = None
         d.pop("energy_sum")
         return d
 
@@ -32,7 +37,7 @@ class RenderResult:
     counts: list  # list of CPU int64 tensors
     alphabet: str
     levels: list = field(default_factory=list)  # LevelStats per level
-    energies: list = field(default_factory=list)  # chosen energy per item, per level (CPU)
+    energies: list = field(default_factory=list)  # chosen energy per item, per level (CPU), or None: not scored
 
     @property
     def text(self) -> str:
@@ -67,7 +72,11 @@ class RenderResult:
     def passes(self) -> int:
         return sum(s.passes for s in self.levels)
 
+    @property
+    def flops(self) -> int:
+        return sum(s.flops for s in self.levels)
+
     def stats(self) -> dict:
         return {"roots": self.num_roots, "chunks": self.num_chunks, "chars": len(self.tokens),
-                "draws": self.draws, "passes": self.passes,
+                "draws": self.draws, "passes": self.passes, "flops": self.flops,
                 "levels": [s.as_dict() for s in self.levels]}

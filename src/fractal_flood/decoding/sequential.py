@@ -2,9 +2,10 @@
 
 Each root is expanded to chunks by rejection sampling (draw from pure noise, score at
 t = 0, accept below the threshold, at most ``max_tries`` draws, else keep the lowest
-energy), then each real chunk to characters the same way, depth first. Items are numbered
-in the same left-to-right order as the flood's, so given the same seed both see the same
-noise: this is the reference the flood is tested against.
+energy), then each real chunk to characters the same way, depth first, on a canvas of the
+length the level above predicted. Items are numbered in the same left-to-right order as the
+flood's, so given the same seed both see the same noise: this is the reference the floods
+are tested against.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from .base import Decoder
+from .canvas import Work, draw, score
 from .result import LevelStats, RenderResult
 
 
@@ -19,50 +21,56 @@ class SequentialDecoder(Decoder):
     name = "sequential"
 
     @torch.no_grad()
-    def _rejection(self, level: int, cond: int, item: int, stats: LevelStats):
+    def _rejection(self, level: int, cond: int, item: int, length, stats: LevelStats):
         opts = self.options
         c = torch.tensor([cond], device=self.device)
         it = torch.tensor([item], device=self.device)
+        ln = None if length is None else torch.tensor([length], device=self.device)
         best, best_e = None, float("inf")
+        work = Work()
         for d in range(opts.max_tries):
-            cand, e = self.expander.draw_and_score(level, c, it, torch.tensor([d], device=self.device))
-            e = float(e[0])  # the accept test needs the value: one sync per try, inherent
-            stats.draws += 1
-            stats.passes += 2
+            cand = draw(self.model, level, c, it, torch.tensor([d], device=self.device), ln, opts.seed,
+                        opts.temperature, work=work)
+            e = float(score(self.model, level, c, cand.tokens, ln, work=work)[0])  # one sync per try
             if e < best_e:
-                best, best_e = cand[0], e
+                best, best_e = cand, e
             if e < opts.threshold:
                 break
         stats.items += 1
+        stats.draws += work.draws
+        stats.passes += work.passes
+        stats.positions += work.positions
+        stats.flops += work.flops
         stats.accepted += best_e < opts.threshold
         stats.energy_sum += best_e
-        return best.tolist(), best_e
+        child = None if best.child_lengths is None else best.child_lengths[0].tolist()
+        return best.tokens[0].tolist(), child, best_e
 
     @torch.no_grad()
     def render(self, root_ids) -> RenderResult:
         roots = self._roots_tensor(root_ids).tolist()
         n_levels = self.model.num_levels
-        stats = [LevelStats() for _ in range(n_levels)]
+        stats = [LevelStats(scored=True) for _ in range(n_levels)]
         counts = [[] for _ in range(n_levels)]
         energies = [[] for _ in range(n_levels)]
         next_item = [0] * n_levels
         out: list[int] = []
 
-        def visit(level: int, cond: int) -> None:
-            sel, e = self._rejection(level, cond, next_item[level], stats[level])
+        def visit(level: int, cond: int, length) -> None:
+            sel, child, e = self._rejection(level, cond, next_item[level], length, stats[level])
             next_item[level] += 1
             pad = self.model.pad_id(level)
-            children = [x for x in sel if x != pad]
-            counts[level].append(len(children))
+            keep = [i for i, x in enumerate(sel) if x != pad]
+            counts[level].append(len(keep))
             energies[level].append(e)
             if level == n_levels - 1:
-                out.extend(children)
+                out.extend(sel[i] for i in keep)
             else:
-                for child in children:
-                    visit(level + 1, child)
+                for i in keep:
+                    visit(level + 1, sel[i], None if child is None else child[i])
 
         for r in roots:
-            visit(0, r)
+            visit(0, r, None)
         for s in stats:
             s.rounds = s.items
         return RenderResult(torch.tensor(out, dtype=torch.long),
