@@ -147,8 +147,8 @@ def load_tokenizer(model_dir: str | Path) -> HierarchicalTokenizer:
 def load_renderer(model_dir, tokenizer: HierarchicalTokenizer, device="cpu", dtype=None):
     """Load the renderer and check that its levels match the tokenizer."""
     model, meta = load_part(model_dir, "renderer", device, dtype)
-    expected = [[s.num_conditions, s.num_targets, s.max_len] for s in tokenizer.levels]
-    if [list(map(int, lv)) for lv in model.config.levels] != expected:
+    expected = [lv.to_dict() for lv in tokenizer.levels]
+    if model.config.levels != expected:
         raise CheckpointError(f"renderer in {model_dir} was trained for levels {model.config.levels}, "
                               f"but the tokenizer has {expected}")
     return model, meta

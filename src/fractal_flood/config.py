@@ -61,6 +61,7 @@ class Preset:
     peer_steps: int = 3000
     lm_batch: int = 64
     lr: float = 1e-3
+    renderer_lr: float | None = None  # None: ``lr``
     energy_weight: float = 1.0
 
 
@@ -74,6 +75,15 @@ PRESETS: dict[str, Preset] = {
         num_chunks=128, num_roots=192,
         renderer_steps=300, renderer_batch=128,
         manager_steps=200, peer_steps=200, lm_batch=16, lr=3e-3,
+    ),
+    # The default: the smallest renderer that renders the shipped corpus exactly (RESULTS.md,
+    # renderer size sweep), trainable on a 2-core CPU in minutes; the seed's manager and peer.
+    "small": Preset(
+        name="small",
+        renderer=dict(n_layers=3, d_model=128, n_heads=4),
+        manager=dict(n_layers=4, d_model=128, n_heads=4, context=256),
+        peer=dict(n_layers=4, d_model=128, n_heads=4, context=256),
+        renderer_steps=2000, renderer_batch=512, renderer_lr=2e-3,
     ),
     # The seed's sizes (DESIGN.md): renderer 6x256x8, manager 4x128; AR peer = renderer size.
     "seed": Preset(

@@ -22,10 +22,12 @@ import torch
 
 from . import checkpoint as ckpt
 from .corpus import load_corpus
-from .decoding import DecodeOptions, FlashFloodDecoder
+from .decoding import DecodeOptions, make_decoder
+from .decoding.canvas import draw, score
+from .decoding.choose import best_of_k
 from .device import describe, resolve_device
 from .metrics import bits_per_char_of_loss, heldout_loss, render_fidelity
-from .pairs import TokenStream, hard_negatives, level_tables, random_negatives
+from .pairs import TokenStream, canvas_lengths, hard_negatives, level_tables, random_negatives
 
 
 @torch.no_grad()
@@ -43,32 +45,41 @@ def evaluate(model_dir=None, corpus=None, device="auto", k: int = 1, max_roots: 
     out = {"model": str(model_dir), "device": describe(dev), "heldout_roots": len(held),
            "k": k, "threshold": threshold, "renderer_steps": rmeta.get("step")}
 
-    # --- render fidelity, per level given the right condition, then the whole flood
-    decoder = FlashFloodDecoder(renderer, tok.alphabet, DecodeOptions(k=k, threshold=threshold, seed=seed))
+    # --- render fidelity, per level given the right condition (and its true length), then
+    # the whole flood
+    opts = DecodeOptions(k=k, threshold=threshold, seed=seed)
     tables = [t.to(dev) for t in level_tables(tok)]
     items = held.to(dev)
     levels = []
     g = torch.Generator(device=dev).manual_seed(seed)
     for level, table in enumerate(tables):
         right = table.targets[items]  # (N, L)
-        sel, energy = decoder.expand_level_parallel(items, level, k)
-        first_draw = decoder.expander.score(level, items, decoder.expander.draw(
-            level, items, torch.arange(len(items), device=dev), torch.zeros_like(items)))
-        e_right = renderer.energy(level, items, right)
-        e_rand = renderer.energy(level, items, random_negatives(table, items, g))
-        e_hard = renderer.energy(level, items, hard_negatives(table, items, g))
+        lengths = canvas_lengths(table, items)
+        ids = torch.arange(len(items), device=dev)
+        ch = best_of_k(renderer, level, items, ids, lengths, k, seed, 0.0, need_energy=True)
+        ok = ch.tokens == right
+        if ch.child_lengths is not None:  # the length head's answer is part of the level's output
+            ok &= ch.child_lengths == table.child_lengths[items]
+        first = ch.energy if k == 1 else score(renderer, level, items, draw(
+            renderer, level, items, ids, torch.zeros_like(ids), lengths, seed, 0.0).tokens, lengths)
+        e_right = renderer.energy(level, items, right, lengths)
+        rand, rand_len = random_negatives(table, items, g)
+        hard, hard_len = hard_negatives(table, items, g)
+        e_rand = renderer.energy(level, items, rand, None if lengths is None else rand_len)
+        e_hard = renderer.energy(level, items, hard, None if lengths is None else hard_len)
         levels.append({
-            "level": level, "items": len(items),
-            "fidelity": float((sel == right).all(dim=1).float().mean()),
+            "level": level, "name": f"{tok.levels[level].name}->{tok.levels[level + 1].name}",
+            "items": len(items),
+            "fidelity": float(ok.all(dim=1).float().mean()),
             "detect_random": float((e_rand > e_right).float().mean()),
             "detect_hard": float((e_hard > e_right).float().mean()),
-            "accept_rate": float((first_draw < threshold).float().mean()),
+            "accept_rate": float((first < threshold).float().mean()),
             "right_accepted": float((e_right < threshold).float().mean()),
             "mean_energy_right": float(e_right.mean()),
         })
         items = right[right != table.pad_id]  # the true children go on to the next level
     out["levels"] = levels
-    result = decoder.render_parallel(held)
+    result = make_decoder("flood", renderer, tok.alphabet, opts).render(held)
     fid, cer = render_fidelity(tok, held.tolist(), result.root_texts())
     out["render"] = {"fidelity": fid, "cer": cer, "roots": len(held)}
 
@@ -90,7 +101,7 @@ def format_report(r: dict) -> str:
     lines.append(f"{'level':<14}{'items':>8}{'fidelity':>10}{'det.rand':>10}{'det.hard':>10}"
                  f"{'accept':>9}{'E(right)':>10}")
     for lv in r["levels"]:
-        name = ["root->chunks", "chunk->chars"][lv["level"]] if lv["level"] < 2 else f"level {lv['level']}"
+        name = lv["name"]
         lines.append(f"{name:<14}{lv['items']:>8}{lv['fidelity']:>10.4f}{lv['detect_random']:>10.4f}"
                      f"{lv['detect_hard']:>10.4f}{lv['accept_rate']:>9.4f}{lv['mean_energy_right']:>10.4f}")
     rd = r["render"]

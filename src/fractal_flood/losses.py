@@ -1,15 +1,25 @@
-"""Training losses of the renderer: denoising cross-entropy and the energy regression."""
+"""Training losses of the renderer: denoising and length cross-entropies, and the energy
+regression."""
 
 from __future__ import annotations
+
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
 
-def diffusion_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """logits (B, L, V + 1), targets (B, L): cross-entropy over every position, pads
-    included as a class, so the model learns where an expansion ends."""
-    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
+def diffusion_loss(logits: torch.Tensor, targets: torch.Tensor,
+                   valid: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """logits (B, L, C), targets (B, L): cross-entropy over the canvas slots. At the top level
+    (``valid`` None) every slot counts, pads included as a class, so the model learns where
+    an expansion ends; below it only the real slots (``valid`` (B, L) bool) exist. Also the
+    length head's loss: the same shapes, a child's own number of children as the class."""
+    logits, targets = logits.float().flatten(0, 1), targets.flatten()
+    if valid is None:
+        return F.cross_entropy(logits, targets)
+    v = valid.flatten()
+    return F.cross_entropy(logits[v], targets[v])
 
 
 def energy_loss(energy: torch.Tensor, wrong: torch.Tensor) -> torch.Tensor:

@@ -91,6 +91,7 @@ class PartRun:
     opt: torch.optim.Optimizer
     gen: torch.Generator
     steps: int
+    lr: float  # peak learning rate of the schedule
     start: int = 0
 
 
@@ -107,7 +108,7 @@ def _build_part(part, tokenizer, text, preset: Preset, opts: TrainOptions, devic
     gen.manual_seed(opts.seed + ALL_PARTS.index(part))
     torch.manual_seed(opts.seed + ALL_PARTS.index(part))  # weight init: same seed, same model
     if part == "renderer":
-        cfg = RendererConfig(levels=[[s.num_conditions, s.num_targets, s.max_len] for s in tokenizer.levels],
+        cfg = RendererConfig(levels=[lv.to_dict() for lv in tokenizer.levels],
                              **preset.renderer)
         model = FractalDiffusionModel(cfg)
         task = RendererTask(model, tokenizer, opts.batch or preset.renderer_batch, preset.energy_weight, device, gen)
@@ -129,8 +130,9 @@ def _build_part(part, tokenizer, text, preset: Preset, opts: TrainOptions, devic
         task = LMTask(model, stream, opts.batch or preset.lm_batch, device, gen, val_chars)
         steps = opts.lm_steps or (preset.manager_steps if part == "manager" else preset.peer_steps)
     model.to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=preset.lr, betas=(0.9, 0.95), weight_decay=0.01)
-    return PartRun(part, model, task, opt, gen, steps)
+    lr = (preset.renderer_lr or preset.lr) if part == "renderer" else preset.lr
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.01)
+    return PartRun(part, model, task, opt, gen, steps, lr)
 
 
 def _resume_part(run: PartRun, opts: TrainOptions) -> None:
@@ -172,7 +174,7 @@ def _train_loop(run: PartRun, preset: Preset, opts: TrainOptions, device) -> dic
                 steps = max(fit, step + 1)
                 bar.total = steps
         for g in opt.param_groups:
-            g["lr"] = _lr(step, steps, preset.lr)
+            g["lr"] = _lr(step, steps, run.lr)
         model.train()
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
             loss, logs = task.loss()
