@@ -17,7 +17,8 @@ from fractal_flood.renderer import FractalDiffusionModel
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-LEVELS = [[50, 30, 4], [30, 12, 6]]
+LEVELS = [{"name": "roots", "size": 50, "max_children": 4}, {"name": "chunks", "size": 30, "max_children": 6},
+          {"name": "chars", "size": 12, "max_children": 0}]
 
 
 def renderer(seed=0) -> FractalDiffusionModel:
@@ -42,11 +43,11 @@ def renderer_outputs(model):
     g = torch.Generator().manual_seed(0)
     out = []
     with torch.no_grad():
-        for level, (n_cond, n_tgt, L) in enumerate(LEVELS):
-            cond = torch.randint(0, n_cond, (6,), generator=g)
-            tgt = torch.randint(0, n_tgt + 1, (6, L), generator=g)
+        for level, (parent, child) in enumerate(zip(LEVELS, LEVELS[1:])):
+            cond = torch.randint(0, parent["size"], (6,), generator=g)
+            tgt = torch.randint(0, child["size"] + 1, (6, parent["max_children"]), generator=g)
             t = torch.randint(0, 20, (6,), generator=g)
-            out += list(model(level, cond, tgt, t))
+            out += [x for x in model(level, cond, tgt, t) if x is not None]
             out.append(model.energy(level, cond, tgt))
     return out
 
@@ -334,5 +335,4 @@ def test_shipped_model_loads():
     tok = load_all(d)
     meta = ckpt.read_meta(d, "renderer")
     assert meta["format"] == ckpt.FORMAT and meta["version"] == ckpt.VERSION
-    assert [list(lv) for lv in meta["config"]["levels"]] == [
-        [s.num_conditions, s.num_targets, s.max_len] for s in tok.levels]
+    assert meta["config"]["levels"] == [lv.to_dict() for lv in tok.levels]

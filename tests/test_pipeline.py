@@ -22,8 +22,7 @@ def test_loads_the_shipped_model(pipe):
     assert pipe.device.type == "cpu" and pipe.dtype == torch.float32
     assert pipe.decoder_name == "flood"
     assert pipe.manager.config.vocab_size == pipe.tokenizer.num_roots
-    assert [list(lv) for lv in pipe.renderer.config.levels] == [
-        [s.num_conditions, s.num_targets, s.max_len] for s in pipe.tokenizer.levels]
+    assert pipe.renderer.config.levels == [lv.to_dict() for lv in pipe.tokenizer.levels]
 
 
 def test_generate_text_over_the_alphabet(pipe):
@@ -39,9 +38,22 @@ def test_generate_text_over_the_alphabet(pipe):
     assert sum(a == b for a, b in zip(rendered, truth)) >= 0.9 * ROOTS
     d = res.to_dict()
     assert d["roots"] == ROOTS and d["chars"] == len(res.text) and d["text"] == res.text
+    # a K = 1 flood runs no energy pass, so it reports no energies
+    assert d["energies"] == {"level0": [], "level1": []}
+    assert all(lv["accepted"] is None and lv["mean_energy"] is None for lv in d["levels"])
+    assert res.seconds > 0
+
+
+def test_energies_when_asked_for():
+    from fractal_flood.decoding import DecodeOptions
+    pipe = load_pipeline(device="cpu", options=DecodeOptions(energies=True))
+    res = pipe.generate("ROMEO:\n", roots=ROOTS, seed=0)
+    d = res.to_dict()
     assert len(d["energies"]["level0"]) == ROOTS
     assert len(d["energies"]["level1"]) == res.num_chunks
-    assert res.seconds > 0
+    assert all(lv["accepted"] is not None for lv in d["levels"])
+    plain = load_pipeline(device="cpu").generate("ROMEO:\n", roots=ROOTS, seed=0)
+    assert plain.text == res.text  # scoring changes nothing of what is chosen
 
 
 def test_same_seed_same_text(pipe):

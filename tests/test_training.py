@@ -11,8 +11,8 @@ from fractal_flood import checkpoint as ckpt
 from fractal_flood.config import RendererConfig, get_preset
 from fractal_flood.errors import FractalFloodError
 from fractal_flood.noise import corrupt, replace_prob
-from fractal_flood.pairs import (LevelTable, TokenStream, hard_negatives, level_tables, lm_batch,
-                                 random_negatives, sample_conditions, wrong_pairs)
+from fractal_flood.pairs import (LevelTable, TokenStream, canvas_lengths, hard_negatives, level_tables,
+                                 lm_batch, random_negatives, sample_conditions, wrong_pairs)
 from fractal_flood.renderer import FractalDiffusionModel
 from fractal_flood.train import STATE_DIR, TrainOptions, run_training
 
@@ -88,6 +88,11 @@ def test_level_tables_match_tokenizer(tables, tiny_tokenizer):
         assert roots.targets[r, :len(exp)].tolist() == exp
         assert (roots.targets[r, len(exp):] == roots.pad_id).all()
         assert roots.lengths[r] == len(exp)
+        # the length head's targets: each chunk's own number of characters, pads 0
+        assert roots.child_lengths[r, :len(exp)].tolist() == [len(tiny_tokenizer.spell(c)) for c in exp]
+        assert (roots.child_lengths[r, len(exp):] == 0).all()
+    assert chunks.child_lengths is None  # characters have no children
+    assert not roots.packed and chunks.packed
 
 
 @pytest.mark.parametrize("level", [0, 1])
@@ -96,7 +101,8 @@ def test_hard_negatives_differ_in_one_or_two_positions(tables, level):
     g = torch.Generator().manual_seed(level)
     cond = sample_conditions(table, 5000, g)
     right = table.targets[cond]
-    hard = hard_negatives(table, cond, g)
+    hard, lengths = hard_negatives(table, cond, g)
+    assert torch.equal(lengths, table.lengths[cond])
     assert hard.shape == right.shape
     assert hard.min() >= 0 and hard.max() < table.num_classes
     ndiff = (hard != right).sum(1)
@@ -104,20 +110,24 @@ def test_hard_negatives_differ_in_one_or_two_positions(tables, level):
     assert ndiff.max() <= 2
     # both kinds occur
     assert (ndiff == 1).any() and (ndiff == 2).any()
-    # changes lie within the real tokens or the first pad
+    # changes lie within the real tokens, or the first pad at the top; a packed level's
+    # canvas is the real length, so there a change is never a pad
     pos = torch.arange(right.shape[1])
-    beyond = pos.unsqueeze(0) > table.lengths[cond].unsqueeze(1)
-    assert not ((hard != right) & beyond).any()
+    last = table.lengths[cond].unsqueeze(1) - (1 if table.packed else 0)
+    assert not ((hard != right) & (pos.unsqueeze(0) > last)).any()
+    if table.packed:
+        assert not ((hard != right) & (hard == table.pad_id)).any()
 
 
 def test_random_negatives_never_pick_the_same_condition():
     """On a table whose row i spells i, the chosen condition can be read off the row."""
     n, L = 37, 3
     targets = torch.arange(n).unsqueeze(1).repeat(1, L)
-    table = LevelTable(targets, torch.full((n,), L), pad_id=n)
+    table = LevelTable(targets, torch.full((n,), L), pad_id=n, packed=False)
     g = torch.Generator().manual_seed(0)
     cond = torch.arange(n).repeat(200)
-    neg = random_negatives(table, cond, g)
+    neg, lengths = random_negatives(table, cond, g)
+    assert (lengths == L).all()
     picked = neg[:, 0]
     assert torch.equal(neg, table.targets[picked])
     assert (picked != cond).all()
@@ -130,7 +140,7 @@ def test_random_negatives_differ_from_right(tables, level):
     table = tables[level]
     g = torch.Generator().manual_seed(2)
     cond = sample_conditions(table, 3000, g)
-    neg = random_negatives(table, cond, g)
+    neg, _ = random_negatives(table, cond, g)
     assert ((neg != table.targets[cond]).any(1)).all()
 
 
@@ -138,7 +148,8 @@ def test_wrong_pairs_halves(tables):
     table = tables[0]
     g = torch.Generator().manual_seed(4)
     cond = sample_conditions(table, 1000, g)
-    wrong = wrong_pairs(table, cond, g)
+    wrong, lengths = wrong_pairs(table, cond, g)
+    assert lengths.shape == (1000,)
     assert wrong.shape == (1000, table.targets.shape[1])
     right = table.targets[cond]
     first, second = wrong[:500], wrong[500:]
@@ -201,13 +212,18 @@ def fidelity(model: FractalDiffusionModel, tables, seed=0):
     for level, table in enumerate(tables):
         cond = torch.arange(table.num_conditions)
         right = table.targets[cond]
+        lengths = canvas_lengths(table, cond)
         noise = torch.randint(0, table.num_classes, right.shape, generator=g)
         t = torch.full((len(cond),), T - 1)
-        pred = model.denoise(level, cond, noise, t).argmax(-1)
-        out[f"exact{level}"] = (pred == right).all(-1).float().mean().item()
-        e_right = model.energy(level, cond, right)
+        pred = model.denoise(level, cond, noise, t, lengths)[0].argmax(-1)
+        ok = pred == right
+        if lengths is not None:
+            ok |= torch.arange(right.shape[1]).unsqueeze(0) >= lengths.unsqueeze(1)
+        out[f"exact{level}"] = ok.all(-1).float().mean().item()
+        e_right = model.energy(level, cond, right, lengths)
         for kind, fn in (("random", random_negatives), ("hard", hard_negatives)):
-            e_wrong = model.energy(level, cond, fn(table, cond, g))
+            wrong, wrong_len = fn(table, cond, g)
+            e_wrong = model.energy(level, cond, wrong, None if lengths is None else wrong_len)
             out[f"detect_{kind}{level}"] = (e_wrong > e_right).float().mean().item()
     return out
 
@@ -351,7 +367,8 @@ def test_corpus_outside_the_tokenizer_alphabet_is_rejected(tmp_path, small_corpu
 
 def test_tiny_preset_is_smaller_than_seed():
     tiny, seed = get_preset("tiny"), get_preset("seed")
-    levels = [[192, 128, 4], [128, 65, 16]]
+    levels = [{"name": "roots", "size": 192, "max_children": 4}, {"name": "chunks", "size": 128, "max_children": 16},
+              {"name": "chars", "size": 65, "max_children": 0}]
     n_tiny = FractalDiffusionModel(RendererConfig(levels=levels, **tiny.renderer)).num_params()
     n_seed = FractalDiffusionModel(RendererConfig(levels=levels, **seed.renderer)).num_params()
     assert n_tiny * 10 < n_seed

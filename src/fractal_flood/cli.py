@@ -239,7 +239,8 @@ def _generate(args) -> int:
     try:
         sampling = SamplingConfig(args.temperature, args.top_k, args.top_p)
         options = DecodeOptions(k=args.k, threshold=args.threshold, max_tries=args.max_tries,
-                                temperature=args.render_temperature).validate()
+                                temperature=args.render_temperature,
+                                energies=args.json).validate()  # --json reports the energies
     except ValueError as e:
         raise FractalFloodError(str(e)) from None
     pipe = load_pipeline(args.model, args.device, args.dtype, args.decoder, options, compile=args.compile)

@@ -36,7 +36,9 @@ class GenerationResult:
         return sum(r.num_chunks for r in self.renders)
 
     def energies(self, level: int) -> list:
-        return [float(e) for r in self.renders for e in r.energies[level]]
+        """The chosen draws' energies at ``level``; empty where no energy pass ran (a K = 1
+        flood scores nothing unless ``DecodeOptions.energies`` asks)."""
+        return [float(e) for r in self.renders if r.energies[level] is not None for e in r.energies[level]]
 
     def to_dict(self) -> dict:
         levels = []
@@ -44,9 +46,10 @@ class GenerationResult:
             agg = {}
             for r in self.renders:
                 for k, v in r.levels[li].as_dict().items():
-                    agg[k] = agg.get(k, 0) + v
-            agg["mean_energy"] = (sum(self.energies(li)) / max(1, len(self.energies(li))))
-            agg["rejected"] = agg["items"] - agg["accepted"]
+                    agg[k] = v if v is None or isinstance(v, bool) else agg.get(k, 0) + v
+            es = self.energies(li)
+            agg["mean_energy"] = sum(es) / len(es) if es else None
+            agg["rejected"] = None if agg["accepted"] is None else agg["items"] - agg["accepted"]
             levels.append(agg)
         return {
             "prompt": self.prompt, "text": self.text, "root_ids": self.root_ids,
