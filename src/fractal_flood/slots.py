@@ -16,6 +16,7 @@ counter-based ones keyed on (seed, step), so a request's tokens equal a batch-1
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -46,7 +47,7 @@ class SlotManager:
         self.seeds = torch.zeros(S, dtype=torch.long, device=self.device)
         self.steps = torch.zeros(S, dtype=torch.long, device=self.device)
         self.rows = RowSampling.of([SamplingConfig()] * S, self.device)
-        self.host_pos = [0] * S  # host mirror of pos, to know when a row's window is full
+        self.host_pos = np.zeros(S, dtype=np.int64)  # mirror of pos: when is a row's window full
         self.owner: list = []  # owner[i]: who holds active row i (rows 0..n-1)
         self.steps_run = 0  # decode steps (each over all active rows)
         self.prefills = 0
@@ -98,12 +99,10 @@ class SlotManager:
         A = len(self.owner)
         out = torch.empty(A, n, dtype=torch.long, device=self.device)
         for i in range(n):
-            for r in range(A):
-                if self.host_pos[r] == self.context:  # this row's pending token has no slot
-                    self._slide(r)
+            for r in np.flatnonzero(self.host_pos[:A] == self.context).tolist():
+                self._slide(r)  # this row's pending token has no slot
             out[:, i] = self._step(A)
-            for r in range(A):
-                self.host_pos[r] += 1
+            self.host_pos[:A] += 1
             self.steps_run += 1
         return out
 
