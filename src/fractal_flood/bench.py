@@ -40,12 +40,12 @@ from .device import describe, resolve_device, resolve_dtype
 from .engine import Engine, Request
 from .errors import FractalFloodError, UnknownCharacterError
 from .metrics import bits_per_char, render_fidelity
+from .pairs import HELDOUT_FRACTION  # the corpus tail the LMs were validated on
 from .pipeline import TextPipeline
 from .sampling import SamplingConfig
 from .timing import Timing, device_sync, measure
 
 TEMPERATURE = 0.8  # manager and AR peer sampling (the CLI's default), so their texts compare
-HELDOUT_FRACTION = 0.05  # the corpus tail the LMs were validated on (pairs.TokenStream.split)
 
 ROW_FIELDS = ("name", "mode", "stream", "decoder", "k", "roots", "requests", "tokens", "chars",
               "seconds", "tokens_per_s", "chars_per_s", "plan_chars_div_4_per_s", "fidelity", "cer",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from .distributed import piece_slice
 from .losses import diffusion_loss, energy_loss
 from .noise import corrupt
 from .pairs import level_tables, sample_conditions, wrong_pairs
@@ -27,17 +28,31 @@ class RendererTask:
     def improved(self, metrics: dict) -> bool:
         return True
 
-    def loss(self):
-        total, logs = 0.0, {}
-        for level, table in enumerate(self.tables):
+    def draw(self) -> list[tuple]:
+        """The step's batch, per level: conditions (n,), their right expansions (n, L), noise
+        steps (n,), noisy targets (n, L) and wrong expansions (n // 2, L) of the first half."""
+        out = []
+        for table in self.tables:
             n, e = self.per_level, self.per_level // 2
-            cond = sample_conditions(table, n, self.gen)  # (n,)
-            right = table.targets[cond]  # (n, L)
+            cond = sample_conditions(table, n, self.gen)
+            right = table.targets[cond]
             t = torch.randint(0, self.T, (n,), device=self.device, generator=self.gen)
             noisy = corrupt(right, t, self.T, table.num_classes, self.gen)
             wrong = wrong_pairs(table, cond[:e], self.gen)
-            cond_all = torch.cat([cond, cond[:e], cond[:e]])
-            tgt_all = torch.cat([noisy, right[:e], wrong])
+            out.append((cond, right, t, noisy, wrong))
+        return out
+
+    def loss(self, batch: list[tuple], piece: int = 0, pieces: int = 1):
+        """The losses on piece ``piece`` of ``pieces`` equal parts of every group."""
+        total, logs = 0.0, {}
+        for level, (cond, right, t, noisy, wrong) in enumerate(batch):
+            d = piece_slice(len(cond), piece, pieces)  # denoising group
+            g = piece_slice(len(wrong), piece, pieces)  # energy group: right and wrong alike
+            cond, right, t, noisy = cond[d], right[d], t[d], noisy[d]
+            e_cond, e_right, wrong = batch[level][0][g], batch[level][1][g], wrong[g]
+            n, e = len(cond), len(e_cond)
+            cond_all = torch.cat([cond, e_cond, e_cond])
+            tgt_all = torch.cat([noisy, e_right, wrong])
             t_all = torch.cat([t, torch.zeros(2 * e, dtype=torch.long, device=self.device)])
             logits, energy = self.model(level, cond_all, tgt_all, t_all)
             ce = diffusion_loss(logits[:n], right)
