@@ -10,7 +10,7 @@ from fractal_flood.autoregress import ARStream, generate_reference
 from fractal_flood.causal_lm import CausalLM
 from fractal_flood.config import CausalLMConfig
 from fractal_flood.errors import DeviceError
-from fractal_flood.sampling import SamplingConfig, sample
+from fractal_flood.sampling import RowSampling, SamplingConfig, row_uniforms, sample
 
 V, CTX = 37, 16
 SAMPLERS = [
@@ -107,43 +107,84 @@ def test_stream_errors():
         stream.start(torch.zeros(3, 4, dtype=torch.long))
 
 
+def _counters(B, seed=0, step=0):
+    return torch.full((B,), seed, dtype=torch.long), torch.full((B,), step, dtype=torch.long)
+
+
 def test_sampling_special_cases():
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(64, 50, generator=g) * 3
     argmax = logits.argmax(-1)
     for cfg in (SamplingConfig(temperature=0), SamplingConfig(top_k=1),
                 SamplingConfig(temperature=2.0, top_p=1e-6)):
-        assert torch.equal(sample(logits, cfg, g), argmax)
+        assert torch.equal(sample(logits, cfg, *_counters(64)), argmax)
     cfg = SamplingConfig(temperature=1.5, top_k=5, top_p=0.95)
-    a = sample(logits, cfg, torch.Generator().manual_seed(1))
-    b = sample(logits, cfg, torch.Generator().manual_seed(1))
+    a = sample(logits, cfg, *_counters(64, seed=1))
+    b = sample(logits, cfg, *_counters(64, seed=1))
     assert torch.equal(a, b)
+    assert not torch.equal(a, sample(logits, cfg, *_counters(64, seed=1, step=1)))
 
 
 def test_sampling_stays_in_top_k_and_top_p():
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(8, 50, generator=g).repeat(100, 1)  # (800, 50): 100 draws per row
+    seeds, steps = torch.arange(800), torch.zeros(800, dtype=torch.long)  # a seed per row
     top5 = logits.topk(5).indices
-    got = sample(logits, SamplingConfig(temperature=2.0, top_k=5), g)
+    got = sample(logits, SamplingConfig(temperature=2.0, top_k=5), seeds, steps)
     assert (got[:, None] == top5).any(-1).all()
     assert len(set(got[::8].tolist())) > 1  # actually random, not argmax
     probs, order = logits.softmax(-1).sort(-1, descending=True)
     nucleus_size = ((probs.cumsum(-1) - probs) < 0.5).sum(-1)  # (800,)
-    got = sample(logits, SamplingConfig(top_p=0.5), g)
+    got = sample(logits, SamplingConfig(top_p=0.5), seeds, steps)
     rank = (order == got[:, None]).float().argmax(-1)
     assert (rank < nucleus_size).all()
 
 
 def test_sampling_distribution():
     logits = torch.tensor([[0.0, 1.0, 2.0, -1.0]]).repeat(40000, 1).log_softmax(-1)
-    got = sample(logits, SamplingConfig(), torch.Generator().manual_seed(0))
+    seeds = torch.arange(40000)  # draws over seeds
+    got = sample(logits, SamplingConfig(), seeds, torch.zeros_like(seeds))
+    freq = torch.bincount(got, minlength=4).float() / got.numel()
+    torch.testing.assert_close(freq, logits[0].exp(), atol=0.01, rtol=0)
+    steps = torch.arange(40000)  # and over steps of one seed
+    got = sample(logits, SamplingConfig(), torch.full_like(steps, 7), steps)
     freq = torch.bincount(got, minlength=4).float() / got.numel()
     torch.testing.assert_close(freq, logits[0].exp(), atol=0.01, rtol=0)
 
 
+def test_per_row_settings_equal_one_config_each():
+    """Rows with different settings in one batch draw as each would alone: the engine's
+    premise (a request's tokens do not depend on its neighbours)."""
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(len(SAMPLERS), 50, generator=g) * 2
+    seeds, steps = torch.arange(len(SAMPLERS)) * 1000003, torch.arange(len(SAMPLERS))
+    rows = RowSampling.of(SAMPLERS)
+    together = sample(logits, rows, seeds, steps)
+    for i, cfg in enumerate(SAMPLERS):
+        alone = sample(logits[i:i + 1], cfg, seeds[i:i + 1], steps[i:i + 1])
+        assert int(together[i]) == int(alone[0])
+    # a 63-bit seed differs from its low 32 bits
+    big = torch.tensor([(1 << 40) + 5]), torch.tensor([5])
+    u = [row_uniforms(s, torch.zeros(1, dtype=torch.long), 64) for s in big]
+    assert not torch.equal(u[0], u[1]) and ((u[0] > 0) & (u[0] < 1)).all()
+
+
+def test_row_streams_match_batch_one_streams():
+    model = tiny()
+    cfg = SamplingConfig(temperature=1.0, top_p=0.95)
+    prompt = torch.randint(0, V, (5,), generator=torch.Generator().manual_seed(2))
+    batched = ARStream(model, 3, cfg, "cpu", seed=[11, 4, 99])
+    batched.start(prompt)
+    out = batched.generate(2 * CTX)
+    for row, seed in enumerate((11, 4, 99)):
+        solo = ARStream(model, 1, cfg, "cpu", seed=seed)
+        solo.start(prompt)
+        assert torch.equal(solo.generate(2 * CTX)[0], out[row])
+
+
 @pytest.mark.parametrize("kwargs", [dict(temperature=-0.1), dict(temperature=float("nan")),
                                     dict(top_k=0), dict(top_k=2.5), dict(top_p=0.0),
-                                    dict(top_p=1.5)])
+                                    dict(top_p=1.5), dict(temperature=float("inf"))])
 def test_sampling_config_validation(kwargs):
     with pytest.raises(ValueError, match=next(iter(kwargs))):
         SamplingConfig(**kwargs)

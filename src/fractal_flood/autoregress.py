@@ -15,13 +15,13 @@ position, window), which is what a CUDA graph needs; the host only counts, never
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 
 from .causal_lm import CausalLM
 from .errors import DeviceError
-from .sampling import SamplingConfig, sample
+from .sampling import RowSampling, SamplingConfig, check_seed, sample
 
 
 def _as_batch(prompt: torch.Tensor, batch: Optional[int]) -> torch.Tensor:
@@ -35,6 +35,15 @@ def _as_batch(prompt: torch.Tensor, batch: Optional[int]) -> torch.Tensor:
             raise ValueError(f"prompt batch {prompt.size(0)} does not match batch_size {batch}")
         prompt = prompt.expand(batch, -1)
     return prompt.long()
+
+
+def row_seeds(seed: int | Sequence[int], batch: int, device) -> torch.Tensor:
+    """One seed per row: an int gives rows ``seed, seed + 1, ...`` (row 0 of any batch with
+    seed s draws as a batch-1 stream with seed s); a sequence is taken as is."""
+    seeds = [seed + i for i in range(batch)] if isinstance(seed, int) else list(seed)
+    if len(seeds) != batch:
+        raise ValueError(f"{len(seeds)} seeds for a batch of {batch}")
+    return torch.tensor([check_seed(s) for s in seeds], dtype=torch.long, device=device)
 
 
 class ARStream:
@@ -60,8 +69,11 @@ class ARStream:
         # this stream's own cache: another stream on the same model installs its own, so
         # each call puts ours back (the CUDA graph captured these very buffers)
         self._cache = (model.kv_caches, model.cache_mask)
-        self.generator = torch.Generator(self.device)
         B, L = batch_size, self.context
+        # counter-based draws: row b's step s depends only on (seed of row b, s)
+        self._seeds = row_seeds(seed, B, self.device)
+        self._steps = torch.zeros(B, dtype=torch.long, device=self.device)
+        self._rows = RowSampling.of([sampling] * B, self.device)
         self._tok = torch.zeros(B, 1, dtype=torch.long, device=self.device)  # pending token
         self._pos = torch.zeros(1, dtype=torch.long, device=self.device)  # its position (T=1,)
         self._window = torch.zeros(B, L, dtype=torch.long, device=self.device)  # token per slot
@@ -84,7 +96,8 @@ class ARStream:
         self._install_cache()
         prompt = _as_batch(prompt.to(self.device), self.batch_size)[:, -self.context:]
         T = prompt.size(1)
-        self.generator.manual_seed(self.seed)
+        self._seeds.copy_(row_seeds(self.seed, self.batch_size, self.device))
+        self._steps.zero_()
         self._prefill(prompt[:, :-1])
         self._tok.copy_(prompt[:, -1:])
         self._pos.fill_(T - 1)
@@ -119,9 +132,15 @@ class ARStream:
         """One decode step on static buffers only: the body of the CUDA graph."""
         self._window.index_copy_(1, self._pos, self._tok)  # pending token takes its slot
         logits = self._step_forward(self._tok, self._pos)  # (B, 1, V)
-        nxt = sample(logits[:, -1], self.sampling, self.generator)  # (B,)
+        nxt = self._sample(logits[:, -1])  # (B,)
         self._tok.copy_(nxt[:, None])
         self._pos.add_(1)
+        self._steps.add_(1)
+
+    def _sample(self, logits: torch.Tensor) -> torch.Tensor:
+        if self.sampling.greedy:
+            return logits.argmax(-1)
+        return sample(logits, self._rows, self._seeds, self._steps)
 
     def _prefill(self, tokens: torch.Tensor) -> None:
         """Write tokens (B, T) into cache slots 0..T-1 (logits unused)."""
@@ -142,8 +161,8 @@ class ARStream:
     def _capture(self) -> torch.cuda.CUDAGraph:
         """Warm up on a side stream (allocator, kernels), then capture one ``_step``.
 
-        Warm-up writes junk into the buffers and draws random numbers; harmless, since
-        ``start`` overwrites the buffers and reseeds the (graph-registered) generator.
+        Warm-up writes junk into the buffers and advances the step counters; harmless,
+        since ``start`` overwrites the buffers and resets the counters in place.
         """
         side = torch.cuda.Stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
@@ -152,7 +171,6 @@ class ARStream:
                 self._step()
         torch.cuda.current_stream(self.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        graph.register_generator_state(self.generator)  # replays advance our generator
         with torch.no_grad(), torch.cuda.graph(graph):
             self._step()
         return graph
@@ -160,21 +178,23 @@ class ARStream:
 
 @torch.no_grad()
 def generate_reference(model: CausalLM, prompt: torch.Tensor, n: int,
-                       sampling: SamplingConfig, seed: int = 0) -> torch.Tensor:
+                       sampling: SamplingConfig, seed: int | Sequence[int] = 0) -> torch.Tensor:
     """Plain reference for ``ARStream``: full forward over the window at every step, no cache.
 
-    Same window rule, same generator (seeded on the prompt's device), same draws in the same
-    order, so it returns the same (B, n) tokens as ``ARStream(..., seed=seed)``.
+    Same window rule, same per-row seeds and step counters, so it returns the same (B, n)
+    tokens as ``ARStream(..., seed=seed)``.
     """
     window = _as_batch(prompt, None)
     context, keep = model.config.context, max(1, model.config.context // 2)
     window = window[:, -context:]
-    generator = torch.Generator(window.device).manual_seed(seed)
-    out = torch.empty(window.size(0), n, dtype=torch.long, device=window.device)
+    B = window.size(0)
+    seeds = row_seeds(seed, B, window.device)
+    out = torch.empty(B, n, dtype=torch.long, device=window.device)
     for i in range(n):
         if window.size(1) > context:
             window = window[:, -keep:]
-        nxt = sample(model(window)[:, -1], sampling, generator)  # (B,)
+        steps = torch.full((B,), i, dtype=torch.long, device=window.device)
+        nxt = sample(model(window)[:, -1], sampling, seeds, steps)  # (B,)
         out[:, i] = nxt
         window = torch.cat([window, nxt[:, None]], dim=1)
     return out

@@ -37,14 +37,15 @@ from .bench_report import NA, compute_targets
 from .corpus import load_corpus
 from .decoding import DecodeOptions, make_decoder
 from .device import describe, resolve_device, resolve_dtype
+from .engine import Engine, Request
 from .errors import FractalFloodError, UnknownCharacterError
 from .metrics import bits_per_char, render_fidelity
+from .pairs import HELDOUT_FRACTION  # the corpus tail the LMs were validated on
 from .pipeline import TextPipeline
 from .sampling import SamplingConfig
 from .timing import Timing, device_sync, measure
 
 TEMPERATURE = 0.8  # manager and AR peer sampling (the CLI's default), so their texts compare
-HELDOUT_FRACTION = 0.05  # the corpus tail the LMs were validated on (pairs.TokenStream.split)
 
 ROW_FIELDS = ("name", "mode", "stream", "decoder", "k", "roots", "requests", "tokens", "chars",
               "seconds", "tokens_per_s", "chars_per_s", "plan_chars_div_4_per_s", "fidelity", "cer",
@@ -245,23 +246,30 @@ class Bench:
         N = self.sizes.roots_per_request
         name = f"e2e batched flood k=1 B={B}"
         started = self.start(f"{name} ({N} roots each)")
-        ar = ARStream(self.manager, B, self.sampling, self.dev, None, self.cuda, 0)
-        dec = make_decoder("flood", self.renderer, self.tok.alphabet, self.options())
-        prompt = torch.tensor(self.tok.encode("\n"))  # what TextPipeline starts an empty prompt from
+        # the serving engine, all B requests in one round: one batched manager block, one
+        # pooled flood (one decoder, seed 0) over every request's roots
+        pipe = TextPipeline(self.tok, self.manager, self.renderer, self.dev, self.dt, "flood", self.options())
+        engine = Engine(pipe, max_batch=B, block_roots=N, pooled_render=True)
+        prompt = ""  # TextPipeline starts an empty prompt from a newline
 
         def run(n=N):
-            ar.start(prompt)
-            ids = ar.generate(n)  # (B, n) on the device, not waited for
-            return ids, dec.render(ids.reshape(-1))
+            texts = {}
+            before = (engine.slots.steps_run, engine.draws, engine.passes)
+            reqs = [Request(prompt, roots=n, sampling=self.sampling, seed=i) for i in range(B)]
+            done = engine.run(reqs, lambda job, block: texts.setdefault(job.request.seed, []).extend(
+                block.root_texts))
+            work = [b - a for a, b in zip(before, (engine.slots.steps_run, engine.draws, engine.passes))]
+            return done, [texts[c.request.seed] for c in done], work
 
         t = self.measure(run, lambda: run(2))
-        ids, res = t.result
-        texts = res.root_texts()
-        fid, cer = render_fidelity(self.tok, ids.reshape(-1).tolist(), texts)
-        requests = ["".join(texts[i * N:(i + 1) * N]) for i in range(B)]
+        done, root_texts, (steps, draws, passes) = t.result
+        ids = [i for c in done for i in c.root_ids]
+        texts = [s for per in root_texts for s in per]
+        fid, cer = render_fidelity(self.tok, ids, texts)
+        requests = [c.text for c in done]
         row = self.add(name, "end-to-end", "batched", "flood", 1, t, started, roots=B * N,
-                       tokens=res.num_chunks, chars=len(res.tokens), fidelity=fid, cer=cer,
-                       bpc=self.bpc(requests), draws=res.draws, passes=res.passes, manager_steps=N)
+                       tokens=sum(c.chunks for c in done), chars=sum(map(len, requests)), fidelity=fid,
+                       cer=cer, bpc=self.bpc(requests), draws=draws, passes=passes, manager_steps=steps)
         row["requests"] = B
         return row
 

@@ -93,18 +93,27 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     from .config import PRESETS
+    from .train import TOKENIZER_SAMPLE_CHARS
     t = sub.add_parser("train", help="train tokenizer, renderer and manager (and the AR peer)",
-                       description="Train on the default corpus or --corpus FILE into --out DIR. "
-                                   "Checkpoints are atomic; --resume continues an interrupted run.")
+                       description="Train on the default corpus or --corpus FILE|DIR|GLOB into --out DIR. "
+                                   "Checkpoints are atomic; --resume continues an interrupted run. "
+                                   "Under torchrun, trains data parallel over its processes.")
     t.add_argument("--out", required=True, help="model directory to write")
     t.add_argument("--preset", default="seed", choices=sorted(PRESETS),
                    help="model sizes and schedule: tiny (tests) or seed (renderer 6x256x8, manager 4x128)")
-    t.add_argument("--corpus", help="UTF-8 text file (default: the shipped TinyShakespeare)")
+    t.add_argument("--corpus", help="UTF-8 text: a file, a directory of files or a quoted glob "
+                                    "('books/*.txt'), read in sorted order (default: the shipped TinyShakespeare)")
     t.add_argument("--parts", default="renderer,manager",
                    help="comma list of renderer, manager, peer (the AR baseline for the bench)")
     t.add_argument("--steps", type=positive_int, help="renderer steps (default: the preset's)")
     t.add_argument("--lm-steps", type=positive_int, help="manager / peer steps (default: the preset's)")
-    t.add_argument("--batch", type=positive_int, help="batch size (default: the preset's)")
+    t.add_argument("--batch", type=positive_int,
+                   help="global batch size, over all torchrun processes (default: the preset's)")
+    t.add_argument("--grad-accum", type=positive_int, default=1,
+                   help="micro-batches per step and process (gradient accumulation): the same "
+                        "global batch in less memory")
+    t.add_argument("--tokenizer-chars", type=positive_int, default=TOKENIZER_SAMPLE_CHARS,
+                   help="the tokenizer learns its merges from this many leading characters of the corpus")
     t.add_argument("--time-limit", type=positive_float,
                    help="seconds per part: after timing steps 10-40, cap the schedule to fit "
                         "(a fresh run only; --resume keeps the capped schedule it saved)")
@@ -226,6 +235,7 @@ def _train(args) -> int:
     parts = tuple(p.strip() for p in args.parts.split(",") if p.strip())
     run_training(TrainOptions(out_dir=Path(args.out), preset=args.preset, corpus=args.corpus, parts=parts,
                               steps=args.steps, lm_steps=args.lm_steps, batch=args.batch,
+                              grad_accum=args.grad_accum, tokenizer_chars=args.tokenizer_chars,
                               time_limit=args.time_limit, device=args.device, resume=args.resume,
                               seed=args.seed, eval_every=args.eval_every, save_every=args.save_every,
                               progress=not args.no_progress))

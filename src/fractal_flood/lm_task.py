@@ -6,7 +6,8 @@ from __future__ import annotations
 import torch
 
 from .metrics import bits_per_char_of_loss, heldout_loss
-from .pairs import TokenStream, lm_batch
+from .distributed import piece_slice
+from .pairs import TokenStream, random_starts, windows
 
 
 class LMTask:
@@ -26,8 +27,14 @@ class LMTask:
             return True
         return False
 
-    def loss(self):
-        x, y = lm_batch(self.stream.train, self.batch, self.context, self.gen)
+    def draw(self) -> torch.Tensor:
+        """The step's batch: window starts in the training stream. -> (B,)"""
+        return random_starts(len(self.stream.train), self.batch, self.context, self.gen)
+
+    def loss(self, starts: torch.Tensor, piece: int = 0, pieces: int = 1):
+        """Mean next-token loss on piece ``piece`` of ``pieces`` equal parts of the batch."""
+        part = starts[piece_slice(len(starts), piece, pieces)]
+        x, y = windows(self.stream.train, part, self.context)
         loss = self.model.loss(x.to(self.device), y.to(self.device))
         return loss, {"loss": loss.detach()}
 

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .shards import ShardedIds
+
 
 @dataclass
 class LevelTable:
@@ -107,26 +109,41 @@ def wrong_pairs(table: LevelTable, cond: torch.Tensor, generator=None):
     return torch.cat([ra, ha]), torch.cat([rl, hl])
 
 
+HELDOUT_FRACTION = 0.05  # the corpus tail held out for validation, per token level
+
+
 @dataclass
 class TokenStream:
-    """A corpus encoded to one level's ids, split into train and a held-out tail."""
+    """A corpus encoded to one level's ids, split into train and a held-out tail. The ids
+    are a tensor or, for a corpus larger than memory, a :class:`ShardedIds` (views, no copy)."""
 
-    train: torch.Tensor
-    val: torch.Tensor
+    train: torch.Tensor | ShardedIds
+    val: torch.Tensor | ShardedIds
 
     @classmethod
-    def split(cls, ids: list[int] | torch.Tensor, val_fraction: float = 0.05) -> "TokenStream":
-        ids = torch.as_tensor(ids, dtype=torch.long)
+    def split(cls, ids, val_fraction: float = HELDOUT_FRACTION) -> "TokenStream":
+        if not isinstance(ids, ShardedIds):
+            ids = torch.as_tensor(ids, dtype=torch.long)
         n_val = max(1, int(len(ids) * val_fraction))
-        return cls(ids[:-n_val], ids[-n_val:])
+        return cls(ids[:len(ids) - n_val], ids[len(ids) - n_val:])
 
 
-def lm_batch(ids: torch.Tensor, batch: int, context: int, generator=None):
-    """Random windows of ``context + 1`` tokens -> inputs (B, T), next-token targets (B, T)."""
-    T = min(context, len(ids) - 1)
+def random_starts(num_ids: int, batch: int, context: int, generator=None) -> torch.Tensor:
+    """Starts of ``batch`` random windows of ``min(context, num_ids - 1) + 1`` ids. -> (B,)"""
+    T = min(context, num_ids - 1)
     if T < 1:
         raise ValueError("token stream too short for a language-model batch")
-    starts = torch.randint(0, len(ids) - T, (batch,), generator=generator)
+    return torch.randint(0, num_ids - T, (batch,), generator=generator)
+
+
+def windows(ids, starts: torch.Tensor, context: int):
+    """The windows at ``starts`` -> inputs (B, T), next-token targets (B, T)."""
+    T = min(context, len(ids) - 1)
     idx = starts.unsqueeze(1) + torch.arange(T + 1)  # (B, T + 1)
     win = ids[idx]
     return win[:, :-1], win[:, 1:]
+
+
+def lm_batch(ids, batch: int, context: int, generator=None):
+    """Random windows of ``context + 1`` tokens -> inputs (B, T), next-token targets (B, T)."""
+    return windows(ids, random_starts(len(ids), batch, context, generator), context)

@@ -77,9 +77,10 @@ class TextPipeline:
         self.overlap = overlap  # render on a second CUDA stream while the manager goes on
         self._streams = {}
 
-    def _decoder(self, seed: int):
-        opts = DecodeOptions(**{**self.options.__dict__, "seed": seed})
-        return make_decoder(self.decoder_name, self.renderer, self.tokenizer.alphabet, opts)
+    def _decoder(self, seed: int, name: str | None = None, options: DecodeOptions | None = None):
+        """A decoder seeded with ``seed`` (default name and options: the pipeline's)."""
+        opts = DecodeOptions(**{**(options or self.options).__dict__, "seed": seed}).validate()
+        return make_decoder(name or self.decoder_name, self.renderer, self.tokenizer.alphabet, opts)
 
     def _ar_stream(self, sampling: SamplingConfig, seed: int) -> ARStream:
         # one stream (and CUDA graph) per sampling config, reused across calls
@@ -98,7 +99,8 @@ class TextPipeline:
         return ids or self.tokenizer.encode("\n")
 
     def stream(self, prompt: str = "", roots: int = 256, sampling: SamplingConfig | None = None,
-               seed: int = 0, block_roots: int = 256) -> Iterator[tuple[list, RenderResult]]:
+               seed: int = 0, block_roots: int = 256, decoder: str | None = None,
+               options: DecodeOptions | None = None) -> Iterator[tuple[list, RenderResult]]:
         """Yield ``(root_ids, render)`` block by block while later blocks are planned."""
         if int(roots) != roots or roots < 1:
             raise FractalFloodError(f"roots must be a positive integer, got {roots}")
@@ -106,7 +108,7 @@ class TextPipeline:
             raise FractalFloodError(f"block_roots must be >= 1, got {block_roots}")
         sampling = sampling or SamplingConfig()
         start = torch.tensor(self.prompt_ids(prompt), dtype=torch.long)
-        decoder = self._decoder(seed)
+        decoder = self._decoder(seed, decoder, options)
         ar = self._ar_stream(sampling, seed)
         cuda = self.device.type == "cuda" and self.overlap
         side = torch.cuda.Stream(self.device) if cuda else None

@@ -2,21 +2,41 @@
 every level on a fresh batch, and the validation that reports exact expansion and detection.
 
 Canvases are trained as they are decoded (renderer.py): the top level on all its slots with
-pads as a class, every lower level on exactly its real slots (the rest masked), trimmed to
-the longest item of the batch.
+pads as a class, every lower level on exactly its real slots (the rest masked out), trimmed
+to the longest item of the piece.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Optional
+
 import torch
 
+from .distributed import piece_slice
 from .losses import diffusion_loss, energy_loss
 from .noise import corrupt
 from .pairs import canvas_lengths, level_tables, sample_conditions, wrong_pairs
 
 
-def _cat(parts):
-    return None if parts[0] is None else torch.cat(parts)
+@dataclass
+class LevelBatch:
+    """One level's share of a step. The first ``len(wrong)`` conditions also form the energy
+    group: their right expansion (energy -> 0) and a wrong one (energy -> 1)."""
+
+    cond: torch.Tensor  # (n,)
+    right: torch.Tensor  # (n, L) clean expansions
+    t: torch.Tensor  # (n,) noise steps
+    noisy: torch.Tensor  # (n, L)
+    wrong: torch.Tensor  # (e, L)
+    wrong_len: torch.Tensor  # (e,)
+    lengths: Optional[torch.Tensor]  # (n,) real slots on packed levels, None at the top
+    child: Optional[torch.Tensor]  # (n, L) the length head's targets, None above the bottom
+    slots: int  # real target slots of the whole level batch: the token loss's denominator
+
+
+def _slots_mask(lengths: torch.Tensor, L: int) -> torch.Tensor:
+    return torch.arange(L, device=lengths.device).view(1, L) < lengths.view(-1, 1)
 
 
 class RendererTask:
@@ -37,42 +57,55 @@ class RendererTask:
     def improved(self, metrics: dict) -> bool:
         return True
 
-    @staticmethod
-    def _trim(lengths, *xs):
-        """Cut packed canvases to the longest item of the batch (one host sync)."""
-        if lengths is None:
-            return xs
-        n = max(1, int(lengths.max()))
-        return tuple(None if x is None else x[:, :n] for x in xs)
-
-    def loss(self):
-        total, logs = 0.0, {}
-        for level, table in enumerate(self.tables):
+    def draw(self) -> list[LevelBatch]:
+        """The step's whole batch (the same on every rank; each takes its pieces)."""
+        out = []
+        for table in self.tables:
             n, e = self.per_level, self.per_level // 2
-            cond = sample_conditions(table, n, self.gen)  # (n,)
-            right = table.targets[cond]  # (n, L)
-            child = None if table.child_lengths is None else table.child_lengths[cond]  # (n, L)
-            lengths = canvas_lengths(table, cond)  # (n,) or None at the top
+            cond = sample_conditions(table, n, self.gen)
+            right = table.targets[cond]
             t = torch.randint(0, self.T, (n,), device=self.device, generator=self.gen)
             noisy = corrupt(right, t, self.T, table.num_classes, self.gen)
             wrong, wrong_len = wrong_pairs(table, cond[:e], self.gen)
-            cond_all = torch.cat([cond, cond[:e], cond[:e]])
-            len_all = _cat([lengths, None if lengths is None else lengths[:e], None if lengths is None else wrong_len])
-            tgt_all = torch.cat([noisy, right[:e], wrong])
+            lengths = canvas_lengths(table, cond)
+            child = None if table.child_lengths is None else table.child_lengths[cond]
+            slots = right.numel() if lengths is None else int(lengths.sum())
+            out.append(LevelBatch(cond, right, t, noisy, wrong, wrong_len, lengths, child, slots))
+        return out
+
+    def loss(self, batch: list[LevelBatch], piece: int = 0, pieces: int = 1):
+        """The losses on piece ``piece`` of ``pieces`` equal parts of every group. The token
+        losses are summed over the piece's real slots and divided by the whole batch's share
+        per piece, so the mean over the pieces is exactly the whole batch's loss."""
+        total, logs = 0.0, {}
+        for level, b in enumerate(batch):
+            d = piece_slice(len(b.cond), piece, pieces)  # denoising group
+            g = piece_slice(len(b.wrong), piece, pieces)  # energy group: right and wrong alike
+            cond, right, t, noisy = b.cond[d], b.right[d], b.t[d], b.noisy[d]
+            child = None if b.child is None else b.child[d]
+            e_cond, e_right, wrong = b.cond[g], b.right[g], b.wrong[g]
+            n, e = len(cond), len(e_cond)
+            cond_all = torch.cat([cond, e_cond, e_cond])
+            tgt_all = torch.cat([noisy, e_right, wrong])
             t_all = torch.cat([t, torch.zeros(2 * e, dtype=torch.long, device=self.device)])
-            tgt_all, right, child = self._trim(len_all, tgt_all, right, child)
+            valid, len_all = None, None
+            if b.lengths is not None:
+                lengths = b.lengths[d]
+                len_all = torch.cat([lengths, b.lengths[g], b.wrong_len[g]])
+                L = max(1, int(len_all.max()))  # trim the padded canvases to the longest item
+                tgt_all, right = tgt_all[:, :L], right[:, :L]
+                child = None if child is None else child[:, :L]
+                valid = _slots_mask(lengths, L)
             logits, len_logits, energy = self.model(level, cond_all, tgt_all, t_all, len_all)
-            valid = None
-            if lengths is not None:
-                valid = torch.arange(right.shape[1], device=self.device).view(1, -1) < lengths.view(-1, 1)
-            ce = diffusion_loss(logits[:n], right, valid)
+            per_piece = b.slots / pieces
+            ce = diffusion_loss(logits[:n], right, valid, per_piece)
             labels = torch.cat([torch.zeros(e), torch.ones(e)]).to(self.device)
             en = energy_loss(energy[n:], labels)
             total = total + ce + self.energy_weight * en
             logs[f"ce{level}"] = ce.detach()  # tensors: no host sync per step
             logs[f"en{level}"] = en.detach()
             if len_logits is not None:
-                ln = diffusion_loss(len_logits[:n], child, valid)
+                ln = diffusion_loss(len_logits[:n], child, valid, per_piece)
                 total = total + ln
                 logs[f"len{level}"] = ln.detach()
         return total, logs
@@ -91,12 +124,11 @@ class RendererTask:
             noise = torch.randint(0, table.num_classes, right.shape, device=self.device, generator=g)
             t = torch.full((n,), self.T - 1, device=self.device, dtype=torch.long)
             logits, len_logits = self.model.denoise(level, cond, noise, t, lengths)
-            pred = logits.argmax(-1)
-            ok = pred == right
+            ok = logits.argmax(-1) == right
             if len_logits is not None:
                 ok &= len_logits.argmax(-1) == table.child_lengths[cond]
             if lengths is not None:  # only the real slots exist below the top
-                ok |= torch.arange(right.shape[1], device=self.device).view(1, -1) >= lengths.view(-1, 1)
+                ok |= ~_slots_mask(lengths, right.shape[1])
             out[f"exact{level}"] = ok.all(-1).float().mean().item()
             e_right = self.model.energy(level, cond, right, lengths)
             wrong, wrong_len = wrong_pairs(table, cond, g)

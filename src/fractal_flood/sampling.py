@@ -1,20 +1,28 @@
-"""Token sampling with no host synchronisation: temperature, top-k, top-p.
+"""Token sampling with no host synchronisation: temperature, top-k, top-p, per row.
 
 Everything is a fixed sequence of tensor ops on (B, V) logits: no ``.item()``, no
 ``nonzero``, no Python loop over rows. So ``sample`` can run inside a captured CUDA graph
 and never stalls the host, which can go on queueing other GPU work.
 
 The draw is the exponential race: with E_i ~ Exponential(1) i.i.d., ``argmax_i p_i / E_i``
-is distributed exactly as ``p`` (the Gumbel-max trick in disguise), and it needs one
-random tensor of fixed shape, drawn from the caller's ``torch.Generator`` so a seed fixes it.
+is distributed exactly as ``p`` (the Gumbel-max trick in disguise). The uniforms behind
+E_i are counter-based (the murmur3 finaliser of ``draws.py``): row ``b`` at step ``s``
+sees noise that depends only on ``(seeds[b], steps[b])``, never on the other rows, so a
+request gives the same tokens alone or batched with any others (``engine.py``), and every
+row may carry its own temperature, top-k and top-p (:class:`RowSampling`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
+
+from .draws import MASK32, _fmix
+
+MANAGER_STREAM = 0x5EED0002  # keeps the manager's draws apart from the renderer's streams
+SEED_LIMIT = 1 << 63  # seeds are non-negative 63-bit integers (both halves are hashed)
 
 
 @dataclass(frozen=True)
@@ -26,7 +34,7 @@ class SamplingConfig:
     top_p: Optional[float] = None  # keep the smallest set whose probability reaches top_p
 
     def __post_init__(self):
-        if not self.temperature >= 0:  # also rejects NaN
+        if not self.temperature >= 0 or self.temperature == float("inf"):  # also rejects NaN
             raise ValueError(f"temperature must be >= 0 (0 = argmax), got {self.temperature}")
         if self.top_k is not None and (isinstance(self.top_k, bool) or int(self.top_k) != self.top_k
                                        or self.top_k < 1):
@@ -39,29 +47,69 @@ class SamplingConfig:
         return self.temperature == 0
 
 
-def filter_logits(logits: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:
-    """(B, V) logits -> (B, V) float32 logits / temperature with filtered tokens at -inf."""
-    logits = logits.float() / cfg.temperature
+def check_seed(seed) -> int:
+    if isinstance(seed, bool) or int(seed) != seed or not 0 <= seed < SEED_LIMIT:
+        raise ValueError(f"seed must be an integer in [0, 2**63), got {seed}")
+    return int(seed)
+
+
+class RowSampling:
+    """Per-row sampling settings as (B,) tensors: temperature, top_k (0 = off), top_p (1 = off)."""
+
+    def __init__(self, temperature: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor):
+        self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
+
+    @classmethod
+    def of(cls, configs: Sequence[SamplingConfig], device=None) -> "RowSampling":
+        return cls(torch.tensor([c.temperature for c in configs], dtype=torch.float32, device=device),
+                   torch.tensor([c.top_k or 0 for c in configs], dtype=torch.long, device=device),
+                   torch.tensor([1.0 if c.top_p is None else c.top_p for c in configs],
+                                dtype=torch.float32, device=device))
+
+    def rows(self, index) -> "RowSampling":
+        return RowSampling(self.temperature[index], self.top_k[index], self.top_p[index])
+
+
+def row_uniforms(seeds: torch.Tensor, steps: torch.Tensor, n: int) -> torch.Tensor:
+    """(B,) seeds, (B,) steps -> (B, n) floats strictly inside (0, 1), 24 bits each."""
+    h = _fmix(((seeds >> 32) & MASK32) ^ MANAGER_STREAM)
+    h = _fmix((h + (seeds & MASK32) * 0x9E3779B1) & MASK32)
+    h = _fmix((h + (steps & MASK32) * 0x27D4EB2F) & MASK32)  # (B,)
+    counter = torch.arange(n, device=seeds.device, dtype=torch.long) * 0x165667B1 & MASK32
+    h = _fmix((h[:, None] ^ counter) & MASK32)  # (B, n)
+    return ((h >> 8).float() + 0.5) * (1.0 / (1 << 24))
+
+
+def filter_logits(logits: torch.Tensor, rows: RowSampling) -> torch.Tensor:
+    """(B, V) logits -> (B, V) float32 logits / temperature with filtered tokens at -inf.
+
+    Top-k keeps every token at least as likely as the k-th (ties kept); top-p then keeps the
+    smallest prefix of the remaining tokens whose probability reaches p (the most likely
+    token always stays). Both come from one descending sort.
+    """
     V = logits.size(-1)
-    if cfg.top_k is not None and cfg.top_k < V:
-        kth = torch.topk(logits, int(cfg.top_k), dim=-1).values[:, -1:]  # (B, 1)
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if cfg.top_p is not None and cfg.top_p < 1:
-        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)  # (B, V)
-        probs = sorted_logits.softmax(-1)
-        mass_before = probs.cumsum(-1) - probs  # probability of all more likely tokens
-        drop_sorted = mass_before >= cfg.top_p  # the most likely token is always kept
-        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)  # back to vocab order
-        logits = logits.masked_fill(drop, float("-inf"))
-    return logits
+    temp = torch.where(rows.temperature > 0, rows.temperature, torch.ones_like(rows.temperature))
+    logits = logits.float() / temp[:, None]
+    sorted_logits, order = torch.sort(logits, dim=-1, descending=True)  # (B, V)
+    k = torch.where(rows.top_k > 0, rows.top_k.clamp(max=V), torch.full_like(rows.top_k, V))
+    kth = sorted_logits.gather(1, (k - 1)[:, None])  # (B, 1)
+    sorted_logits = sorted_logits.masked_fill(sorted_logits < kth, float("-inf"))
+    probs = sorted_logits.softmax(-1)
+    mass_before = probs.cumsum(-1) - probs  # probability of all more likely tokens
+    drop_sorted = (mass_before >= rows.top_p[:, None]) & (rows.top_p[:, None] < 1)
+    drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)  # back to vocab order
+    return logits.masked_fill(drop | (logits < kth), float("-inf"))
 
 
-def sample(logits: torch.Tensor, cfg: SamplingConfig,
-           generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """(B, V) logits -> (B,) long token ids. Draws one (B, V) exponential tensor unless greedy."""
-    if cfg.greedy:
-        return logits.argmax(-1)
-    probs = filter_logits(logits, cfg).softmax(-1)  # (B, V), filtered tokens exactly 0
-    race = torch.empty_like(probs).exponential_(1.0, generator=generator)
-    race.clamp_min_(torch.finfo(race.dtype).tiny)  # never divide by 0 (0/0 would be NaN)
-    return (probs / race).argmax(-1)
+def sample(logits: torch.Tensor, rows: RowSampling | SamplingConfig, seeds: torch.Tensor,
+           steps: torch.Tensor) -> torch.Tensor:
+    """(B, V) logits -> (B,) long ids; row b's draw depends only on (seeds[b], steps[b])."""
+    if isinstance(rows, SamplingConfig):
+        if rows.greedy:
+            return logits.argmax(-1)
+        rows = RowSampling.of([rows] * logits.size(0), logits.device)
+    probs = filter_logits(logits, rows).softmax(-1)  # (B, V), filtered tokens exactly 0
+    race = -torch.log(row_uniforms(seeds, steps, logits.size(-1)))  # Exponential(1)
+    race.clamp_min_(torch.finfo(race.dtype).tiny)  # u rounds to 1.0 at the top: never divide by 0
+    drawn = (probs / race).argmax(-1)
+    return torch.where(rows.temperature > 0, drawn, logits.argmax(-1))

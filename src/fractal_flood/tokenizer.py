@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import json
 import os
+from itertools import islice
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import torch
 from tokenizers import Tokenizer, models, trainers
@@ -54,6 +55,14 @@ def _train_bpe(words: Iterable[str], vocab_size: int, max_len: int, alphabet: Se
     return tok
 
 
+def _chunk_lines(chunk_bpe: Tokenizer, lines: Iterable[str], batch: int = 4096) -> Iterator[str]:
+    """Each line as its chunk ids, one private-use character per chunk: the root level's words."""
+    it = iter(lines)
+    while piece := list(islice(it, batch)):
+        for enc in chunk_bpe.encode_batch(piece):
+            yield "".join(map(_chunk_char, enc.ids))
+
+
 class HierarchicalTokenizer:
     """Characters -> chunks -> roots, exact in both directions."""
 
@@ -80,27 +89,39 @@ class HierarchicalTokenizer:
 
     # ------------------------------------------------------------------ training
     @classmethod
-    def train(cls, text: str, num_chunks: int = 1024, num_roots: int = 2048,
-              max_chunk_chars: int = 16, max_root_chunks: int = 4) -> "HierarchicalTokenizer":
-        """Learn both BPE levels from ``text``; the alphabet is the set of its characters."""
-        if not text:
+    def train(cls, text: str | Iterable[str], num_chunks: int = 1024, num_roots: int = 2048,
+              max_chunk_chars: int = 16, max_root_chunks: int = 4,
+              alphabet: str = "") -> "HierarchicalTokenizer":
+        """Learn both BPE levels from ``text``: a string, or its lines (line breaks kept) as
+        an iterable that can be iterated more than once, e.g. :meth:`Corpus.lines`, which
+        streams them from disk (read three times: characters, chunk merges, root merges).
+        The alphabet is the set of the text's characters plus any in ``alphabet``, so merges
+        learned on a sample of a corpus can still encode all of it."""
+        if isinstance(text, str):
+            lines = text.splitlines(keepends=True)
+        else:
+            if iter(text) is text:
+                raise ValueError("train() reads the lines more than once: pass a str, a list or a "
+                                 "re-iterable such as Corpus.lines(), not a one-shot iterator")
+            lines = text
+        chars: set[str] = set()
+        for line in lines:
+            chars.update(line)
+        if not chars:
             raise ValueError("cannot train a tokenizer on empty text")
+        chars.update(alphabet)
         if max_chunk_chars < 1 or max_root_chunks < 1:
             raise ValueError("max_chunk_chars and max_root_chunks must be >= 1")
-        alphabet = "".join(sorted(set(text)))
+        alphabet = "".join(sorted(chars))
         if num_chunks < len(alphabet):
             raise ValueError(f"num_chunks={num_chunks} is smaller than the alphabet ({len(alphabet)} characters)")
         if num_chunks > PUA_SIZE:
             raise ValueError(f"num_chunks={num_chunks} exceeds the supported maximum {PUA_SIZE}")
-        lines = text.splitlines(keepends=True)
-        chunk_bpe = _train_bpe(lines, num_chunks, max_chunk_chars, alphabet)
+        chunk_bpe = _train_bpe(iter(lines), num_chunks, max_chunk_chars, alphabet)
         n_chunks = chunk_bpe.get_vocab_size()
         if num_roots < n_chunks:
             raise ValueError(f"num_roots={num_roots} is smaller than the chunk vocabulary ({n_chunks})")
-        chunk_lines = [
-            "".join(map(_chunk_char, enc.ids)) for enc in chunk_bpe.encode_batch(lines)
-        ]
-        root_bpe = _train_bpe(chunk_lines, num_roots, max_root_chunks,
+        root_bpe = _train_bpe(_chunk_lines(chunk_bpe, lines), num_roots, max_root_chunks,
                               [_chunk_char(i) for i in range(n_chunks)])
         return cls(alphabet, chunk_bpe, root_bpe, max_chunk_chars, max_root_chunks)
 

@@ -1,0 +1,401 @@
+"""The batched generation engine: many requests at once, each with its own everything.
+
+Each request has its own prompt, length (roots and/or characters), manager sampling, stop
+strings, seed and decoder settings. The engine runs *rounds*: at the start of a round,
+waiting requests are prefilled into free manager slots (``slots.SlotManager``) and
+cancelled ones leave; then the manager plans one block for every active request in one
+batched step per root; then each request's block is rendered and its text is streamed
+to it. A request that arrives while others run thus joins at the next block boundary.
+
+Exactness: the manager's draws are keyed on (seed, step) per row, and by default each
+request's block is rendered by its own decoder seeded with the request's seed, exactly
+as a solo run renders it (:func:`generate_solo`, the plain reference path). So a
+request's text does not depend on what else is running (tested). ``pooled_render=True``
+renders all requests' blocks of a round in one flood instead (one decoder, the engine's
+seed): faster on a GPU, where a flood call is launch-bound, but then a request's text
+depends on the requests it shared the round with.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field, replace
+from typing import Callable, Optional
+
+import torch
+
+from .decoding import DecodeOptions, RenderResult
+from .device import synchronize
+from .errors import FractalFloodError
+from .sampling import SamplingConfig, check_seed
+from .slots import SlotManager
+
+DEFAULT_ROOTS = 200  # when neither roots nor max_chars is given
+
+
+@dataclass(frozen=True)
+class Request:
+    """What one caller wants. ``roots`` bounds the manager's tokens, ``max_chars`` the text."""
+
+    prompt: str = ""
+    roots: Optional[int] = None
+    max_chars: Optional[int] = None
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    seed: int = 0
+    stop: tuple = ()
+    decoder: Optional[str] = None  # None: the pipeline's
+    options: Optional[DecodeOptions] = None  # None: the pipeline's (its seed is replaced)
+
+    def validated(self) -> "Request":
+        for name in ("roots", "max_chars"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or int(v) != v or v < 1):
+                raise FractalFloodError(f"{name} must be a positive integer, got {v}")
+        try:
+            check_seed(self.seed)
+        except (TypeError, ValueError) as e:
+            raise FractalFloodError(str(e)) from None
+        stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+        if any(not isinstance(s, str) or not s for s in stop):
+            raise FractalFloodError("stop strings must be non-empty strings")
+        return replace(self, stop=stop)
+
+    @property
+    def root_budget(self) -> int:
+        if self.roots is not None:
+            return int(self.roots)
+        return int(self.max_chars) if self.max_chars is not None else DEFAULT_ROOTS
+
+
+@dataclass
+class Block:
+    """One rendered block of one request, as streamed to it."""
+
+    root_ids: list
+    root_texts: list
+    text: str  # new text, safe to show (a possible stop string's start is held back)
+    render: Optional[RenderResult]  # None for a pooled render (shared by several requests)
+    energies: list  # per level, the chosen energy of each of this block's items
+    chunk_counts: list  # per level, children kept per item
+    manager_s: float
+    flood_s: float
+
+
+class TextLimit:
+    """Stop strings and a character budget over text that grows block by block.
+
+    ``feed`` returns the text now safe to emit: the tail that could be the start of a stop
+    string is held back until the next block decides it.
+    """
+
+    def __init__(self, stop: tuple = (), max_chars: Optional[int] = None):
+        self.stop, self.max_chars = stop, max_chars
+        self.hold = max((len(s) for s in stop), default=1) - 1
+        self.text = ""  # everything rendered, uncut
+        self.emitted = 0
+        self.finish_reason: Optional[str] = None
+
+    def feed(self, new: str, last: bool) -> str:
+        start = max(0, len(self.text) - self.hold)  # a stop string may span the boundary
+        self.text += new
+        end = len(self.text)
+        hits = [i for i in (self.text.find(s, start) for s in self.stop) if i >= 0]
+        if hits:
+            end, self.finish_reason = min(hits), "stop"
+        if self.max_chars is not None and end >= self.max_chars:
+            end = self.max_chars
+            if self.finish_reason is None:
+                self.finish_reason = "length"
+        if last and self.finish_reason is None:
+            self.finish_reason = "length"
+        safe = end if self.finish_reason else max(self.emitted, end - self.hold)
+        out = self.text[self.emitted:safe]
+        self.emitted = safe
+        return out
+
+    @property
+    def result(self) -> str:
+        return self.text[:self.emitted]
+
+
+@dataclass
+class Completion:
+    """A finished (or cancelled) request."""
+
+    request: Request
+    text: str
+    root_ids: list
+    finish_reason: str  # stop, length or cancelled
+    blocks: int
+    chunks: int
+    manager_s: float
+    flood_s: float
+    seconds: float  # submit to finish
+
+    def to_dict(self) -> dict:
+        r = self.request
+        return {"prompt": r.prompt, "text": self.text, "seed": r.seed, "finish_reason": self.finish_reason,
+                "roots": len(self.root_ids), "chunks": self.chunks, "chars": len(self.text),
+                "blocks": self.blocks, "seconds": self.seconds, "manager_seconds": self.manager_s,
+                "flood_seconds": self.flood_s, "root_ids": self.root_ids}
+
+
+class Job:
+    """A request in the engine: its state and the callback that receives its blocks."""
+
+    def __init__(self, request: Request, prompt_ids: list, decoder,
+                 on_block: Optional[Callable[["Job", Block], None]] = None):
+        self.request, self.prompt_ids, self.decoder, self.on_block = request, prompt_ids, decoder, on_block
+        self.limit = TextLimit(request.stop, request.max_chars)
+        self.root_ids: list = []
+        self.blocks = self.chunks = 0
+        self.manager_s = self.flood_s = 0.0
+        self.submitted = time.perf_counter()
+        self.cancelled = False
+        self.error: Optional[Exception] = None
+        self.done = threading.Event()
+        self.completion: Optional[Completion] = None
+
+    @property
+    def remaining(self) -> int:
+        return self.request.root_budget - len(self.root_ids)
+
+    def cancel(self) -> None:
+        """Frees the slot at the next block boundary (a disconnected client)."""
+        self.cancelled = True
+
+    def _finish(self, reason: str) -> None:
+        self.completion = Completion(self.request, self.limit.result, self.root_ids, reason, self.blocks,
+                                     self.chunks, self.manager_s, self.flood_s,
+                                     time.perf_counter() - self.submitted)
+        self.done.set()
+
+
+class QueueFull(FractalFloodError):
+    """More requests waiting than the engine accepts (a server answers 503)."""
+
+
+class Engine:
+    """Continuous batching over one pipeline's models. Thread-safe ``submit``; rounds run by
+    :meth:`step` (or a background thread: :meth:`start`)."""
+
+    def __init__(self, pipe, max_batch: int = 32, block_roots: int = 64, max_queue: int = 1024,
+                 pooled_render: bool = False, pool_seed: int = 0):
+        if max_batch < 1 or block_roots < 1 or max_queue < 0:
+            raise FractalFloodError("max_batch and block_roots must be >= 1, max_queue >= 0")
+        self.pipe, self.max_batch, self.block_roots, self.max_queue = pipe, max_batch, block_roots, max_queue
+        self.pooled_render = pooled_render
+        self.slots = SlotManager(pipe.manager, max_batch, pipe.device)
+        self._pool_decoder = pipe._decoder(pool_seed) if pooled_render else None
+        self._waiting: deque = deque()
+        self._lock = threading.Condition()
+        self._thread: Optional[threading.Thread] = None
+        self._stopping = False
+        self.rounds = 0
+        self.draws = self.passes = 0  # renderer work, over all renders
+        self.on_round: Optional[Callable[[int, int, float], None]] = None  # (active, waiting, seconds)
+
+    # ---- intake ---------------------------------------------------------------------------
+
+    def prepare(self, request: Request, on_block=None) -> Job:
+        """Validate ``request`` (unknown characters, numbers, decoder) and make its job."""
+        request = request.validated()
+        self.pipe.tokenizer.check_text(request.prompt)
+        for s in request.stop:
+            self.pipe.tokenizer.check_text(s)
+        decoder = self._decoder(request)
+        return Job(request, self.pipe.prompt_ids(request.prompt), decoder, on_block)
+
+    def submit(self, request: Request, on_block=None) -> Job:
+        job = self.prepare(request, on_block)
+        with self._lock:
+            # free slots take waiting requests at the next boundary: they do not count
+            if len(self._waiting) >= self.max_queue + self.slots.free:
+                raise QueueFull(f"the queue is full ({self.max_queue} waiting); retry shortly")
+            self._waiting.append(job)
+            self._lock.notify_all()
+        return job
+
+    @property
+    def queued(self) -> int:
+        return len(self._waiting)
+
+    @property
+    def active(self) -> int:
+        return self.slots.active
+
+    def _decoder(self, request: Request):
+        try:
+            return self.pipe._decoder(request.seed, request.decoder, request.options)
+        except ValueError as e:
+            raise FractalFloodError(str(e)) from None
+
+    # ---- rounds ---------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def step(self) -> bool:
+        """One round: admit, plan one block for every active request, render, stream.
+        Returns False when there was nothing to do."""
+        t0 = time.perf_counter()
+        with self._lock:
+            for job in [j for j in self._waiting if j.cancelled]:
+                self._waiting.remove(job)
+                job._finish("cancelled")
+            for job in [j for j in self.slots.owner if j.cancelled]:
+                self.slots.remove(job)
+                job._finish("cancelled")
+            admit = []
+            while self._waiting and self.slots.free > len(admit):
+                admit.append(self._waiting.popleft())
+        for job in admit:
+            self.slots.add(job, job.prompt_ids, job.request.sampling, job.request.seed)
+        jobs = list(self.slots.owner)
+        if not jobs:
+            return False
+        n = min(self.block_roots, max(j.remaining for j in jobs))
+        ids = self.slots.generate(n)  # (A, n)
+        host = ids.tolist()  # waits for the manager
+        manager_s = time.perf_counter() - t0
+        blocks = [row[:min(n, j.remaining)] for j, row in zip(jobs, host)]
+        renders = self._render(jobs, blocks)
+        for job, block, (render, flood_s) in zip(jobs, blocks, renders):
+            self._deliver(job, block, render, manager_s, flood_s)
+        self.rounds += 1
+        if self.on_round is not None:
+            self.on_round(len(jobs), len(self._waiting), time.perf_counter() - t0)
+        return True
+
+    def _render(self, jobs, blocks):
+        if not self.pooled_render:
+            out = []
+            for job, block in zip(jobs, blocks):
+                t = time.perf_counter()
+                render = job.decoder.render(torch.tensor(block, dtype=torch.long))
+                synchronize(self.pipe.device)
+                self.draws, self.passes = self.draws + render.draws, self.passes + render.passes
+                out.append((render, time.perf_counter() - t))
+            return out
+        t = time.perf_counter()
+        flat = torch.tensor([r for b in blocks for r in b], dtype=torch.long)
+        render = self._pool_decoder.render(flat)
+        synchronize(self.pipe.device)
+        self.draws, self.passes = self.draws + render.draws, self.passes + render.passes
+        shared = (time.perf_counter() - t)
+        return [(part, shared) for part in split_render(render, [len(b) for b in blocks])]
+
+    def _deliver(self, job: Job, block: list, render, manager_s: float, flood_s: float) -> None:
+        if isinstance(render, RenderResult):
+            root_texts, counts = render.root_texts(), [c.tolist() for c in render.counts]
+            energies, chunks = [e.tolist() for e in render.energies], render.num_chunks
+        else:  # a slice of a pooled render
+            root_texts, counts, energies = render["root_texts"], render["counts"], render["energies"]
+            chunks, render = sum(counts[0]), None
+        job.root_ids += block
+        job.blocks += 1
+        job.chunks += chunks
+        job.manager_s += manager_s
+        job.flood_s += flood_s
+        last = job.remaining == 0
+        text = job.limit.feed("".join(root_texts), last)
+        if job.limit.finish_reason is not None:
+            self.slots.remove(job)
+        if job.on_block is not None:
+            job.on_block(job, Block(block, root_texts, text, render, energies, counts, manager_s, flood_s))
+        if job.limit.finish_reason is not None:
+            job._finish(job.limit.finish_reason)
+
+    # ---- drivers --------------------------------------------------------------------------
+
+    def run(self, requests, on_block=None) -> list[Completion]:
+        """Submit every request and run rounds until all are done (no thread)."""
+        jobs = [self.prepare(r, on_block) for r in requests]
+        with self._lock:
+            self._waiting.extend(jobs)
+        while self.step():
+            pass
+        return [j.completion for j in jobs]
+
+    def start(self) -> None:
+        """Run rounds on a background thread (a server)."""
+        if self._thread is not None:
+            return
+        self._stopping = False
+        self._thread = threading.Thread(target=self._loop, name="fractal-flood-engine", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopping = True
+            self._lock.notify_all()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def _loop(self) -> None:
+        while True:
+            with self._lock:
+                while not self._stopping and not self._waiting and not self.slots.active:
+                    self._lock.wait()
+                if self._stopping:
+                    return
+            try:
+                self.step()
+            except Exception as e:  # never leave callers waiting on a dead thread
+                self._fail_all(e)
+
+    def _fail_all(self, error: Exception) -> None:
+        with self._lock:
+            jobs = list(self._waiting) + list(self.slots.owner)
+            self._waiting.clear()
+            for job in list(self.slots.owner):
+                self.slots.remove(job)
+        for job in jobs:
+            job.error = error
+            job._finish("error")
+
+
+def split_render(render: RenderResult, sizes: list) -> list[dict]:
+    """A render of several requests' roots (concatenated) -> per request: root texts, and per
+    level the counts and energies of its items."""
+    texts = render.root_texts()
+    counts = [c.tolist() for c in render.counts]
+    energies = [e.tolist() for e in render.energies]
+    out, item_start = [], [0] * len(counts)
+    root = 0
+    for size in sizes:
+        part = {"root_texts": texts[root:root + size], "counts": [], "energies": []}
+        n = size  # items of this request at the current level
+        for level in range(len(counts)):
+            s = item_start[level]
+            level_counts = counts[level][s:s + n]
+            part["counts"].append(level_counts)
+            part["energies"].append(energies[level][s:s + n])
+            item_start[level] = s + n
+            n = sum(level_counts)
+        root += size
+        out.append(part)
+    return out
+
+
+def generate_solo(pipe, request: Request, block_roots: int = 64) -> Completion:
+    """The plain reference path: one request through ``TextPipeline.stream`` (a batch-1
+    ``ARStream`` and one decoder), cut by the same ``TextLimit``. The engine must give the
+    same text for the same request."""
+    request = request.validated()
+    pipe.tokenizer.check_text(request.prompt)
+    limit = TextLimit(request.stop, request.max_chars)
+    t0 = time.perf_counter()
+    root_ids, blocks, chunks = [], 0, 0
+    budget = request.root_budget
+    for ids, render in pipe.stream(request.prompt, budget, request.sampling, request.seed, block_roots,
+                                   decoder=request.decoder, options=request.options):
+        root_ids += ids
+        blocks += 1
+        chunks += render.num_chunks
+        limit.feed("".join(render.root_texts()), len(root_ids) == budget)
+        if limit.finish_reason is not None:
+            break
+    return Completion(request, limit.result, root_ids, limit.finish_reason, blocks, chunks, 0.0, 0.0,
+                      time.perf_counter() - t0)

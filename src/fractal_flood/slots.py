@@ -1,0 +1,164 @@
+"""The manager for continuous batching: a KV cache of slots, each at its own position.
+
+``ARStream`` runs a fixed batch in lockstep (one position for all rows). A server's rows
+come and go: a request is prefilled into a free slot while the others wait at a block
+boundary, and a finished one gives its slot back. So here every slot keeps its own
+position, window and step counter, and a decode step writes each row's key and value at
+that row's position (a per-row scatter instead of one shared ``index_copy_``).
+
+Active rows are kept packed in slots ``0 .. n-1``: a step runs on a slice (a view, no
+gather), and a row that leaves is replaced by the last active row (one row copy).
+
+The window rule is ``ARStream``'s, applied per row, and the draws are the same
+counter-based ones keyed on (seed, step), so a request's tokens equal a batch-1
+``ARStream`` run with the same prompt, seed and settings (tested).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .causal_lm import CausalLM
+from .sampling import RowSampling, SamplingConfig, check_seed, sample
+
+
+class SlotManager:
+    """Up to ``slots`` independent generation rows over one ``CausalLM`` (weights shared)."""
+
+    def __init__(self, model: CausalLM, slots: int, device: torch.device | str,
+                 dtype: torch.dtype | None = None):
+        if slots < 1:
+            raise ValueError(f"slots must be >= 1, got {slots}")
+        cfg = model.config
+        self.model, self.slots = model, slots
+        self.device = torch.device(device)
+        self.context, self.keep = cfg.context, max(1, cfg.context // 2)
+        dtype = dtype or model.wte.weight.dtype
+        hd = cfg.d_model // cfg.n_heads
+        shape = (slots, cfg.n_heads, cfg.context, hd)
+        self.k = [torch.zeros(shape, dtype=dtype, device=self.device) for _ in model.blocks]
+        self.v = [torch.zeros(shape, dtype=dtype, device=self.device) for _ in model.blocks]
+        S, L = slots, cfg.context
+        self.window = torch.zeros(S, L, dtype=torch.long, device=self.device)  # token per cache slot
+        self.tok = torch.zeros(S, dtype=torch.long, device=self.device)  # pending token per row
+        self.pos = torch.zeros(S, dtype=torch.long, device=self.device)  # its position
+        self.seeds = torch.zeros(S, dtype=torch.long, device=self.device)
+        self.steps = torch.zeros(S, dtype=torch.long, device=self.device)
+        self.rows = RowSampling.of([SamplingConfig()] * S, self.device)
+        self.host_pos = np.zeros(S, dtype=np.int64)  # mirror of pos: when is a row's window full
+        self.owner: list = []  # owner[i]: who holds active row i (rows 0..n-1)
+        self.steps_run = 0  # decode steps (each over all active rows)
+        self.prefills = 0
+
+    @property
+    def active(self) -> int:
+        return len(self.owner)
+
+    @property
+    def free(self) -> int:
+        return self.slots - len(self.owner)
+
+    @torch.no_grad()
+    def add(self, owner, prompt: list[int], sampling: SamplingConfig, seed: int) -> int:
+        """Prefill ``prompt`` (non-empty root ids) into the next free row; returns the row."""
+        if not self.free:
+            raise RuntimeError("no free slot")
+        if not prompt:
+            raise ValueError("prompt must hold at least one token")
+        r = len(self.owner)
+        ids = torch.tensor(prompt[-self.context:], dtype=torch.long, device=self.device)
+        self._prefill(r, ids[:-1])
+        self.tok[r] = ids[-1]
+        self.pos[r] = self.host_pos[r] = ids.numel() - 1
+        self.seeds[r] = check_seed(seed)
+        self.steps[r] = 0
+        one = RowSampling.of([sampling], self.device)
+        self.rows.temperature[r], self.rows.top_k[r], self.rows.top_p[r] = (
+            one.temperature[0], one.top_k[0], one.top_p[0])
+        self.owner.append(owner)
+        return r
+
+    @torch.no_grad()
+    def remove(self, owner) -> None:
+        """Free ``owner``'s row; the last active row moves into it (rows stay packed)."""
+        r = self.owner.index(owner)
+        last = len(self.owner) - 1
+        if r != last:
+            for buf in (*self.k, *self.v, self.window, self.tok, self.pos, self.seeds, self.steps,
+                        self.rows.temperature, self.rows.top_k, self.rows.top_p):
+                buf[r] = buf[last]
+            self.host_pos[r] = self.host_pos[last]
+            self.owner[r] = self.owner[last]
+        self.owner.pop()
+
+    @torch.no_grad()
+    def generate(self, n: int) -> torch.Tensor:
+        """The next n tokens of every active row: (active, n) long on the device."""
+        A = len(self.owner)
+        out = torch.empty(A, n, dtype=torch.long, device=self.device)
+        for i in range(n):
+            for r in np.flatnonzero(self.host_pos[:A] == self.context).tolist():
+                self._slide(r)  # this row's pending token has no slot
+            out[:, i] = self._step(A)
+            self.host_pos[:A] += 1
+            self.steps_run += 1
+        return out
+
+    # ---- internals ------------------------------------------------------------------------
+
+    def _step(self, A: int) -> torch.Tensor:
+        rows = torch.arange(A, device=self.device)
+        pos, tok = self.pos[:A], self.tok[:A]
+        self.window[rows, pos] = tok  # pending token takes its slot
+        logits = self._forward(tok[:, None], pos[:, None], A)[:, -1]  # (A, V)
+        nxt = sample(logits, self.rows.rows(slice(0, A)), self.seeds[:A], self.steps[:A])
+        self.tok[:A] = nxt
+        self.pos[:A] += 1
+        self.steps[:A] += 1
+        return nxt
+
+    def _prefill(self, r: int, tokens: torch.Tensor) -> None:
+        """Write ``tokens`` (T,) into row r's cache slots 0..T-1 (logits unused)."""
+        T = tokens.numel()
+        if T == 0:
+            return
+        self.window[r, :T] = tokens
+        pos = torch.arange(T, device=self.device)
+        self._forward(tokens[None], pos[None], 1, row=r)
+        self.prefills += 1
+
+    def _slide(self, r: int) -> None:
+        """Row r's window of context + 1 tokens -> its last ``keep``, re-encoded (ARStream's rule)."""
+        kept = self.window[r, self.context - self.keep + 1:].clone()  # (keep - 1,)
+        self._prefill(r, kept)
+        self.pos[r] = self.host_pos[r] = self.keep - 1
+
+    def _forward(self, idx: torch.Tensor, pos: torch.Tensor, B: int, row: int = 0) -> torch.Tensor:
+        """idx, pos (B, T) -> logits (B, T, V) for cache rows row .. row+B-1.
+
+        ``CausalLM.forward_cached`` with per-row positions: the same ops in the same order,
+        so one row gives the same numbers as a batch-1 stream.
+        """
+        m = self.model
+        x = m.wte(idx) + m.wpe(pos)  # (B, T, C)
+        B_, T, C = x.shape
+        # mask[b, t, j]: the query at pos[b, t] may see cache slot j <= pos[b, t]
+        mask = torch.arange(self.context, device=self.device)[None, None] <= pos[:, :, None]
+        mask = mask[:, None]  # (B, 1, T, L)
+        batch = torch.arange(row, row + B, device=self.device)[:, None]  # (B, 1)
+        for block, kc, vc in zip(m.blocks, self.k, self.v):
+            att = block.attn
+            h = block.ln_1(x)
+            q, k, v = att.c_attn(h).split(C, dim=2)
+            q = q.view(B, T, att.n_heads, att.head_dim).transpose(1, 2)  # (B, nh, T, hd)
+            k = k.view(B, T, att.n_heads, att.head_dim)  # (B, T, nh, hd): indexed per (row, pos)
+            v = v.view(B, T, att.n_heads, att.head_dim)
+            kc.transpose(1, 2)[batch, pos] = k.to(kc.dtype)
+            vc.transpose(1, 2)[batch, pos] = v.to(vc.dtype)
+            keys, values = kc[row:row + B].to(q.dtype), vc[row:row + B].to(q.dtype)
+            y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
+            x = x + att.c_proj(y.transpose(1, 2).contiguous().view(B, T, C))
+            x = x + block.mlp(block.ln_2(x))
+        return m.lm_head(m.ln_f(x))  # (B, T, V)
