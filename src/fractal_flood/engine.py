@@ -288,7 +288,8 @@ class Engine:
     def _deliver(self, job: Job, block: list, render, manager_s: float, flood_s: float) -> None:
         if isinstance(render, RenderResult):
             root_texts, counts = render.root_texts(), [c.tolist() for c in render.counts]
-            energies, chunks = [e.tolist() for e in render.energies], render.num_chunks
+            energies = [None if e is None else e.tolist() for e in render.energies]  # None: not scored
+            chunks = render.num_chunks
         else:  # a slice of a pooled render
             root_texts, counts, energies = render["root_texts"], render["counts"], render["energies"]
             chunks, render = sum(counts[0]), None
@@ -361,7 +362,7 @@ def split_render(render: RenderResult, sizes: list) -> list[dict]:
     level the counts and energies of its items."""
     texts = render.root_texts()
     counts = [c.tolist() for c in render.counts]
-    energies = [e.tolist() for e in render.energies]
+    energies = [None if e is None else e.tolist() for e in render.energies]  # None: not scored
     out, item_start = [], [0] * len(counts)
     root = 0
     for size in sizes:
@@ -371,7 +372,7 @@ def split_render(render: RenderResult, sizes: list) -> list[dict]:
             s = item_start[level]
             level_counts = counts[level][s:s + n]
             part["counts"].append(level_counts)
-            part["energies"].append(energies[level][s:s + n])
+            part["energies"].append(None if energies[level] is None else energies[level][s:s + n])
             item_start[level] = s + n
             n = sum(level_counts)
         root += size
