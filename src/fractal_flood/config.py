@@ -83,7 +83,7 @@ PRESETS: dict[str, Preset] = {
         renderer=dict(n_layers=3, d_model=128, n_heads=4),
         manager=dict(n_layers=4, d_model=128, n_heads=4, context=256),
         peer=dict(n_layers=4, d_model=128, n_heads=4, context=256),
-        renderer_steps=2000, renderer_batch=512, renderer_lr=2e-3,
+        renderer_steps=1500, renderer_batch=512, renderer_lr=2e-3,
     ),
     # The seed's sizes (DESIGN.md): renderer 6x256x8, manager 4x128; AR peer = renderer size.
     "seed": Preset(

@@ -51,6 +51,7 @@ class RendererTask:
         self.per_level = max(2, batch // len(self.tables))
         self.energy_weight = energy_weight
         self.T = model.config.timesteps
+        self.groups = 4  # passes per packed level: rows sorted by length, canvases trimmed
 
     best = None  # the renderer learns a table: the latest weights are the best
 
@@ -88,27 +89,48 @@ class RendererTask:
             cond_all = torch.cat([cond, e_cond, e_cond])
             tgt_all = torch.cat([noisy, e_right, wrong])
             t_all = torch.cat([t, torch.zeros(2 * e, dtype=torch.long, device=self.device)])
-            valid, len_all = None, None
-            if b.lengths is not None:
-                lengths = b.lengths[d]
-                len_all = torch.cat([lengths, b.lengths[g], b.wrong_len[g]])
-                L = max(1, int(len_all.max()))  # trim the padded canvases to the longest item
-                tgt_all, right = tgt_all[:, :L], right[:, :L]
-                child = None if child is None else child[:, :L]
-                valid = _slots_mask(lengths, L)
-            logits, len_logits, energy = self.model(level, cond_all, tgt_all, t_all, len_all)
             per_piece = b.slots / pieces
-            ce = diffusion_loss(logits[:n], right, valid, per_piece)
+            if b.lengths is None:  # the top level: one padded canvas, pads are a class
+                logits, len_logits, energy = self.model(level, cond_all, tgt_all, t_all)
+                ce = diffusion_loss(logits[:n], right, None, per_piece)
+                ln = None if len_logits is None else diffusion_loss(len_logits[:n], child, None, per_piece)
+            else:
+                len_all = torch.cat([b.lengths[d], b.lengths[g], b.wrong_len[g]])
+                ce, ln, energy = self._packed(level, cond_all, tgt_all, t_all, len_all, right, child, n)
+                ce, ln = ce / per_piece, None if ln is None else ln / per_piece
             labels = torch.cat([torch.zeros(e), torch.ones(e)]).to(self.device)
             en = energy_loss(energy[n:], labels)
             total = total + ce + self.energy_weight * en
             logs[f"ce{level}"] = ce.detach()  # tensors: no host sync per step
             logs[f"en{level}"] = en.detach()
-            if len_logits is not None:
-                ln = diffusion_loss(len_logits[:n], child, valid, per_piece)
+            if ln is not None:
                 total = total + ln
                 logs[f"len{level}"] = ln.detach()
         return total, logs
+
+    def _packed(self, level, cond, tgt, t, lengths, right, child, n):
+        """A packed level in ``groups`` passes of rows sorted by length, each canvas trimmed
+        to its group's longest row (as the flood decodes them). -> (summed token loss over
+        the real slots of the first ``n`` rows, summed length loss or None, energies (R,))."""
+        R = cond.shape[0]
+        order = torch.argsort(lengths)
+        energy = torch.empty(R, device=self.device)
+        ce = ln = 0.0
+        has_len = self.model.has_length_head(level)
+        for idx in order.chunk(self.groups):
+            if idx.numel() == 0:
+                continue
+            ln_g = lengths[idx]
+            L = max(1, int(ln_g.max()))  # one host sync per group
+            logits, len_logits, e = self.model(level, cond[idx], tgt[idx, :L], t[idx], ln_g)
+            energy[idx] = e.float()
+            dn = idx < n  # rows of the denoising group
+            valid = _slots_mask(ln_g[dn], L)
+            r = right[idx[dn], :L]
+            ce = ce + diffusion_loss(logits[dn], r, valid, 1.0)
+            if has_len:
+                ln = ln + diffusion_loss(len_logits[dn], child[idx[dn], :L], valid, 1.0)
+        return ce, (ln if has_len else None), energy
 
     @torch.no_grad()
     def validate(self, n: int = 512) -> dict:
