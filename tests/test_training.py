@@ -396,3 +396,33 @@ def test_resume_keeps_the_best_heldout_loss_of_a_language_model(tmp_path, small_
     published = ckpt.read_meta(out, "manager")
     assert final["best"] == pytest.approx(published["metrics"]["val_loss"])
     assert final["best"] <= saved["best"]  # never published a worse checkpoint after resuming
+
+
+def test_packed_training_loss_equals_one_padded_pass(tiny_tokenizer):
+    """The renderer task packs each lower level into length-sorted groups, each trimmed to its
+    longest row; that is the same loss (and gradient) as one masked pass over the whole
+    padded batch, and two equal pieces average to it (data parallel / accumulation)."""
+    from fractal_flood.renderer_task import RendererTask
+
+    torch.manual_seed(0)
+    cfg = RendererConfig(levels=[lv.to_dict() for lv in tiny_tokenizer.levels], n_layers=2, d_model=32,
+                         n_heads=4)
+    model = FractalDiffusionModel(cfg)
+    task = RendererTask(model, tiny_tokenizer, 64, 1.0, torch.device("cpu"), torch.Generator().manual_seed(1))
+    batch = task.draw()
+    results = {}
+    for groups in (1, 4):
+        task.groups = groups
+        model.zero_grad()
+        loss, logs = task.loss(batch)
+        loss.backward()
+        results[groups] = (loss.detach(), {k: v for k, v in logs.items()},
+                           model.wte.weight.grad.clone())
+    (l1, logs1, g1), (l4, logs4, g4) = results[1], results[4]
+    torch.testing.assert_close(l1, l4, rtol=1e-5, atol=1e-6)
+    for k in logs1:
+        torch.testing.assert_close(logs1[k], logs4[k], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(g1, g4, rtol=1e-4, atol=1e-7)
+    halves = sum(task.loss(batch, p, 2)[0].detach() for p in range(2)) / 2
+    torch.testing.assert_close(halves, l4, rtol=1e-5, atol=1e-6)
+    assert set(logs4) == {"ce0", "en0", "len0", "ce1", "en1"}
