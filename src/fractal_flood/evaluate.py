@@ -37,7 +37,8 @@ def evaluate(model_dir=None, corpus=None, device="auto", k: int = 1, max_roots: 
     dev = resolve_device(device)
     tok = ckpt.load_tokenizer(model_dir)
     renderer, rmeta = ckpt.load_renderer(model_dir, tok, dev)
-    manager, _ = ckpt.load_manager(model_dir, tok, dev)
+    # a directory may hold only a renderer (``train --parts renderer``): then no manager lines
+    manager = ckpt.load_manager(model_dir, tok, dev)[0] if (model_dir / "manager.json").exists() else None
     text = load_corpus(corpus)
     tok.check_text(text)
     roots = TokenStream.split(tok.encode(text)).val
@@ -85,8 +86,9 @@ def evaluate(model_dir=None, corpus=None, device="auto", k: int = 1, max_roots: 
 
     # --- manager (and AR peer) held-out loss
     held_chars = len(tok.decode(roots.tolist()))
-    loss = heldout_loss(manager, roots, dev)
-    out["manager"] = {"loss_per_root": loss, "bpc": bits_per_char_of_loss(loss, held_chars / len(roots))}
+    if manager is not None:
+        loss = heldout_loss(manager, roots, dev)
+        out["manager"] = {"loss_per_root": loss, "bpc": bits_per_char_of_loss(loss, held_chars / len(roots))}
     if (model_dir / "peer.json").exists():
         peer, _ = ckpt.load_peer(model_dir, tok, dev)
         chunks = torch.tensor(tok.encode_chunks(tok.decode(roots.tolist())))
@@ -106,8 +108,11 @@ def format_report(r: dict) -> str:
                      f"{lv['detect_hard']:>10.4f}{lv['accept_rate']:>9.4f}{lv['mean_energy_right']:>10.4f}")
     rd = r["render"]
     lines.append(f"overall render fidelity (roots -> text): {rd['fidelity']:.4f}, CER {rd['cer']:.5f}")
-    m = r["manager"]
-    lines.append(f"manager held-out loss: {m['loss_per_root']:.4f} nats/root, {m['bpc']:.4f} bits/char")
+    if "manager" in r:
+        m = r["manager"]
+        lines.append(f"manager held-out loss: {m['loss_per_root']:.4f} nats/root, {m['bpc']:.4f} bits/char")
+    else:
+        lines.append("no manager in this directory: manager lines skipped")
     if "peer" in r:
         p = r["peer"]
         lines.append(f"AR peer (chunk-level reference): {p['loss_per_chunk']:.4f} nats/chunk, {p['bpc']:.4f} bits/char")
