@@ -50,14 +50,15 @@ def main() -> None:
     chunks = int(tables[0][1][roots].sum())
     print(f"held-out tail: {len(roots):,} roots, {chunks:,} chunks ({chunks / len(roots):.3f} chunks per root)")
     print(f"{'way to render (K = 1)':<58}{'MFLOP/chunk':>12}")
-    for preset, packed, passes, label in [
-        ("seed", False, 2, "seed 6x256, canvases padded to the maximum, denoise + energy"),
-        ("seed", False, 1, "seed 6x256, padded, denoise only"),
-        ("seed", True, 1, "seed 6x256, canvases sized to the text, denoise only"),
-        ("small", False, 2, "small 3x128, padded, denoise + energy"),
-        ("small", True, 1, "small 3x128, sized, denoise only (the default)"),
-    ]:
-        cfg = RendererConfig(levels=[lv.to_dict() for lv in levels], **get_preset(preset).renderer)
+    seed = get_preset("seed").renderer
+    rows = [(seed, False, 2, "seed 6x256, canvases padded to the maximum, denoise + energy"),
+            (seed, False, 1, "seed 6x256, padded, denoise only"),
+            (seed, True, 1, "seed 6x256, canvases sized to the text, denoise only")]
+    for layers, width in [(3, 128), (2, 128), (2, 64), (1, 64), (2, 32)]:
+        rows.append((dict(n_layers=layers, d_model=width, n_heads=4), True, 1,
+                     f"{layers}x{width}, sized, denoise only"))
+    for sizes, packed, passes, label in rows:
+        cfg = RendererConfig(levels=[lv.to_dict() for lv in levels], **sizes)
         f = render_flops(cfg, levels, roots, tables, packed, passes)
         print(f"{label:<58}{f / chunks / 1e6:>12.2f}")
     for name, part, vocab, per in [("manager 4x128 (per root step, per chunk)", "manager", tok.num_roots,

@@ -69,21 +69,23 @@ PRESETS: dict[str, Preset] = {
     # Seconds on a CPU: for tests and smoke runs.
     "tiny": Preset(
         name="tiny",
-        renderer=dict(n_layers=2, d_model=64, n_heads=4),
+        renderer=dict(n_layers=1, d_model=64, n_heads=4),
         manager=dict(n_layers=2, d_model=64, n_heads=4, context=64),
         peer=dict(n_layers=2, d_model=64, n_heads=4, context=64),
         num_chunks=128, num_roots=192,
         renderer_steps=300, renderer_batch=128,
         manager_steps=200, peer_steps=200, lm_batch=16, lr=3e-3,
     ),
-    # The default: the smallest renderer that renders the shipped corpus exactly (RESULTS.md,
-    # renderer size sweep), trainable on a 2-core CPU in minutes; the seed's manager and peer.
+    # The default (RESULTS.md, renderer size sweep): one layer of 64 renders the shipped
+    # corpus exactly (held-out fidelity 1.0000 per level, detection >= 99.99%) after about 6
+    # CPU-minutes on one core, and a user's 50 KB corpus in 4 minutes. Manager as the
+    # seed's; the AR peer is the manager's size.
     "small": Preset(
         name="small",
-        renderer=dict(n_layers=3, d_model=128, n_heads=4),
+        renderer=dict(n_layers=1, d_model=64, n_heads=4),
         manager=dict(n_layers=4, d_model=128, n_heads=4, context=256),
         peer=dict(n_layers=4, d_model=128, n_heads=4, context=256),
-        renderer_steps=1500, renderer_batch=512, renderer_lr=2e-3,
+        renderer_steps=3000, renderer_batch=512, renderer_lr=2e-3,
     ),
     # The seed's sizes (DESIGN.md): renderer 6x256x8, manager 4x128; AR peer = renderer size.
     "seed": Preset(
