@@ -194,7 +194,7 @@ class Engine:
         self._thread: Optional[threading.Thread] = None
         self._stopping = False
         self.rounds = 0
-        self.draws = self.passes = 0  # renderer work, over all renders
+        self.draws = self.passes = self.flops = 0  # renderer work, over all renders
         self.on_round: Optional[Callable[[int, int, float], None]] = None  # (active, waiting, seconds)
 
     # ---- intake ---------------------------------------------------------------------------
@@ -275,6 +275,7 @@ class Engine:
                 render = job.decoder.render(torch.tensor(block, dtype=torch.long))
                 synchronize(self.pipe.device)
                 self.draws, self.passes = self.draws + render.draws, self.passes + render.passes
+                self.flops += render.flops
                 out.append((render, time.perf_counter() - t))
             return out
         t = time.perf_counter()
@@ -282,6 +283,7 @@ class Engine:
         render = self._pool_decoder.render(flat)
         synchronize(self.pipe.device)
         self.draws, self.passes = self.draws + render.draws, self.passes + render.passes
+        self.flops += render.flops
         shared = (time.perf_counter() - t)
         return [(part, shared) for part in split_render(render, [len(b) for b in blocks])]
 
