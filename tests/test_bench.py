@@ -1,102 +1,203 @@
-"""The bench: the real CLI end to end on the shipped model (quick sizes), its timing rule,
-its quality metrics and its targets. One CLI run is shared by the tests that read its files."""
+"""The bench: the real CLI end to end (in process, quick sizes, a tiny model with an AR
+peer), its rows, FLOPs and snapshots, its timing rule, its quality metrics and its targets.
+One CLI run is shared by the tests that read its files."""
 
+import contextlib
 import importlib.util
+import io
 import json
-import os
 import random
+import shutil
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from fractal_flood.bench import NA, ROW_FIELDS
-from fractal_flood.metrics import edit_distance, render_fidelity
-from fractal_flood.bench_report import compute_targets
+from conftest import TINY_LM_STEPS, torch_threads
+from fractal_flood import bench_report
+from fractal_flood.autoregress import ARStream
+from fractal_flood.bench import NA, QUICK, ROW_FIELDS, Bench, ar_work, hf_generate_flops
+from fractal_flood.bench_report import FIDELITY_BAR, TODAY_CPU_RENDER_R256, compute_targets
+from fractal_flood.causal_lm import CausalLM
 from fractal_flood.cli import main
+from fractal_flood.config import CausalLMConfig
+from fractal_flood.flops import causal_lm_flops
+from fractal_flood.metrics import edit_distance, render_fidelity
+from fractal_flood.sampling import SamplingConfig
 from fractal_flood.timing import measure
 
-SRC = str(Path(__file__).resolve().parents[1] / "src")
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 HAS_MPL = importlib.util.find_spec("matplotlib") is not None
 KINDS = {  # every kind of row the quick run must keep: (mode, stream, decoder prefix)
     "sequential": ("render-only", "single", "sequential"), "flood": ("render-only", "single", "flood"),
-    "adaptive": ("render-only", "single", "adaptive"), "e2e single": ("end-to-end", "single", "flood"),
-    "e2e batched": ("end-to-end", "batched", "flood"), "AR peer": ("autoregressive", "single", "ARStream"),
+    "adaptive": ("render-only", "single", "adaptive"), "table lookup": ("render-only", "single", "table lookup"),
+    "e2e single": ("end-to-end", "single", "flood"), "e2e batched": ("end-to-end", "batched", "flood"),
+    "AR peer": ("autoregressive", "single", "ARStream"), "AR peer batched": ("autoregressive", "batched", "ARStream"),
 }
 
 
-def run_cli(args, timeout=300):
-    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    return subprocess.run([sys.executable, "-m", "fractal_flood", *args], capture_output=True, text=True,
-                          env=env, timeout=timeout)
+@pytest.fixture(scope="module")
+def bench_model(tiny_model_dir, small_corpus_file, tmp_path_factory):
+    """The session's tiny model plus a briefly trained AR peer (the bench's baseline)."""
+    from fractal_flood.train import TrainOptions, run_training
+
+    out = tmp_path_factory.mktemp("bench_model") / "model"
+    shutil.copytree(tiny_model_dir, out, ignore=shutil.ignore_patterns("train_state"))
+    with torch_threads(1), torch.random.fork_rng():
+        torch.manual_seed(0)
+        run_training(TrainOptions(out_dir=out, preset="tiny", corpus=str(small_corpus_file), parts=("peer",),
+                                  lm_steps=TINY_LM_STEPS, eval_every=TINY_LM_STEPS, save_every=TINY_LM_STEPS,
+                                  progress=False, log=lambda s: None))
+    return out
 
 
-def quick_bench(tmp: Path, device: str):
-    out = {"json": tmp / "bench.json", "md": tmp / "bench.md", "png": tmp / "bench.png"}
-    args = ["bench", "--quick", "--device", device, "--json", str(out["json"]), "--markdown", str(out["md"])]
-    proc = run_cli(args + (["--plot", str(out["png"])] if HAS_MPL else []))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc, out
+def quick_bench(tmp: Path, model: Path, corpus: Path, device: str):
+    """``fractal-flood bench --quick`` in process -> (stdout, stderr, out files, JSON snapshots
+    written after each row)."""
+    out = {"json": tmp / "bench.json", "md": tmp / "bench.md", "plot": tmp / "speed-quality"}  # no suffix
+    args = ["bench", "--quick", "--model", str(model), "--corpus", str(corpus), "--device", device,
+            "--json", str(out["json"]), "--markdown", str(out["md"])]
+    snapshots = []
+    write_json = bench_report.write_json
+
+    def recording(data, path):
+        snapshots.append(json.loads(json.dumps(data)))  # a copy, as a reader of the file would see it
+        write_json(data, path)
+
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        mp.setattr(bench_report, "write_json", recording)
+        rc = main(args + (["--plot", str(out["plot"])] if HAS_MPL else []))
+    assert rc == 0, stderr.getvalue()[-3000:]
+    return stdout.getvalue(), stderr.getvalue(), out, snapshots
 
 
 @pytest.fixture(scope="module")
-def quick(tmp_path_factory):
-    return quick_bench(tmp_path_factory.mktemp("bench"), "cpu")
+def quick(bench_model, small_corpus_file, tmp_path_factory):
+    return quick_bench(tmp_path_factory.mktemp("bench"), bench_model, small_corpus_file, "cpu")
 
 
-def check_report(proc, out):
+def check_report(stdout, stderr, out, snapshots):
     data = json.loads(out["json"].read_text())
     assert data["rows"]
     for row in data["rows"]:
-        assert set(ROW_FIELDS) <= set(row), set(ROW_FIELDS) - set(row)
+        assert set(ROW_FIELDS) == set(row), set(ROW_FIELDS) ^ set(row)
         assert row["seconds"] > 0 and row["tokens"] > 0 and row["tokens_per_s"] > 0
+        assert row["tokens_per_s"] == pytest.approx(row["tokens"] / row["seconds"])
         assert row["plan_chars_div_4_per_s"] == pytest.approx(row["chars_per_s"] / 4)
         assert row["seconds"] == pytest.approx(statistics.median(row["times"]))
+        assert row["mflop_per_token"] == pytest.approx(row["flops"] / row["tokens"] / 1e6)
         if row["mode"] == "autoregressive":
             assert row["fidelity"] == NA and row["cer"] == NA
         else:
             assert 0 <= row["fidelity"] <= 1 and 0 <= row["cer"]
-        assert row["bpc"] == NA or 0 < row["bpc"] < 20
+        assert row["sample_bpc"] == NA or 0 < row["sample_bpc"] < 20
+        assert row["requests"] >= 1
     for kind, (mode, stream, decoder) in KINDS.items():
         assert any(r["mode"] == mode and r["stream"] == stream and r["decoder"].startswith(decoder)
                    for r in data["rows"]), f"no {kind} row"
     for key in ("device", "dtype", "torch", "date", "command"):
         assert data["run"][key]
     assert data["run"]["partial"] is False  # the per-row snapshots were replaced by the full report
-    assert [t["status"] for t in data["targets"]]
-    assert {t["status"] for t in data["targets"]} <= {"met", "not met", "not measured"}
+    assert {t["status"] for t in data["targets"]} <= {"met", "not met", "not measured", "other hardware"}
     md = out["md"].read_text()
     assert data["run"]["device"] in md and "fractal-flood bench" in md and "| row |" in md
-    assert "tokens/s" in proc.stdout and "target" in proc.stdout  # the terminal table
-    assert "[bench" in proc.stderr  # progress goes to stderr
+    assert "MFLOP/token" in md and "held-out bpc" in md and "beside the AR peer" in md
+    assert "tokens/s" in stdout and "target" in stdout and "MFLOP/token" in stdout  # the terminal table
+    assert "[bench" in stderr  # progress goes to stderr
     return data
 
 
 def test_quick_bench_cli_writes_every_field(quick):
     data = check_report(*quick)
     assert data["run"]["dtype"] == "float32" and data["run"]["quick"] is True
-    # the shipped renderer spells held-out roots exactly: anything less is a model regression
-    low = [(r["name"], r["fidelity"]) for r in data["rows"]
-           if r["mode"] == "render-only" and r["fidelity"] < 0.99]
-    assert not low, f"render fidelity below 99% with the shipped model: {low}"
+    assert data["run"]["hardware"] == "cpu"
+
+
+def test_every_row_counts_its_flops(quick):
+    data = json.loads(quick[2]["json"].read_text())
+    for r in data["rows"]:
+        if r["decoder"] == "table lookup":
+            assert r["flops"] == 0  # no model runs
+        else:
+            assert r["flops"] > 0 and r["mflop_per_token"] > 0, r["name"]
+    by = {r["name"]: r for r in data["rows"]}
+    # best-of-16 draws 16 candidates and scores them: more FLOPs per token than K = 1 on the
+    # same roots (R = 4: the first size of every sweep, so never skipped)
+    assert by["render flood k=16 R=4"]["mflop_per_token"] > 4 * by["render flood k=1 R=4"]["mflop_per_token"]
+
+
+def test_table_lookup_row_is_the_exact_reference(quick):
+    data = json.loads(quick[2]["json"].read_text())
+    rows = [r for r in data["rows"] if r["decoder"] == "table lookup"]
+    assert [r["roots"] for r in rows] == list(QUICK.roots)
+    for r in rows:
+        assert r["fidelity"] == 1.0 and r["cer"] == 0.0 and r["model"] == "tokenizer"
+        assert "exact reference" in r["note"]
+        # the same roots rendered by the flood give the same characters when it is faithful
+        flood = next(f for f in data["rows"] if f["name"] == f"render flood k=1 R={r['roots']}")
+        assert flood["tokens"] == r["tokens"]
+        if flood["fidelity"] == 1.0:
+            assert flood["chars"] == r["chars"]
+
+
+def test_the_peer_stands_beside_every_end_to_end_row(quick):
+    data = json.loads(quick[2]["json"].read_text())
+    q = data["quality_reference"]
+    assert 0 < q["manager_heldout_bpc"] < 20 and 0 < q["peer_heldout_bpc"] < 20
+    peers = [r for r in data["rows"] if r["decoder"].startswith("ARStream")]
+    for r in data["rows"]:
+        if r["mode"] == "end-to-end":
+            assert r["heldout_bpc"] == q["manager_heldout_bpc"] and r["model"] == "manager"
+            assert any(p["requests"] == r["requests"] for p in peers), r["name"]
+        elif r["mode"] == "autoregressive":
+            assert r["heldout_bpc"] == q["peer_heldout_bpc"] and r["model"] == "AR peer"
+        else:
+            assert r["heldout_bpc"] == NA
+    assert "beside the AR peer" in quick[0]
+
+
+def test_rows_are_complete_when_reported(quick):
+    """Each row is reported once, whole: every snapshot written after a row holds rows equal
+    to the final ones (nothing is changed after it was reported)."""
+    *_, out, snapshots = quick
+    final = {r["name"]: r for r in json.loads(out["json"].read_text())["rows"]}
+    partial = [s for s in snapshots if s["run"]["partial"]]
+    assert len(partial) == len(final)  # one snapshot per row
+    for i, snap in enumerate(partial):
+        assert len(snap["rows"]) == i + 1
+        for r in snap["rows"]:
+            assert set(r) == set(ROW_FIELDS) and None not in r.values()
+            assert r == final[r["name"]], r["name"]
+    assert len({r["name"] for r in final.values()}) == len(final)
 
 
 @pytest.mark.skipif(not HAS_MPL, reason="matplotlib is not installed")
-def test_plot_is_a_png(quick):
-    pytest.importorskip("matplotlib")
-    assert quick[1]["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+def test_plot_is_written_at_exactly_the_path(quick):
+    stdout, stderr, out, _ = quick
+    path = out["plot"]
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not path.with_name(path.name + ".png").exists()
+    assert f"wrote {path}" in stderr
 
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_quick_bench_on_cuda(tmp_path):
+def test_quick_bench_on_cuda(tmp_path, bench_model, small_corpus_file):
     """The CUDA paths (graphs, the pipeline's second stream, bf16) run and report."""
-    data = check_report(*quick_bench(tmp_path, "cuda"))
+    data = check_report(*quick_bench(tmp_path, bench_model, small_corpus_file, "cuda"))
     assert any(r["decoder"] == "ARStream graph" for r in data["rows"])
+
+
+def test_baseline_model_is_measured_in_the_same_run(bench_model, small_corpus_file, tmp_path):
+    b = Bench(bench_model, "cpu", "float32", QUICK, corpus=str(small_corpus_file))
+    row = b.baseline_row(bench_model)
+    assert row.model == "baseline" and row.roots == 256 and row.flops > 0 and 0 <= row.fidelity <= 1
+    assert b.baseline_row(tmp_path) is None  # an empty folder does not load: reported, not raised
+    assert "does not load" in b.skipped[-1]
 
 
 def test_bad_input_is_one_line(tmp_path, capsys):
@@ -105,10 +206,42 @@ def test_bad_input_is_one_line(tmp_path, capsys):
     assert "\n" not in err and "not found" in err
     assert main(["bench", "--quick", "--json", str(tmp_path / "no" / "such" / "dir.json")]) == 2
     assert "does not exist" in capsys.readouterr().err
+    assert main(["bench", "--quick", "--markdown", str(tmp_path)]) == 2  # a directory, not a file
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "directory" in err
+    assert main(["bench", "--quick", "--baseline-model", str(tmp_path / "missing")]) == 2
+    assert "--baseline-model" in capsys.readouterr().err
     if not torch.cuda.is_available():
         assert main(["bench", "--quick", "--device", "cuda"]) == 2
         err = capsys.readouterr().err.strip()
         assert "\n" not in err and "CUDA" in err
+
+
+# ---- the work of the autoregressive rows -----------------------------------------------------
+
+@pytest.mark.parametrize("prompt_len,steps,context", [(1, 30, 8), (3, 30, 8), (12, 5, 8), (2, 9, 3), (1, 4, 1)])
+def test_ar_work_matches_the_stream(prompt_len, steps, context):
+    """``ar_work`` follows the window rule: its prefill passes and positions are what an
+    ``ARStream`` does (forward_cached counted on the model itself)."""
+    torch.manual_seed(0)
+    model = CausalLM(CausalLMConfig(vocab_size=11, n_layers=1, d_model=16, n_heads=2, context=context)).eval()
+    positions = []
+    forward = model.forward_cached
+    model.forward_cached = lambda idx, pos: positions.append(idx.size(1)) or forward(idx, pos)
+    ar = ARStream(model, 2, SamplingConfig(temperature=1.0), "cpu")
+    ar.start(torch.arange(prompt_len) % 11)
+    ar.generate(steps)
+    passes, counted = ar_work(prompt_len, steps, context)
+    assert (passes, steps) == (ar.prefills, ar.steps)
+    assert counted == sum(positions)
+
+
+def test_ar_flops_scale_with_work():
+    cfg = CausalLMConfig(vocab_size=100, n_layers=2, d_model=32, n_heads=2, context=64)
+    assert causal_lm_flops(cfg, 4, 10) == 4 * causal_lm_flops(cfg, 1, 10)
+    # generate()'s dynamic cache attends over the keys so far, never more than the static cache's all
+    assert 0 < hf_generate_flops(cfg, 1, 63) < causal_lm_flops(cfg, 1, 63)
+    assert hf_generate_flops(cfg, 3, 10) == 3 * hf_generate_flops(cfg, 1, 10)
 
 
 class DeferredDevice:
@@ -173,9 +306,10 @@ def test_render_fidelity():
         render_fidelity(Tok(), [0], [])
 
 
-def _row(name, mode, stream, decoder, tps, fid=1.0, requests=1):
+def _row(name, mode, stream, decoder, tps, fid=1.0, requests=1, k=1, roots=256, model=None):
     return {"name": name, "mode": mode, "stream": stream, "decoder": decoder, "tokens_per_s": tps,
-            "fidelity": fid, "requests": requests}
+            "fidelity": fid, "requests": requests, "k": k, "roots": roots,
+            "model": model or ("AR peer" if mode == "autoregressive" else "manager")}
 
 
 def test_targets_count_only_faithful_rows():
@@ -183,12 +317,49 @@ def test_targets_count_only_faithful_rows():
             _row("render", "render-only", "single", "flood", 2e5),
             _row("e2e", "end-to-end", "single", "flood", 2e4),
             _row("seq", "end-to-end", "single", "sequential", 100)]
-    t = {x["target"]: x for x in compute_targets(rows)}
+    t = {x["target"]: x for x in compute_targets(rows, "gpu")}
     assert t["render-only"]["status"] == "met" and t["render-only"]["value"] == 2e5
     assert t["single-stream end-to-end"]["status"] == "met"
     assert t["end-to-end vs the sequential baseline"]["value"] == pytest.approx(200)
     assert t["batched end-to-end"]["status"] == "not measured"
     assert t["vs transformers generate() at batch 1"]["status"] == "not measured"
+    assert t["issue 8: render-only"]["status"] == "not met"  # 2e5 < 1e6
     rows[1]["fidelity"] = 0.5
-    t = {x["target"]: x for x in compute_targets(rows)}
+    t = {x["target"]: x for x in compute_targets(rows, "gpu")}
     assert t["render-only"]["status"] == "not met" and t["render-only"]["value"] is None
+    rows[1]["fidelity"] = 0.9985  # under the 99.9% bar
+    assert FIDELITY_BAR == 0.999
+    assert {x["target"]: x for x in compute_targets(rows, "gpu")}["render-only"]["value"] is None
+
+
+def test_cpu_targets_compare_with_the_peer_in_the_same_run():
+    peer1 = _row("peer 1", "autoregressive", "single", "ARStream eager", 100)
+    rows = [_row("e2e", "end-to-end", "single", "flood", 160), peer1,
+            _row("e2e B=4", "end-to-end", "batched", "flood", 500, requests=4),
+            _row("peer B=4", "autoregressive", "batched", "ARStream eager", 400, requests=4),
+            _row("e2e B=16", "end-to-end", "batched", "flood", 900, requests=16),
+            _row("peer B=16", "autoregressive", "batched", "ARStream eager", 1000, requests=16),
+            _row("peer B=64", "autoregressive", "batched", "ARStream eager", 9000, requests=64),
+            _row("render", "render-only", "single", "flood", 5000)]
+    t = {x["target"]: x for x in compute_targets(rows, "cpu")}
+    single = t["issue 8: end-to-end single-stream vs the AR peer"]
+    assert single["status"] == "met" and single["value"] == pytest.approx(1.6) and single["hardware"] == "CPU"
+    batched = t["issue 8: batched end-to-end vs the AR peer, same requests"]
+    # B=4 beats its peer, B=16 does not: every B must; B=64 has no Fractal Flood row to compare
+    assert batched["status"] == "not met" and batched["value"] == pytest.approx(0.9)
+    assert batched["rows"] == ["e2e B=16", "peer B=16"]
+    today = t["issue 8: render-only flood K=1 at R=256 vs today's"]
+    assert today["value"] == pytest.approx(5000 / TODAY_CPU_RENDER_R256["tokens_per_s"])
+    assert today["status"] == "met" and "only indicative" in today["note"]
+    # a baseline measured in this run replaces the old file's figure
+    rows.append(_row("baseline", "render-only", "single", "flood", 1000, model="baseline"))
+    t = {x["target"]: x for x in compute_targets(rows, "cpu")}
+    today = t["issue 8: render-only flood K=1 at R=256 vs today's"]
+    assert today["value"] == pytest.approx(5.0) and today["status"] == "not met"
+    assert today["rows"] == ["render", "baseline"]
+    # the baseline row never counts as this model's render-only speed
+    assert t["render-only"]["rows"] == ["render"] and t["render-only"]["status"] == "other hardware"
+    # a faster but unfaithful end-to-end row does not count
+    rows[0]["fidelity"] = 0.99
+    t = {x["target"]: x for x in compute_targets(rows, "cpu")}
+    assert t["issue 8: end-to-end single-stream vs the AR peer"]["status"] == "not met"

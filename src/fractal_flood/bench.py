@@ -539,7 +539,7 @@ def _command(args) -> str:
     parts = ["fractal-flood", "bench"]
     for flag, dest in [("--model", "model"), ("--device", "device"), ("--dtype", "dtype"),
                        ("--repeats", "repeats"), ("--json", "json_path"), ("--markdown", "markdown"),
-                       ("--plot", "plot"), ("--baseline-model", "baseline_model")]:
+                       ("--plot", "plot"), ("--baseline-model", "baseline_model"), ("--corpus", "corpus")]:
         v = getattr(args, dest, None)
         if v is not None and not (dest in ("device", "dtype") and v == "auto"):
             parts += [flag, str(v)]
@@ -563,7 +563,8 @@ def run_bench_cli(args) -> int:
         raise FractalFloodError(f"--baseline-model {baseline}: not a directory")
     partial = (lambda d: report.write_json(d, args.json_path)) if args.json_path else None
     data = run_bench(args.model, args.device, args.dtype, args.quick, args.repeats,
-                     lambda s: print(s, file=sys.stderr, flush=True), _command(args), partial, baseline)
+                     lambda s: print(s, file=sys.stderr, flush=True), _command(args), partial, baseline,
+                     getattr(args, "corpus", None))
     print(report.format_table(data))
     if args.json_path:
         report.write_json(data, args.json_path)

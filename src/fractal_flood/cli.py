@@ -166,6 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", dest="json_path", help="write results as JSON to this file")
     b.add_argument("--markdown", help="write a Markdown report to this file")
     b.add_argument("--plot", help="write a PNG (speed-quality, and throughput vs roots) to exactly this file")
+    b.add_argument("--corpus", help="corpus whose held-out tail is rendered and scored (default: the shipped one)")
     b.add_argument("--baseline-model", help="another model directory: its render-only flood K=1 at R=256 "
                                             "is measured in the same run, for a same-run ratio")
     b.add_argument("--repeats", type=positive_int, help="timed runs per row (median reported)")
