@@ -18,7 +18,7 @@ import torch
 from conftest import TINY_LM_STEPS, torch_threads
 from fractal_flood import bench_report
 from fractal_flood.autoregress import ARStream
-from fractal_flood.bench import NA, QUICK, ROW_FIELDS, Bench, ar_work, hf_generate_flops
+from fractal_flood.bench import NA, QUICK, ROW_FIELDS, Bench, ar_flops, ar_work, hf_generate_flops
 from fractal_flood.bench_report import FIDELITY_BAR, TODAY_CPU_RENDER_R256, compute_targets
 from fractal_flood.causal_lm import CausalLM
 from fractal_flood.cli import main
@@ -128,6 +128,23 @@ def test_every_row_counts_its_flops(quick):
     # best-of-16 draws 16 candidates and scores them: more FLOPs per token than K = 1 on the
     # same roots (R = 4: the first size of every sweep, so never skipped)
     assert by["render flood k=16 R=4"]["mflop_per_token"] > 4 * by["render flood k=1 R=4"]["mflop_per_token"]
+
+
+def test_flops_add_up_from_the_models_work(quick, bench_model):
+    """AR rows: the peer's static-cache decode; end-to-end rows: the manager's decode plus a
+    render that did some work of its own."""
+    from fractal_flood import checkpoint as ckpt
+
+    tok = ckpt.load_tokenizer(bench_model)
+    manager, peer = ckpt.load_manager(bench_model, tok)[0], ckpt.load_peer(bench_model, tok)[0]
+    data = json.loads(quick[2]["json"].read_text())
+    for r in data["rows"]:
+        if r["decoder"].startswith("ARStream"):
+            n = r["tokens"] // r["requests"]
+            assert r["flops"] == ar_flops(peer.config, r["requests"], len(tok.encode_chunks("\n")), n)
+        elif r["mode"] == "end-to-end":
+            steps = r["manager_steps"]
+            assert r["flops"] > ar_flops(manager.config, r["requests"], len(tok.encode("\n")), steps) > 0
 
 
 def test_table_lookup_row_is_the_exact_reference(quick):
