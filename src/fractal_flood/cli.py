@@ -70,6 +70,13 @@ def positive_float(s: str) -> float:
     return v
 
 
+def dropout_rate(s: str) -> float:
+    v = finite_float(s)
+    if not 0 <= v < 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {v}")
+    return v
+
+
 def unit_float(s: str) -> float:
     v = finite_float(s)
     if not 0 < v <= 1:
@@ -92,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--roots", type=positive_int, default=2048, help="root vocabulary size")
     s.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
+    from .causal_lm import DECAY_MODES
     from .config import PRESETS
     from .train import TOKENIZER_SAMPLE_CHARS
     t = sub.add_parser("train", help="train tokenizer, renderer and manager (and the AR peer)",
@@ -117,6 +125,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--time-limit", type=positive_float,
                    help="seconds per part: after timing steps 10-40, cap the schedule to fit "
                         "(a fresh run only; --resume keeps the capped schedule it saved)")
+    t.add_argument("--dropout", type=dropout_rate,
+                   help="language models' dropout in training (default: the preset's)")
+    t.add_argument("--weight-decay", type=nonneg_float,
+                   help="language models' AdamW weight decay (default: the preset's)")
+    t.add_argument("--decay", choices=DECAY_MODES,
+                   help="which language-model parameters decay (default: the preset's)")
     t.add_argument("--device", default="auto", help="cpu, cuda or auto")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--eval-every", type=positive_int, default=200, help="validation line every N steps")
@@ -238,7 +252,8 @@ def _train(args) -> int:
                               grad_accum=args.grad_accum, tokenizer_chars=args.tokenizer_chars,
                               time_limit=args.time_limit, device=args.device, resume=args.resume,
                               seed=args.seed, eval_every=args.eval_every, save_every=args.save_every,
-                              progress=not args.no_progress))
+                              progress=not args.no_progress, dropout=args.dropout,
+                              weight_decay=args.weight_decay, decay=args.decay))
     return 0
 
 
