@@ -21,6 +21,7 @@ exists.
 
 Usage: PYTHONPATH=src python3 scripts/plan_sweep.py OUT_DIR [--roots 2048,4096] [--max-root-chunks 4,8]
        [--chunks 1024] [--steps 150] [--batch 8] [--preset seed] [--corpus FILE] [--points FILE.json]
+       PYTHONPATH=src python3 scripts/plan_sweep.py OUT_DIR --merge A/plan_sweep.json B/plan_sweep.json
 """
 
 from __future__ import annotations
@@ -185,14 +186,30 @@ def run_sweep(points: list, out_dir: Path, corpus: str | None = None, preset: st
     return result
 
 
+def merge(results: list) -> dict:
+    """Several sweep results (e.g. a run cut short and one with the missing points) as one,
+    if they share the training budget; each point keeps the command and date that measured it."""
+    keys = ("corpus", "preset", "steps", "batch", "seed")
+    first = results[0]["run"]
+    for r in results[1:]:
+        if any(r["run"][k] != first[k] for k in keys):
+            raise FractalFloodError(f"cannot merge sweeps with different {', '.join(keys)}")
+    run = {**first, "command": " ; ".join(r["run"]["command"] for r in results),
+           "date": " ; ".join(r["run"]["date"] for r in results),
+           "wall_s": sum(r["run"].get("wall_s", 0.0) for r in results)}
+    points = [{**p, "measured_by": r["run"]["command"]} for r in results for p in r["points"]]
+    return {"run": run, "points": points}
+
+
 def markdown(result: dict) -> str:
     run = result["run"]
+    commands = run["command"].split(" ; ")
     lines = [f"Plan sweep: {run['corpus']}, manager preset `{run['preset']}`, {run['steps']} steps x batch "
              f"{run['batch']} for every point, {run['machine']}, torch {run['torch']}, {run['date']}.",
              "",
-             f"Command: `{run['command']}`", "",
+             ("Command: " if len(commands) == 1 else "Commands: ") + " and ".join(f"`{c}`" for c in commands), "",
              "| levels (size x max children, top first) | depth | root vocab | chars/step (corpus) "
-             "| chars/step (held-out) | held-out bpc | best step | step us (CPU, batch 1) "
+             "| chars/step (held-out) | held-out bpc | best step | step us (CPU, batch 1; a shared CPU: noisy) "
              "| manager chars/s (CPU) | meets both targets |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for p in result["points"]:
@@ -261,8 +278,19 @@ def main(argv=None) -> int:
     ap.add_argument("--preset", default="seed", help="the manager's size and schedule")
     ap.add_argument("--corpus", help="UTF-8 text (default: the shipped TinyShakespeare)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--merge", nargs="+", metavar="JSON",
+                    help="measure nothing: write the table and plot of these sweeps' points into OUT_DIR")
     args = ap.parse_args(argv)
     try:
+        if args.merge:
+            result = merge([json.loads(Path(f).read_text(encoding="utf-8")) for f in args.merge])
+            out = Path(args.out_dir)
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "plan_sweep.json").write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+            (out / "plan_sweep.md").write_text(markdown(result), encoding="utf-8")
+            write_plot(result, out / "plan_sweep.png")
+            print(markdown(result))
+            return 0
         if args.points:
             points = json.loads(Path(args.points).read_text(encoding="utf-8"))
         elif args.roots or args.max_root_chunks:

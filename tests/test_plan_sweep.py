@@ -74,3 +74,19 @@ def test_cli_bad_input_is_one_line(sweep, tmp_path, capsys):
         assert sweep.main(argv) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("plan_sweep: error:"), err
+
+
+def test_merge_joins_sweeps_of_one_budget(sweep, tmp_path):
+    def result(cmd, steps, labels):
+        run = {"command": cmd, "date": "d-" + cmd, "corpus": "c", "preset": "seed", "steps": steps,
+               "batch": 8, "seed": 0, "machine": "m", "torch": "t", "wall_s": 10.0,
+               "targets": {"chars_per_step": 4.7, "bpc": 2.43}}
+        return {"run": run, "points": [{"label": lab, "depth": 2, "levels": [], "error": "x"} for lab in labels]}
+
+    a, b = result("first", 100, ["p1", "p2"]), result("second", 100, ["p3"])
+    merged = sweep.merge([a, b])
+    assert [p["label"] for p in merged["points"]] == ["p1", "p2", "p3"]
+    assert [p["measured_by"] for p in merged["points"]] == ["first", "first", "second"]
+    assert merged["run"]["wall_s"] == 20.0 and "`first` and `second`" in sweep.markdown(merged)
+    with pytest.raises(FractalFloodError, match="cannot merge"):
+        sweep.merge([a, result("third", 200, ["p4"])])
