@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
-# Everything that needs a GPU, in one run of about 4 minutes on one H100 / H200, from the
+# Everything that needs a GPU, in one run of about 7 minutes on one H100 / H200, from the
 # repository root with nothing installed (PYTHONPATH=src, plain python3):
 #   1. the CUDA tests (-m cuda), then the other tests that skip without a GPU or without
 #      transformers (selected by keyword: they are the ones a CPU run could not check);
-#   2. the full bench (every row capped in time, the sequential baseline at small sizes).
+#   2. the full bench (every row capped in time, the sequential baseline at small sizes);
+#   3. a torch.profiler table of one manager decode step (eager, CUDA graph, compiled in the
+#      graph): scripts/profile_step.py -> profile_step.txt (+ Chrome traces in profile/);
+#   4. whether torch.compile slows later uncompiled work in the same process, and which
+#      clean-up undoes it: scripts/compile_aftereffects.py -> compile_aftereffects.txt.
 # Writes bench.json, bench.md, bench.png and gpu_check.log into OUT_DIR and prints a short
 # table last. The bench rewrites bench.json after every row, so a run cut short keeps its rows.
 # Usage: scripts/gpu_check.sh [OUT_DIR]   (default: $OUT, else out/gpu_check)
@@ -37,6 +41,12 @@ step "tests that skip on a CPU" 60 python3 -m pytest -q -p no:cacheprovider --co
 s=$?; [ "$s" -eq 0 ] || [ "$s" -eq 5 ] || rc=1
 step "bench (full)" 330 python3 -m fractal_flood bench --device cuda \
   --json "$OUT/bench.json" --markdown "$OUT/bench.md" --plot "$OUT/bench.png" || rc=1
+
+# each in a fresh process, so the bench's compiled rows cannot colour them
+step "profile of one manager step" 150 bash -c 'set -o pipefail; python3 scripts/profile_step.py --device cuda \
+  --modes eager,graph,compile --trace "$0/profile" | tee "$0/profile_step.txt"' "$OUT" || rc=1
+step "compile after-effects" 240 bash -c 'set -o pipefail; python3 scripts/compile_aftereffects.py --device cuda \
+  | tee "$0/compile_aftereffects.txt"' "$OUT" || rc=1
 
 echo | tee -a "$LOG"
 if [ -s "$OUT/bench.json" ]; then

@@ -3,6 +3,8 @@
 Tiny models on the CPU; every fast path is checked against its plain reference.
 """
 
+import math
+
 import pytest
 import torch
 
@@ -279,3 +281,144 @@ def test_two_streams_on_one_model_keep_their_own_cache():
     b.generate(CTX + 3)  # installs b's cache and fills it
     second = a.generate(CTX)  # a goes on from its own cache
     assert torch.equal(torch.cat([first, second], dim=1), expected)
+
+
+# ---- regularisation: dropout, weight-decay groups, config round trip ----------------------------
+
+def _with_dropout(p: float, seed: int = 0) -> CausalLM:
+    torch.manual_seed(seed)
+    return CausalLM(CausalLMConfig(vocab_size=V, n_layers=2, d_model=32, n_heads=4, context=CTX,
+                                   dropout=p))
+
+
+def test_dropout_acts_in_training_only():
+    drop, plain = _with_dropout(0.3), _with_dropout(0.0)
+    plain.load_state_dict(drop.state_dict())  # no new weights: the same state dict fits both
+    idx = torch.randint(0, V, (2, 12))
+    drop.train()
+    a, b = drop(idx), drop(idx)
+    assert not torch.allclose(a, b)  # random masks: dropout really acts in training
+    plain.train()
+    torch.testing.assert_close(plain(idx), plain(idx), atol=0, rtol=0)  # rate 0: nothing random
+    drop.eval()
+    plain.eval()
+    torch.testing.assert_close(drop(idx), plain(idx), atol=0, rtol=0)
+
+
+@torch.no_grad()
+def test_cached_decode_equals_full_forward_with_dropout_in_eval():
+    model = _with_dropout(0.5).eval()
+    idx = torch.randint(0, V, (2, 11))
+    full = model(idx)
+    model.setup_cache(2)
+    pre = model.forward_cached(idx[:, :4], torch.arange(4))
+    steps = [model.forward_cached(idx[:, t:t + 1], torch.tensor([t])) for t in range(4, 11)]
+    torch.testing.assert_close(torch.cat([pre] + steps, dim=1), full, atol=1e-5, rtol=1e-5)
+    cfg = SamplingConfig(temperature=0.9, top_k=6)
+    stream = ARStream(model, 2, cfg, "cpu", seed=3)
+    stream.start(idx[:, :3])
+    assert torch.equal(stream.generate(2 * CTX), generate_reference(model, idx[:, :3], 2 * CTX, cfg, seed=3))
+
+
+def test_config_round_trip_and_old_configs():
+    cfg = CausalLMConfig(vocab_size=V, n_layers=3, d_model=48, n_heads=4, context=CTX, dropout=0.15)
+    assert CausalLMConfig.from_dict(cfg.to_dict()) == cfg
+    old = cfg.to_dict()
+    del old["dropout"]  # a checkpoint written before the field existed
+    assert CausalLMConfig.from_dict(old).dropout == 0.0
+    for bad in (-0.1, 1.0, float("nan")):
+        with pytest.raises(ValueError, match="dropout"):
+            CausalLMConfig(vocab_size=V, dropout=bad)
+
+
+def test_checkpoint_without_dropout_field_loads_identically(tmp_path):
+    import json
+
+    from fractal_flood import checkpoint as ckpt
+
+    model = tiny()
+    ckpt.save_part(tmp_path, "manager", model, dtype=torch.float32)
+    meta_path = tmp_path / "manager.json"
+    meta = json.loads(meta_path.read_text())
+    assert meta["config"].pop("dropout") == 0.0
+    meta_path.write_text(json.dumps(meta))
+    loaded, _ = ckpt.load_part(tmp_path, "manager")
+    assert loaded.config.dropout == 0.0 and not loaded.training
+    idx = torch.randint(0, V, (2, CTX))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(idx), model(idx), atol=0, rtol=0)
+
+
+def test_optimizer_groups():
+    model = _with_dropout(0.0)
+    names = {id(p): n for n, p in model.named_parameters()}  # the tied head appears once, as wte
+    every = set(names)
+    blocks_2d = {id(p) for n, p in model.named_parameters() if n.startswith("blocks.") and p.dim() == 2}
+    tables = {id(model.wte.weight), id(model.wpe.weight)}
+    for decay, expected in [("matrices", blocks_2d), ("matrices+embeddings", blocks_2d | tables)]:
+        decayed, kept = model.optimizer_groups(0.1, decay)
+        ids_d, ids_k = [id(p) for p in decayed["params"]], [id(p) for p in kept["params"]]
+        assert set(ids_d) == expected and decayed["weight_decay"] == 0.1
+        assert kept["weight_decay"] == 0.0
+        assert sorted(ids_d + ids_k) == sorted(every)  # each parameter exactly once
+        assert not any(names[i].endswith(("bias", "ln_1.weight", "ln_2.weight", "ln_f.weight"))
+                       for i in ids_d)
+    (group,) = model.optimizer_groups(0.01, "all")
+    assert {id(p) for p in group["params"]} == every
+    with pytest.raises(ValueError, match="decay"):
+        model.optimizer_groups(0.1, "everything")
+
+
+def test_weight_decay_shrinks_only_its_group():
+    """With zero gradients AdamW moves a parameter only by its decay."""
+    from fractal_flood.lm_task import lm_optimizer
+
+    model = _with_dropout(0.0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(1.0)
+    opt = lm_optimizer(model, lr=0.1, weight_decay=0.5, decay="matrices")
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    assert torch.allclose(model.blocks[0].attn.c_attn.weight, torch.tensor(0.95))  # 1 - lr * wd
+    for p in (model.wte.weight, model.wpe.weight, model.blocks[0].attn.c_attn.bias, model.ln_f.weight):
+        assert torch.equal(p, torch.ones_like(p))
+
+
+def test_training_with_regularisation_options(tmp_path, small_corpus_file):
+    from fractal_flood import checkpoint as ckpt
+    from fractal_flood.train import TrainOptions, run_training
+
+    logs = []
+    res = run_training(TrainOptions(out_dir=tmp_path / "m", preset="tiny", corpus=str(small_corpus_file),
+                                    parts=("manager",), lm_steps=6, batch=4, eval_every=3, save_every=6,
+                                    progress=False, log=logs.append, dropout=0.2, weight_decay=0.1,
+                                    decay="matrices"))
+    assert res["manager"]["steps"] == 6 and math.isfinite(res["manager"]["val_bpc"])
+    assert any("dropout 0.2, weight decay 0.1 on matrices" in line for line in logs)
+    model, meta = ckpt.load_manager(tmp_path / "m", ckpt.load_tokenizer(tmp_path / "m"))
+    assert model.config.dropout == 0.2 and meta["config"]["dropout"] == 0.2
+
+
+@pytest.mark.parametrize("bad", [dict(dropout=1.0), dict(weight_decay=-1.0), dict(decay="some")])
+def test_bad_regularisation_options_are_clear_errors(tmp_path, small_corpus_file, bad):
+    from fractal_flood.errors import FractalFloodError
+    from fractal_flood.train import TrainOptions, run_training
+
+    with pytest.raises(FractalFloodError):
+        run_training(TrainOptions(out_dir=tmp_path / "m", preset="tiny", corpus=str(small_corpus_file),
+                                  parts=("manager",), lm_steps=2, progress=False, log=lambda s: None, **bad))
+    assert not (tmp_path / "m").exists()  # rejected before anything is written
+
+
+@pytest.mark.parametrize("flag", [["--dropout", "1.5"], ["--weight-decay", "-1"], ["--decay", "some"]])
+def test_cli_rejects_bad_regularisation_in_one_line(tmp_path, flag, capsys):
+    from fractal_flood.cli import main
+
+    try:
+        rc = main(["train", "--out", str(tmp_path / "m"), "--parts", "manager", *flag])
+    except SystemExit as e:
+        rc = e.code
+    out, err = capsys.readouterr()
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and flag[0] in err, err

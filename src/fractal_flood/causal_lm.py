@@ -8,6 +8,9 @@ Two forward paths over the same weights:
   decode step therefore has the same shapes and touches the same memory, so it can be
   captured once in a CUDA graph and replayed (``autoregress.ARStream``).
 
+Dropout (``config.dropout``: embeddings, attention, residual branches) acts in training mode
+only; evaluation and decoding are unchanged by it.
+
 The layout (``wte``, ``wpe``, ``blocks``, ``ln_f``, head tied to ``wte``) maps one-to-one onto
 Hugging Face's ``GPT2LMHeadModel`` (``hf_gpt2.to_hf_gpt2``).
 """
@@ -23,6 +26,8 @@ import torch.nn.functional as F
 from .config import CausalLMConfig
 from .layers import Block, KVCache, init_weights
 
+DECAY_MODES = ("all", "matrices", "matrices+embeddings")
+
 
 class CausalLM(nn.Module):
     def __init__(self, config: CausalLMConfig):
@@ -31,7 +36,7 @@ class CausalLM(nn.Module):
         V, C = config.vocab_size, config.d_model
         self.wte = nn.Embedding(V, C)
         self.wpe = nn.Embedding(config.context, C)  # learned absolute positions, as GPT-2
-        self.blocks = nn.ModuleList(Block(C, config.n_heads) for _ in range(config.n_layers))
+        self.blocks = nn.ModuleList(Block(C, config.n_heads, config.dropout) for _ in range(config.n_layers))
         self.ln_f = nn.LayerNorm(C)
         self.lm_head = nn.Linear(C, V, bias=False)
         self.lm_head.weight = self.wte.weight  # tied, as GPT-2
@@ -43,6 +48,35 @@ class CausalLM(nn.Module):
         n = sum(p.numel() for p in self.parameters())
         return n - self.wpe.weight.numel() if non_embedding else n
 
+    def optimizer_groups(self, weight_decay: float, decay: str = "matrices") -> list[dict]:
+        """AdamW parameter groups: which parameters weight decay pulls towards zero.
+
+        ``"all"``: every parameter (the old behaviour; one group). ``"matrices"``: the
+        blocks' 2-D weights only; layer norms, biases and the (tied) token and position
+        tables are not decayed. ``"matrices+embeddings"``: also the two tables (nanoGPT's
+        choice). RESULTS.md ("Manager regularisation") compares them.
+        """
+        if decay not in DECAY_MODES:
+            raise ValueError(f"unknown decay {decay!r} (choose from: {', '.join(DECAY_MODES)})")
+        if decay == "all":
+            return [{"params": list(self.parameters()), "weight_decay": weight_decay}]
+        embeddings = {id(self.wte.weight), id(self.wpe.weight)}
+        decayed, kept = [], []
+        for p in self.parameters():  # the tied head is the same tensor as wte: listed once
+            is_matrix = p.dim() >= 2 and id(p) not in embeddings
+            if is_matrix or (decay == "matrices+embeddings" and id(p) in embeddings):
+                decayed.append(p)
+            else:
+                kept.append(p)
+        return [{"params": decayed, "weight_decay": weight_decay},
+                {"params": kept, "weight_decay": 0.0}]
+
+    def _embed(self, idx: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        x = self.wte(idx) + self.wpe(pos)
+        if self.training and self.config.dropout > 0:
+            x = F.dropout(x, self.config.dropout, True)
+        return x
+
     # ---- full causal path (training, reference) -------------------------------------------
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
@@ -50,8 +84,7 @@ class CausalLM(nn.Module):
         B, T = idx.shape
         if T > self.config.context:
             raise ValueError(f"sequence of {T} tokens exceeds the context of {self.config.context}")
-        pos = torch.arange(T, device=idx.device)
-        x = self.wte(idx) + self.wpe(pos)  # (B, T, C)
+        x = self._embed(idx, torch.arange(T, device=idx.device))  # (B, T, C)
         for block in self.blocks:
             x = block(x, is_causal=True)
         return self.lm_head(self.ln_f(x))  # (B, T, V)
@@ -91,7 +124,7 @@ class CausalLM(nn.Module):
         """
         if self.kv_caches is None:
             raise RuntimeError("call setup_cache(batch, dtype, device) before forward_cached")
-        x = self.wte(idx) + self.wpe(input_pos)  # (B, T, C)
+        x = self._embed(idx, input_pos)  # (B, T, C)
         mask = self.cache_mask[input_pos][None, None]  # (1, 1, T, L), broadcast over B, nh
         for block, cache in zip(self.blocks, self.kv_caches):
             x = block(x, attn_mask=mask, cache=cache, input_pos=input_pos)

@@ -70,6 +70,13 @@ def positive_float(s: str) -> float:
     return v
 
 
+def dropout_rate(s: str) -> float:
+    v = finite_float(s)
+    if not 0 <= v < 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {v}")
+    return v
+
+
 def unit_float(s: str) -> float:
     v = finite_float(s)
     if not 0 < v <= 1:
@@ -92,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--roots", type=positive_int, default=2048, help="root vocabulary size")
     s.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
+    from .causal_lm import DECAY_MODES
     from .config import PRESETS
     from .train import TOKENIZER_SAMPLE_CHARS
     t = sub.add_parser("train", help="train tokenizer, renderer and manager (and the AR peer)",
@@ -117,6 +125,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--time-limit", type=positive_float,
                    help="seconds per part: after timing steps 10-40, cap the schedule to fit "
                         "(a fresh run only; --resume keeps the capped schedule it saved)")
+    t.add_argument("--dropout", type=dropout_rate,
+                   help="language models' dropout in training (default: the preset's)")
+    t.add_argument("--weight-decay", type=nonneg_float,
+                   help="language models' AdamW weight decay (default: the preset's)")
+    t.add_argument("--decay", choices=DECAY_MODES,
+                   help="which language-model parameters decay (default: the preset's)")
     t.add_argument("--device", default="auto", help="cpu, cuda or auto")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--eval-every", type=positive_int, default=200, help="validation line every N steps")
@@ -124,30 +138,16 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
     t.add_argument("--no-progress", action="store_true", help="no progress bars")
 
-    from .decoding import DECODERS
+    from . import generate_cli, serve_cli
     g = sub.add_parser("generate", help="generate text (default: the shipped model, Flash Flood decoding)",
-                       description="The manager plans roots after --prompt; the decoder renders them.")
-    g.add_argument("--prompt", default="", help="text to continue (must use the model's alphabet)")
-    g.add_argument("--roots", type=positive_int, default=200, help="roots to generate (~1.2 chunks each)")
-    g.add_argument("--decoder", default="flood", choices=DECODERS, help="flood (best-of-K), adaptive, sequential")
-    g.add_argument("--k", type=positive_int, default=1, help="best-of-K candidates per item (flood)")
-    g.add_argument("--threshold", type=finite_float, default=0.5, help="energy accept threshold")
-    g.add_argument("--max-tries", type=positive_int, default=10, help="draws per item (sequential, adaptive)")
-    g.add_argument("--render-temperature", type=nonneg_float, default=0.0,
-                   help="renderer sampling temperature (0 = argmax)")
-    g.add_argument("--temperature", type=nonneg_float, default=0.8, help="manager sampling temperature")
-    g.add_argument("--top-k", type=positive_int, help="manager top-k")
-    g.add_argument("--top-p", type=unit_float, help="manager nucleus p")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--device", default="auto", help="cpu, cuda or auto")
-    g.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16")
-    g.add_argument("--model", help="model directory (default: the shipped model)")
-    g.add_argument("--stream", action="store_true", help="print text block by block as it is rendered")
-    g.add_argument("--block", type=positive_int, default=256,
-                   help="roots per block: the manager plans one while the previous is rendered")
-    g.add_argument("--compile", action="store_true",
-                   help="torch.compile the manager's decode step (GPU; slow first call)")
-    g.add_argument("--json", action="store_true", help="print text, root ids, energies, timings as JSON")
+                       description="The manager plans roots after --prompt; the decoder renders them. "
+                                   "--prompts FILE generates for many prompts at once (JSON lines out).")
+    generate_cli.add_arguments(g)
+
+    v = sub.add_parser("serve", help="serve an OpenAI-compatible HTTP API with continuous batching",
+                       description="POST /v1/completions and /v1/chat/completions (streaming too), "
+                                   "GET /v1/models, /health, /metrics. Needs the [serve] extra.")
+    serve_cli.add_arguments(v)
 
     e = sub.add_parser("eval", help="evaluate a model: render fidelity, energy detection, manager loss",
                        description="Held-out evaluation on the tail of the corpus (see DESIGN definitions).")
@@ -200,7 +200,11 @@ def _run(args) -> int:
     if args.command == "train":
         return _train(args)
     if args.command == "generate":
-        return _generate(args)
+        from .generate_cli import run
+        return run(args)
+    if args.command == "serve":
+        from .serve_cli import run
+        return run(args)
     if args.command == "eval":
         from .evaluate import run_eval_cli
         return run_eval_cli(args)
@@ -241,42 +245,8 @@ def _train(args) -> int:
                               grad_accum=args.grad_accum, tokenizer_chars=args.tokenizer_chars,
                               time_limit=args.time_limit, device=args.device, resume=args.resume,
                               seed=args.seed, eval_every=args.eval_every, save_every=args.save_every,
-                              progress=not args.no_progress))
-    return 0
-
-
-def _generate(args) -> int:
-    from .decoding import DecodeOptions
-    from .pipeline import load_pipeline
-    from .sampling import SamplingConfig
-    try:
-        sampling = SamplingConfig(args.temperature, args.top_k, args.top_p)
-        options = DecodeOptions(k=args.k, threshold=args.threshold, max_tries=args.max_tries,
-                                temperature=args.render_temperature,
-                                energies=args.json).validate()  # --json reports the energies
-    except ValueError as e:
-        raise FractalFloodError(str(e)) from None
-    pipe = load_pipeline(args.model, args.device, args.dtype, args.decoder, options, compile=args.compile)
-    pipe.tokenizer.check_text(args.prompt)
-    if args.stream and not args.json:
-        sys.stdout.write(args.prompt)
-        sys.stdout.flush()
-
-        def on_block(text):
-            sys.stdout.write(text)
-            sys.stdout.flush()
-    else:
-        on_block = None
-    result = pipe.generate(args.prompt, args.roots, sampling, args.seed, args.block, on_block)
-    if args.json:
-        print(json.dumps(result.to_dict(), indent=1))
-    elif args.stream:
-        sys.stdout.write("\n")
-    else:
-        print(args.prompt + result.text)
-    if not args.json:
-        print(f"[{len(result.root_ids)} roots, {result.num_chunks} chunks, {len(result.text)} chars "
-              f"in {result.seconds:.3f}s on {pipe.device} ({pipe.decoder_name})]", file=sys.stderr)
+                              progress=not args.no_progress, dropout=args.dropout,
+                              weight_decay=args.weight_decay, decay=args.decay))
     return 0
 
 

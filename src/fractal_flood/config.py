@@ -36,6 +36,11 @@ class CausalLMConfig:
     d_model: int = 128
     n_heads: int = 4
     context: int = 256  # attention window in tokens
+    dropout: float = 0.0  # training only; absent from older checkpoints, which load as 0
+
+    def __post_init__(self):
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -63,6 +68,10 @@ class Preset:
     lr: float = 1e-3
     renderer_lr: float | None = None  # None: ``lr``
     energy_weight: float = 1.0
+    # AdamW weight decay of each language model and which parameters it acts on
+    # (``CausalLM.optimizer_groups``: "all", "matrices", "matrices+embeddings")
+    manager_optim: dict = field(default_factory=lambda: dict(weight_decay=0.01, decay="all"))
+    peer_optim: dict = field(default_factory=lambda: dict(weight_decay=0.01, decay="all"))
 
 
 PRESETS: dict[str, Preset] = {

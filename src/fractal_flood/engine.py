@@ -31,6 +31,7 @@ from .device import synchronize
 from .errors import FractalFloodError
 from .sampling import SamplingConfig, check_seed
 from .slots import SlotManager
+from .text_limit import TextLimit
 
 DEFAULT_ROOTS = 200  # when neither roots nor max_chars is given
 
@@ -83,43 +84,6 @@ class Block:
     flood_s: float
 
 
-class TextLimit:
-    """Stop strings and a character budget over text that grows block by block.
-
-    ``feed`` returns the text now safe to emit: the tail that could be the start of a stop
-    string is held back until the next block decides it.
-    """
-
-    def __init__(self, stop: tuple = (), max_chars: Optional[int] = None):
-        self.stop, self.max_chars = stop, max_chars
-        self.hold = max((len(s) for s in stop), default=1) - 1
-        self.text = ""  # everything rendered, uncut
-        self.emitted = 0
-        self.finish_reason: Optional[str] = None
-
-    def feed(self, new: str, last: bool) -> str:
-        start = max(0, len(self.text) - self.hold)  # a stop string may span the boundary
-        self.text += new
-        end = len(self.text)
-        hits = [i for i in (self.text.find(s, start) for s in self.stop) if i >= 0]
-        if hits:
-            end, self.finish_reason = min(hits), "stop"
-        if self.max_chars is not None and end >= self.max_chars:
-            end = self.max_chars
-            if self.finish_reason is None:
-                self.finish_reason = "length"
-        if last and self.finish_reason is None:
-            self.finish_reason = "length"
-        safe = end if self.finish_reason else max(self.emitted, end - self.hold)
-        out = self.text[self.emitted:safe]
-        self.emitted = safe
-        return out
-
-    @property
-    def result(self) -> str:
-        return self.text[:self.emitted]
-
-
 @dataclass
 class Completion:
     """A finished (or cancelled) request."""
@@ -146,8 +110,10 @@ class Job:
     """A request in the engine: its state and the callback that receives its blocks."""
 
     def __init__(self, request: Request, prompt_ids: list, decoder,
-                 on_block: Optional[Callable[["Job", Block], None]] = None):
+                 on_block: Optional[Callable[["Job", Block], None]] = None,
+                 on_done: Optional[Callable[["Job"], None]] = None):
         self.request, self.prompt_ids, self.decoder, self.on_block = request, prompt_ids, decoder, on_block
+        self.on_done = on_done
         self.limit = TextLimit(request.stop, request.max_chars)
         self.root_ids: list = []
         self.blocks = self.chunks = 0
@@ -171,6 +137,8 @@ class Job:
                                      self.chunks, self.manager_s, self.flood_s,
                                      time.perf_counter() - self.submitted)
         self.done.set()
+        if self.on_done is not None:
+            self.on_done(self)
 
 
 class QueueFull(FractalFloodError):
@@ -199,17 +167,17 @@ class Engine:
 
     # ---- intake ---------------------------------------------------------------------------
 
-    def prepare(self, request: Request, on_block=None) -> Job:
+    def prepare(self, request: Request, on_block=None, on_done=None) -> Job:
         """Validate ``request`` (unknown characters, numbers, decoder) and make its job."""
         request = request.validated()
         self.pipe.tokenizer.check_text(request.prompt)
         for s in request.stop:
             self.pipe.tokenizer.check_text(s)
         decoder = self._decoder(request)
-        return Job(request, self.pipe.prompt_ids(request.prompt), decoder, on_block)
+        return Job(request, self.pipe.prompt_ids(request.prompt), decoder, on_block, on_done)
 
-    def submit(self, request: Request, on_block=None) -> Job:
-        job = self.prepare(request, on_block)
+    def submit(self, request: Request, on_block=None, on_done=None) -> Job:
+        job = self.prepare(request, on_block, on_done)
         with self._lock:
             # free slots take waiting requests at the next boundary: they do not count
             if len(self._waiting) >= self.max_queue + self.slots.free:
@@ -383,22 +351,11 @@ def split_render(render: RenderResult, sizes: list) -> list[dict]:
 
 
 def generate_solo(pipe, request: Request, block_roots: int = 64) -> Completion:
-    """The plain reference path: one request through ``TextPipeline.stream`` (a batch-1
-    ``ARStream`` and one decoder), cut by the same ``TextLimit``. The engine must give the
-    same text for the same request."""
+    """The plain reference path: one request through ``TextPipeline.generate`` (a batch-1
+    ``ARStream`` and one decoder). The engine must give the same text for the same request."""
     request = request.validated()
-    pipe.tokenizer.check_text(request.prompt)
-    limit = TextLimit(request.stop, request.max_chars)
-    t0 = time.perf_counter()
-    root_ids, blocks, chunks = [], 0, 0
-    budget = request.root_budget
-    for ids, render in pipe.stream(request.prompt, budget, request.sampling, request.seed, block_roots,
-                                   decoder=request.decoder, options=request.options):
-        root_ids += ids
-        blocks += 1
-        chunks += render.num_chunks
-        limit.feed("".join(render.root_texts()), len(root_ids) == budget)
-        if limit.finish_reason is not None:
-            break
-    return Completion(request, limit.result, root_ids, limit.finish_reason, blocks, chunks, 0.0, 0.0,
-                      time.perf_counter() - t0)
+    g = pipe.generate(request.prompt, request.root_budget, request.sampling, request.seed, block_roots,
+                      max_chars=request.max_chars, stop=request.stop, decoder=request.decoder,
+                      options=request.options)
+    return Completion(request, g.text, g.root_ids, g.finish_reason, len(g.renders), g.num_chunks, 0.0, 0.0,
+                      g.seconds)

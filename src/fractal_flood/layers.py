@@ -3,6 +3,9 @@
 GPT-2 shaped (pre-LayerNorm, fused qkv ``c_attn``, GELU-tanh MLP ``c_fc``/``c_proj``) so a
 causal model maps one-to-one onto Hugging Face's ``GPT2LMHeadModel`` for the bench.
 Attention goes through ``scaled_dot_product_attention`` (flash / memory-efficient kernels).
+Dropout (attention weights and both residual branches, as GPT-2) acts only in training mode
+and only when its rate is above 0, so an eval-mode or rate-0 model runs the same kernels as
+one built without it.
 """
 
 from __future__ import annotations
@@ -32,11 +35,18 @@ class KVCache(nn.Module):
         return self.k, self.v
 
 
+def _dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    # a plain branch, not nn.Dropout: at p = 0 or in eval mode not even a call is added to the
+    # decode step
+    return F.dropout(x, p, True) if training and p > 0 else x
+
+
 class Attention(nn.Module):
-    def __init__(self, d_model: int, n_heads: int):
+    def __init__(self, d_model: int, n_heads: int, dropout: float = 0.0):
         super().__init__()
         if d_model % n_heads:
             raise ValueError(f"d_model={d_model} is not divisible by n_heads={n_heads}")
+        self.dropout = dropout
         self.n_heads = n_heads
         self.head_dim = d_model // n_heads
         self.c_attn = nn.Linear(d_model, 3 * d_model)
@@ -56,28 +66,30 @@ class Attention(nn.Module):
             k, v = cache.update(input_pos, k, v)
             k, v = k.to(q.dtype), v.to(q.dtype)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
+                                           dropout_p=self.dropout if self.training else 0.0,
                                            is_causal=is_causal and attn_mask is None)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
-        return self.c_proj(y)
+        return _dropout(self.c_proj(y), self.dropout, self.training)
 
 
 class MLP(nn.Module):
-    def __init__(self, d_model: int, ratio: int = 4):
+    def __init__(self, d_model: int, ratio: int = 4, dropout: float = 0.0):
         super().__init__()
+        self.dropout = dropout
         self.c_fc = nn.Linear(d_model, ratio * d_model)
         self.c_proj = nn.Linear(ratio * d_model, d_model)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))
+        return _dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")), self.dropout, self.training)
 
 
 class Block(nn.Module):
-    def __init__(self, d_model: int, n_heads: int):
+    def __init__(self, d_model: int, n_heads: int, dropout: float = 0.0):
         super().__init__()
         self.ln_1 = nn.LayerNorm(d_model)
-        self.attn = Attention(d_model, n_heads)
+        self.attn = Attention(d_model, n_heads, dropout)
         self.ln_2 = nn.LayerNorm(d_model)
-        self.mlp = MLP(d_model)
+        self.mlp = MLP(d_model, dropout=dropout)
 
     def forward(self, x: torch.Tensor, **attn_kwargs) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x), **attn_kwargs)

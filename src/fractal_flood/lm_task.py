@@ -10,6 +10,11 @@ from .distributed import piece_slice
 from .pairs import TokenStream, random_starts, windows
 
 
+def lm_optimizer(model, lr: float, weight_decay: float, decay: str) -> torch.optim.AdamW:
+    """AdamW for a ``CausalLM``; ``decay`` picks the parameters weight decay acts on."""
+    return torch.optim.AdamW(model.optimizer_groups(weight_decay, decay), lr=lr, betas=(0.9, 0.95))
+
+
 class LMTask:
     """Next-token prediction on random windows; validation on the held-out tail."""
 

@@ -20,6 +20,7 @@ from .decoding import DecodeOptions, RenderResult, make_decoder
 from .device import resolve_device, resolve_dtype, synchronize
 from .errors import FractalFloodError
 from .sampling import SamplingConfig
+from .text_limit import TextLimit
 
 
 @dataclass
@@ -30,6 +31,8 @@ class GenerationResult:
     renders: list = field(default_factory=list)  # RenderResult per block
     seconds: float = 0.0
     manager_steps: int = 0
+    seed: int = 0
+    finish_reason: str = "length"  # or "stop": a stop string ended it
 
     @property
     def num_chunks(self) -> int:
@@ -55,7 +58,8 @@ class GenerationResult:
             "prompt": self.prompt, "text": self.text, "root_ids": self.root_ids,
             "roots": len(self.root_ids), "chunks": self.num_chunks, "chars": len(self.text),
             "energies": {f"level{li}": self.energies(li) for li in range(len(levels))},
-            "levels": levels, "manager_steps": self.manager_steps,
+            "levels": levels, "manager_steps": self.manager_steps, "seed": self.seed,
+            "finish_reason": self.finish_reason,
             "seconds": self.seconds,
             "chunks_per_s": self.num_chunks / self.seconds if self.seconds else None,
         }
@@ -133,21 +137,31 @@ class TextPipeline:
 
     def generate(self, prompt: str = "", roots: int = 256, sampling: SamplingConfig | None = None,
                  seed: int = 0, block_roots: int = 256,
-                 on_block: Callable[[str], None] | None = None) -> GenerationResult:
-        """Generate ``roots`` roots after ``prompt`` and render them to text."""
+                 on_block: Callable[[str], None] | None = None, max_chars: int | None = None,
+                 stop: tuple = (), decoder: str | None = None,
+                 options: DecodeOptions | None = None) -> GenerationResult:
+        """Generate up to ``roots`` roots after ``prompt`` and render them to text, cut at the
+        first stop string or at ``max_chars`` characters (whichever comes first)."""
+        if max_chars is not None and (int(max_chars) != max_chars or max_chars < 1):
+            raise FractalFloodError(f"max_chars must be a positive integer, got {max_chars}")
+        for s in stop:
+            self.tokenizer.check_text(s)
+        limit = TextLimit(tuple(stop), max_chars)
         synchronize(self.device)
         t0 = time.perf_counter()
-        root_ids, renders, texts = [], [], []
-        for ids, render in self.stream(prompt, roots, sampling, seed, block_roots):
-            text = render.text
+        root_ids, renders = [], []
+        for ids, render in self.stream(prompt, roots, sampling, seed, block_roots, decoder, options):
             root_ids += ids
             renders.append(render)
-            texts.append(text)
+            text = limit.feed(render.text, len(root_ids) == roots)
             if on_block is not None:
                 on_block(text)
+            if limit.finish_reason is not None:
+                break
         synchronize(self.device)
         seconds = time.perf_counter() - t0
-        return GenerationResult(prompt, "".join(texts), root_ids, renders, seconds, len(root_ids))
+        return GenerationResult(prompt, limit.result, root_ids, renders, seconds, len(root_ids), seed,
+                                limit.finish_reason or "length")
 
 
 def _record(cuda: bool):

@@ -19,11 +19,11 @@ from tqdm import tqdm
 from . import checkpoint as ckpt
 from . import distributed
 from . import shards as shards_mod
-from .causal_lm import CausalLM
+from .causal_lm import DECAY_MODES, CausalLM
 from .config import CausalLMConfig, Preset, RendererConfig, get_preset
 from .corpus import open_corpus
 from .errors import FractalFloodError, UnknownCharacterError
-from .lm_task import LMTask
+from .lm_task import LMTask, lm_optimizer
 from .pairs import TokenStream
 from .renderer import FractalDiffusionModel
 from .renderer_task import RendererTask
@@ -55,6 +55,10 @@ class TrainOptions:
     save_every: int = 500
     progress: bool = True
     log: Callable[[str], None] = field(default=print)
+    # the language models' regularisation for this run (None: the preset's)
+    dropout: float | None = None
+    weight_decay: float | None = None
+    decay: str | None = None
 
 
 def run_training(opts: TrainOptions) -> dict:
@@ -68,6 +72,12 @@ def run_training(opts: TrainOptions) -> dict:
         v = getattr(opts, name)
         if v is not None and v < 1:
             raise FractalFloodError(f"--{name.replace('_', '-')} must be >= 1, got {v}")
+    if opts.dropout is not None and not 0 <= opts.dropout < 1:
+        raise FractalFloodError(f"--dropout must be in [0, 1), got {opts.dropout}")
+    if opts.weight_decay is not None and not opts.weight_decay >= 0:
+        raise FractalFloodError(f"--weight-decay must be >= 0, got {opts.weight_decay}")
+    if opts.decay is not None and opts.decay not in DECAY_MODES:
+        raise FractalFloodError(f"unknown --decay {opts.decay!r} (choose from: {', '.join(DECAY_MODES)})")
     corpus = open_corpus(opts.corpus)
     with distributed.session(opts.device) as ctx:
         if not ctx.is_main:
@@ -169,13 +179,15 @@ def _build_part(part, tokenizer, shards, preset: Preset, opts: TrainOptions, dev
     else:
         if part == "manager":
             ids, extra = shards["roots"], preset.manager
-            cfg = CausalLMConfig(vocab_size=tokenizer.num_roots, **extra)
+            vocab = tokenizer.num_roots
             lengths = [len(tokenizer.root_text(i)) for i in range(tokenizer.num_roots)]
         else:
             ids, extra = shards["chunks"], preset.peer
-            cfg = CausalLMConfig(vocab_size=tokenizer.num_chunks, **extra)
+            vocab = tokenizer.num_chunks
             lengths = [len(tokenizer.spell(i)) for i in range(tokenizer.num_chunks)]
-        model = CausalLM(cfg)
+        if opts.dropout is not None:
+            extra = {**extra, "dropout": opts.dropout}
+        model = CausalLM(CausalLMConfig(vocab_size=vocab, **extra))
         stream = TokenStream.split(ids)
         if len(stream.train) < 2 or len(stream.val) < 2:
             raise FractalFloodError(f"corpus too short to train the {part}: {len(ids)} tokens; give it more text")
@@ -185,7 +197,15 @@ def _build_part(part, tokenizer, shards, preset: Preset, opts: TrainOptions, dev
         steps = opts.lm_steps or (preset.manager_steps if part == "manager" else preset.peer_steps)
     model.to(device)
     lr = (preset.renderer_lr or preset.lr) if part == "renderer" else preset.lr
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.01)
+    if part == "renderer":
+        opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.01)
+    else:
+        optim = dict(preset.manager_optim if part == "manager" else preset.peer_optim)
+        optim.update({k: v for k, v in (("weight_decay", opts.weight_decay), ("decay", opts.decay))
+                      if v is not None})
+        opt = lm_optimizer(model, lr, **optim)
+        opts.log(f"{part}: dropout {model.config.dropout:g}, weight decay {optim['weight_decay']:g} "
+                 f"on {optim['decay']}")
     return PartRun(part, model, task, opt, gen, steps, lr)
 
 

@@ -1,0 +1,160 @@
+"""Load test for ``fractal-flood serve``: throughput and latency against concurrency.
+
+Starts a server on 127.0.0.1 (a free port; the shipped model unless --model), then for each
+concurrency level sends the same fixed set of requests (prompt, max_tokens, seed) from that
+many client threads and prints requests/s, tokens/s (a token is one level-1 chunk, as in
+the bench; roots/s and chars/s too) and p50/p99 latency. Bounded: --requests per level and
+--time-limit seconds per level. Loopback only.
+
+Exactness: concurrency 1 runs every request alone, which is its solo run; every other level
+must return the very same text for every request (the engine's promise), and the table says
+whether it did.
+
+    PYTHONPATH=src python scripts/load_test.py                   # 1, 4, 16, 32 clients
+    PYTHONPATH=src python scripts/load_test.py --levels 1,8 --requests 16 --max-tokens 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+
+PROMPTS = ["ROMEO:\n", "First Citizen:\n", "KING RICHARD III:\n", "", "JULIET:\nO Romeo, ",
+           "MENENIUS:\nWhat is", "All:\n", "DUKE VINCENTIO:\n"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(args) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    cmd = [sys.executable, "-m", "fractal_flood", "serve", "--host", "127.0.0.1", "--port", str(port),
+           "--device", args.device, "--max-batch", str(args.max_batch), "--max-queue", str(args.requests),
+           "--block", str(args.block), "--log-level", "warning"]
+    if args.model:
+        cmd += ["--model", args.model]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            sys.exit(f"load_test: the server exited: {proc.stderr.read()}")
+        try:
+            if httpx.get(base + "/health", timeout=2).status_code == 200:
+                return proc, base
+        except httpx.TransportError:
+            time.sleep(0.3)
+    proc.kill()
+    sys.exit("load_test: the server did not start within 180 s")
+
+
+def bodies(n: int, max_tokens: int) -> list[dict]:
+    return [{"prompt": PROMPTS[i % len(PROMPTS)], "max_tokens": max_tokens, "seed": 1000 + i,
+             "temperature": 0.8} for i in range(n)]
+
+
+def run_level(base: str, reqs: list[dict], concurrency: int, time_limit: float) -> dict:
+    results: dict = {}
+    next_index = [0]
+    lock = threading.Lock()
+    t0 = time.perf_counter()
+
+    def worker():
+        with httpx.Client(base_url=base, timeout=600) as client:
+            while True:
+                with lock:
+                    i = next_index[0]
+                    if i >= len(reqs) or time.perf_counter() - t0 > time_limit:
+                        return
+                    next_index[0] += 1
+                start = time.perf_counter()
+                r = client.post("/v1/completions", json=reqs[i])
+                latency = time.perf_counter() - start
+                if r.status_code != 200:
+                    raise SystemExit(f"load_test: request {i} got {r.status_code}: {r.text}")
+                d = r.json()
+                results[i] = (latency, d["choices"][0]["text"], d["fractal_flood"])
+
+    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    seconds = time.perf_counter() - t0
+    lat = sorted(v[0] for v in results.values())
+    ext = [v[2] for v in results.values()]
+    return {"concurrency": concurrency, "requests": len(results), "seconds": seconds,
+            "requests_per_s": len(results) / seconds,
+            "tokens_per_s": sum(e["chunks"] for e in ext) / seconds,
+            "roots_per_s": sum(e["roots"] for e in ext) / seconds,
+            "chars_per_s": sum(e["chars"] for e in ext) / seconds,
+            "p50_s": statistics.median(lat), "p99_s": lat[min(len(lat) - 1, int(0.99 * len(lat)))],
+            "texts": {i: v[1] for i, v in results.items()}}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--levels", default="1,4,16,32", help="comma list of concurrency levels")
+    p.add_argument("--requests", type=int, default=64, help="requests per level (the same set each time)")
+    p.add_argument("--max-tokens", type=int, default=64, help="roots per request")
+    p.add_argument("--time-limit", type=float, default=300, help="seconds per level: no new requests after")
+    p.add_argument("--model", help="model directory (default: the shipped model)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--max-batch", type=int, default=32)
+    p.add_argument("--block", type=int, default=32)
+    p.add_argument("--json", help="also write the results to this JSON file")
+    args = p.parse_args()
+    levels = [int(x) for x in args.levels.split(",")]
+    if levels[0] != 1:
+        sys.exit("load_test: the first level must be 1 (it gives each request's solo text)")
+    proc, base = start_server(args)
+    try:
+        reqs = bodies(args.requests, args.max_tokens)
+        run_level(base, reqs[:2], 2, args.time_limit)  # warm-up, not timed
+        rows, solo = [], None
+        for c in levels:
+            row = run_level(base, reqs, c, args.time_limit)
+            texts = row.pop("texts")
+            if solo is None:
+                solo = texts
+            row["equal_to_solo"] = sum(texts[i] == solo.get(i) for i in texts)
+            rows.append(row)
+            print(f"  concurrency {c}: {row['requests']} requests in {row['seconds']:.1f} s", file=sys.stderr)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    print(f"Load test: {args.requests} requests per level x {args.max_tokens} roots (temperature 0.8), "
+          f"server --max-batch {args.max_batch} --block {args.block} on {args.device}; "
+          f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, {date}")
+    print("| clients | requests | seconds | requests/s | tokens/s | roots/s | chars/s | p50 latency (s) | "
+          "p99 latency (s) | text equal to solo |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['concurrency']} | {r['requests']} | {r['seconds']:.1f} | {r['requests_per_s']:.2f} | "
+              f"{r['tokens_per_s']:.0f} | {r['roots_per_s']:.0f} | {r['chars_per_s']:.0f} | {r['p50_s']:.2f} | "
+              f"{r['p99_s']:.2f} | {r['equal_to_solo']}/{r['requests']} |")
+    top = rows[-1]
+    print(f"{top['concurrency']} clients vs 1: {top['tokens_per_s'] / rows[0]['tokens_per_s']:.2f}x tokens/s")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"date": date, "args": vars(args), "rows": rows}, f, indent=1)
+    return 0 if all(r["equal_to_solo"] == r["requests"] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

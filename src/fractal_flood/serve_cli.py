@@ -1,0 +1,64 @@
+"""``fractal-flood serve``: the flags, and starting uvicorn. FastAPI and uvicorn are
+imported only here, when the command runs, so the rest of the CLI stays light."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from .errors import FractalFloodError
+
+
+def _port(s: str) -> int:
+    import argparse
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not an integer") from None
+    if not 0 <= v <= 65535:
+        raise argparse.ArgumentTypeError(f"must be in [0, 65535], got {v}")
+    return v
+
+
+def add_arguments(v) -> None:
+    from .cli import positive_int
+    from .decoding import DECODERS
+    v.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    v.add_argument("--port", type=_port, default=8000, help="TCP port")
+    v.add_argument("--model", help="model directory (default: the shipped model)")
+    v.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    v.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16")
+    v.add_argument("--decoder", default="flood", choices=DECODERS, help="default decoder")
+    v.add_argument("--max-batch", type=positive_int, default=32, help="requests generated at once (slots)")
+    v.add_argument("--max-queue", type=int, default=64,
+                   help="requests waiting for a slot before new ones get 503 + Retry-After")
+    v.add_argument("--block", type=positive_int, default=32,
+                   help="roots per block: text streams and new requests join once per block")
+    v.add_argument("--max-tokens-limit", type=positive_int, default=4096, help="largest max_tokens (roots) accepted")
+    v.add_argument("--model-name", default="fractal-flood", help="the model id clients ask for")
+    v.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
+
+
+def run(args) -> int:
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn
+    except ImportError:
+        raise FractalFloodError("serve needs FastAPI and uvicorn: pip install 'fractal-flood[serve]'") from None
+    if args.max_queue < 0:
+        raise FractalFloodError(f"--max-queue must be >= 0, got {args.max_queue}")
+    from .openai_schema import Limits
+    from .pipeline import load_pipeline
+    from .server import create_app
+    pipe = load_pipeline(args.model, args.device, args.dtype, args.decoder)
+    limits = Limits(max_tokens=args.max_tokens_limit)
+    app = create_app(pipe, args.max_batch, args.max_queue, args.block, limits, args.model_name,
+                     getattr(args, "bench_json", None) and Path(args.bench_json))
+    print(f"fractal-flood serve: {args.model or 'shipped model'} on {pipe.device}, "
+          f"http://{args.host}:{args.port}/ ({args.max_batch} slots, queue {args.max_queue})",
+          file=sys.stderr, flush=True)
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    except OSError as e:  # port taken, address not available
+        raise FractalFloodError(f"cannot listen on {args.host}:{args.port}: {e}") from None
+    return 0

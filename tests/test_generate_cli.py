@@ -1,0 +1,121 @@
+"""``fractal-flood generate`` for people: many prompts (lines or JSON lines) batched into JSON
+lines equal to one-prompt runs, stdin, --max-chars, --stop, random seeds that repeat."""
+
+import io
+import json
+
+import pytest
+
+from fractal_flood.cli import main
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+@pytest.fixture(scope="module")
+def base(tiny_model_dir):
+    return ["generate", "--model", str(tiny_model_dir), "--device", "cpu", "--block", "5"]
+
+
+def run(argv, capsys, stdin=None, monkeypatch=None):
+    if stdin is not None:
+        monkeypatch.setattr("sys.stdin", io.StringIO(stdin))
+    try:
+        rc = main(argv)
+    except SystemExit as e:  # argparse refuses a value
+        rc = e.code
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_prompts_file_equals_single_runs(base, tmp_path, capsys):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("ROMEO:\\n\n\nKING\nFirst Citizen:\n", encoding="utf-8")
+    rc, out, err = run(base + ["--prompts", str(prompts), "--roots", "9", "--seed", "100", "--max-batch", "2"],
+                       capsys)
+    assert rc == 0, err
+    lines = [json.loads(x) for x in out.splitlines()]
+    assert [d["prompt"] for d in lines] == ["ROMEO:\n", "KING", "First Citizen:"]  # blank line skipped
+    assert [d["seed"] for d in lines] == [100, 101, 102]
+    for d in lines:
+        rc, single, _ = run(base + ["--prompt", d["prompt"], "--roots", "9", "--seed", str(d["seed"])], capsys)
+        assert rc == 0 and single == d["prompt"] + d["text"] + "\n"
+        assert d["roots"] == 9 and d["finish_reason"] == "length"
+
+
+def test_jsonl_fields_and_output_file(base, tmp_path, capsys):
+    prompts = tmp_path / "p.jsonl"
+    rows = [{"prompt": "ROMEO:\n", "max_chars": 25, "seed": 7},
+            {"prompt": "", "roots": 6, "temperature": 0, "seed": 3},
+            {"prompt": "KING", "roots": 12, "top_k": 5, "top_p": 0.9, "stop": ["e"], "seed": 4}]
+    prompts.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
+    out_file = tmp_path / "out.jsonl"
+    rc, out, err = run(base + ["--prompts", str(prompts), "--output", str(out_file)], capsys)
+    assert rc == 0 and out == "", err
+    got = [json.loads(x) for x in out_file.read_text(encoding="utf-8").splitlines()]
+    assert len(got[0]["text"]) == 25 and got[0]["finish_reason"] == "length"
+    assert got[1]["roots"] == 6
+    assert "e" not in got[2]["text"]
+    rc, single, _ = run(base + ["--prompt", "ROMEO:\n", "--max-chars", "25", "--seed", "7"], capsys)
+    assert single == "ROMEO:\n" + got[0]["text"] + "\n"
+    rc, single, _ = run(base + ["--prompt", "KING", "--roots", "12", "--top-k", "5", "--top-p", "0.9",
+                                "--stop", "e", "--seed", "4"], capsys)
+    assert single == "KING" + got[2]["text"] + "\n"
+
+
+def test_prompt_from_stdin_and_random_seed(base, capsys, monkeypatch):
+    rc, out, err = run(base + ["--prompt", "-", "--roots", "8", "--json"], capsys, "ROMEO:\n", monkeypatch)
+    assert rc == 0, err
+    d = json.loads(out)
+    assert d["prompt"] == "ROMEO:\n" and f"[seed {d['seed']}]" in err
+    rc, again, _ = run(base + ["--prompt", "ROMEO:\n", "--roots", "8", "--json", "--seed", str(d["seed"])], capsys)
+    assert json.loads(again)["text"] == d["text"]
+    seeds = set()
+    for _ in range(3):
+        rc, out, err = run(base + ["--roots", "2"], capsys)
+        seeds.add(err.split("seed ")[-1])
+    assert len(seeds) == 3  # a fresh seed each run
+
+
+def test_max_chars_and_stop(base, capsys):
+    rc, out, err = run(base + ["--max-chars", "17", "--seed", "1", "--json"], capsys)
+    d = json.loads(out)
+    assert len(d["text"]) == 17 and d["finish_reason"] == "length"
+    rc, out, _ = run(base + ["--roots", "30", "--seed", "1", "--json"], capsys)
+    full = json.loads(out)["text"]
+    stop = full[8:10]
+    rc, out, _ = run(base + ["--roots", "30", "--seed", "1", "--json", "--stop", stop], capsys)
+    d = json.loads(out)
+    assert d["text"] == full[:full.find(stop)] and d["finish_reason"] == "stop"
+
+
+BAD = {
+    "bad_json": ('{"prompt": "x"', "line 1"),
+    "unknown_field": ('{"prompt": "x", "temp": 1}', "temp"),
+    "bad_number": ('{"prompt": "x", "temperature": "hot"}', "temperature"),
+    "nan": ('{"prompt": "x", "top_p": NaN}', "top_p"),
+    "bad_char": ('x\nROMEO: caf\u00e9', "line 2"),
+    "bad_roots": ('{"prompt": "x", "roots": 0}', "roots"),
+    "empty": ("\n\n", "no prompts"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD))
+def test_bad_prompts_file_is_one_line(base, tmp_path, capsys, name):
+    text, words = BAD[name]
+    path = tmp_path / "p.jsonl"
+    path.write_text(text, encoding="utf-8")
+    out_file = tmp_path / "out.jsonl"
+    rc, out, err = run(base + ["--prompts", str(path), "--output", str(out_file), "--seed", "1"], capsys)
+    assert rc == 2 and out == "" and not out_file.exists()
+    assert len(err.strip().splitlines()) == 1 and words in err, err
+
+
+@pytest.mark.parametrize("extra,words", [(["--stop", ""], "--stop"), (["--seed", "-1"], "--seed"),
+                                         (["--max-chars", "0"], "--max-chars"),
+                                         (["--output", "x.jsonl"], "--output"),
+                                         (["--prompts", "/nonexistent/p.txt"], "/nonexistent"),
+                                         (["--stop", "\u00e9"], "\u00e9")])
+def test_bad_values_are_one_line(base, capsys, extra, words):
+    rc, out, err = run(base + extra, capsys)
+    assert rc == 2 and out == ""
+    assert len(err.strip().splitlines()) == 1 and words in err, err

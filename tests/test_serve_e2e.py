@@ -1,0 +1,136 @@
+"""End to end: a real ``fractal-flood serve`` process (uvicorn on 127.0.0.1, a free port, the
+tiny model) driven by the official ``openai`` client, plain and streaming, by 16 concurrent
+clients, and by a client that hangs up mid-stream."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+openai = pytest.importorskip("openai")
+httpx = pytest.importorskip("httpx")
+pytest.importorskip("uvicorn")
+
+from fractal_flood.engine import Request, generate_solo  # noqa: E402
+from fractal_flood.pipeline import load_pipeline  # noqa: E402
+from fractal_flood.sampling import SamplingConfig  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+BLOCK = 8
+STARTUP_S = 120
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model_dir, tmp_path_factory):
+    port = free_port()
+    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "fractal_flood", "serve", "--model", str(tiny_model_dir),
+                                 "--device", "cpu", "--host", "127.0.0.1", "--port", str(port),
+                                 "--max-batch", "16", "--block", str(BLOCK), "--log-level", "warning"],
+                                stdout=out, stderr=subprocess.STDOUT, env=env)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + STARTUP_S
+        while True:
+            try:
+                if httpx.get(base + "/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"server did not start: {log.read_text()}")
+            time.sleep(0.3)
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny_model_dir):
+    return load_pipeline(tiny_model_dir, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=server + "/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+def solo(pipe, prompt, roots, seed, temperature=1.0, stop=()):
+    return generate_solo(pipe, Request(prompt, roots=roots, sampling=SamplingConfig(temperature), seed=seed,
+                                       stop=stop), BLOCK).text
+
+
+def test_openai_client_plain_and_streaming(client, pipe):
+    r = client.completions.create(model="fractal-flood", prompt="ROMEO:\n", max_tokens=20, seed=11,
+                                  temperature=0.8)
+    text = r.choices[0].text
+    assert text == solo(pipe, "ROMEO:\n", 20, 11, 0.8)
+    assert r.usage.completion_tokens == 20 and r.choices[0].finish_reason == "length"
+    parts = list(client.completions.create(model="fractal-flood", prompt="ROMEO:\n", max_tokens=20, seed=11,
+                                           temperature=0.8, stream=True))
+    assert len(parts) >= 3 and "".join(p.choices[0].text for p in parts) == text
+    models = client.models.list()
+    assert [m.id for m in models.data] == ["fractal-flood"]
+
+
+def test_openai_chat_plain_and_streaming(client, pipe):
+    messages = [{"role": "user", "content": "What say you?"}]
+    r = client.chat.completions.create(model="fractal-flood", messages=messages, max_tokens=40, seed=2)
+    content = r.choices[0].message.content
+    prompt = "First Citizen:\nWhat say you?\n\nSecond Citizen:\n"
+    assert content == solo(pipe, prompt, 40, 2, stop=("\n\n",))
+    parts = list(client.chat.completions.create(model="fractal-flood", messages=messages, max_tokens=40,
+                                                seed=2, stream=True))
+    assert "".join(p.choices[0].delta.content or "" for p in parts) == content
+
+
+def test_sixteen_concurrent_clients(client, pipe):
+    def one(seed):
+        return client.completions.create(model="fractal-flood", prompt="KING", max_tokens=10 + seed,
+                                         seed=seed, temperature=0.9).choices[0].text
+
+    with ThreadPoolExecutor(16) as pool:
+        texts = list(pool.map(one, range(16)))
+    for seed, text in enumerate(texts):
+        assert text == solo(pipe, "KING", 10 + seed, seed, 0.9), seed
+
+
+def test_bad_request_then_still_serving(client):
+    with pytest.raises(openai.BadRequestError) as info:
+        client.completions.create(model="fractal-flood", prompt="caf\u00e9", max_tokens=3)
+    assert "unknown character" in str(info.value) and "position 3" in str(info.value)
+    with pytest.raises(openai.NotFoundError):
+        client.completions.create(model="gpt-4", prompt="x", max_tokens=3)
+    assert client.completions.create(model="fractal-flood", prompt="x", max_tokens=3).choices[0].text
+
+
+def test_disconnect_frees_the_slot(server):
+    body = {"prompt": "", "max_tokens": 4000, "stream": True, "seed": 1}
+    with httpx.stream("POST", server + "/v1/completions", json=body, timeout=60) as r:
+        for line in r.iter_lines():
+            if line.startswith("data: "):
+                assert json.loads(line[6:])["choices"][0]["text"] is not None
+                break  # hang up after the first block
+    deadline = time.monotonic() + 30
+    while httpx.get(server + "/health").json()["active"] != 0:
+        assert time.monotonic() < deadline, "the abandoned request still holds its slot"
+        time.sleep(0.2)
+    metrics = httpx.get(server + "/metrics").text
+    assert "fractal_flood_active_requests 0" in metrics

@@ -1,0 +1,200 @@
+"""The HTTP API in process (FastAPI TestClient, tiny model): OpenAI shapes, streaming,
+chat in the corpus's dialogue format, metrics, and bad requests that never hurt the server."""
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+pytest.importorskip("fastapi")
+pytest.importorskip("httpx")
+
+from fastapi.testclient import TestClient  # noqa: E402
+
+from fractal_flood.engine import Request, generate_solo  # noqa: E402
+from fractal_flood.openai_schema import Limits  # noqa: E402
+from fractal_flood.pipeline import load_pipeline  # noqa: E402
+from fractal_flood.sampling import SamplingConfig  # noqa: E402
+from fractal_flood.server import create_app  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+BLOCK = 6
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny_model_dir):
+    return load_pipeline(tiny_model_dir, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def client(pipe):
+    app = create_app(pipe, max_batch=4, max_queue=8, block_roots=BLOCK, limits=Limits(max_prompt_chars=500))
+    with TestClient(app) as c:
+        yield c
+
+
+def sse_events(text: str) -> list:
+    lines = [ln[len("data: "):] for ln in text.split("\n\n") if ln.startswith("data: ")]
+    assert lines[-1] == "[DONE]"
+    return [json.loads(ln) for ln in lines[:-1]]
+
+
+def test_completion_equals_the_solo_run(client, pipe):
+    body = {"model": "fractal-flood", "prompt": "ROMEO:\n", "max_tokens": 15, "temperature": 0.8,
+            "top_p": 0.95, "seed": 42}
+    r = client.post("/v1/completions", json=body)
+    assert r.status_code == 200, r.text
+    d = r.json()
+    assert d["object"] == "text_completion" and d["model"] == "fractal-flood"
+    choice = d["choices"][0]
+    ref = generate_solo(pipe, Request("ROMEO:\n", roots=15, sampling=SamplingConfig(0.8, None, 0.95), seed=42),
+                        BLOCK)
+    assert choice["text"] == ref.text and choice["finish_reason"] == "length"
+    assert d["usage"]["completion_tokens"] == 15
+    assert d["usage"]["prompt_tokens"] == len(pipe.tokenizer.encode("ROMEO:\n"))
+    assert d["fractal_flood"]["seed"] == 42 and d["fractal_flood"]["chars"] == len(ref.text)
+
+
+def test_stream_equals_plain(client):
+    body = {"prompt": "KING", "max_tokens": 20, "seed": 5, "temperature": 1.0}
+    plain = client.post("/v1/completions", json=body).json()["choices"][0]["text"]
+    r = client.post("/v1/completions", json={**body, "stream": True})
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+    events = sse_events(r.text)
+    assert len(events) >= 3  # several blocks of 6 roots, then the final event
+    assert "".join(e["choices"][0]["text"] for e in events) == plain
+    assert events[-1]["choices"][0]["finish_reason"] == "length"
+    assert all(e["choices"][0]["finish_reason"] is None for e in events[:-1])
+
+
+def test_random_seed_is_reported_and_repeats(client):
+    a = client.post("/v1/completions", json={"prompt": "", "max_tokens": 8}).json()
+    seed = a["fractal_flood"]["seed"]
+    b = client.post("/v1/completions", json={"prompt": "", "max_tokens": 8, "seed": seed}).json()
+    assert a["choices"][0]["text"] == b["choices"][0]["text"]
+
+
+def test_stop_and_max_chars(client):
+    r = client.post("/v1/completions", json={"prompt": "", "max_chars": 30, "seed": 1}).json()
+    assert len(r["choices"][0]["text"]) == 30 and r["choices"][0]["finish_reason"] == "length"
+    full = client.post("/v1/completions", json={"prompt": "", "max_tokens": 40, "seed": 2}).json()
+    text = full["choices"][0]["text"]
+    stop = text[10:12]
+    cut = client.post("/v1/completions", json={"prompt": "", "max_tokens": 40, "seed": 2, "stop": [stop]}).json()
+    assert cut["choices"][0]["finish_reason"] == "stop"
+    assert cut["choices"][0]["text"] == text[:text.find(stop)]
+
+
+def test_chat_speaks_the_next_turn(client, pipe):
+    body = {"messages": [{"role": "user", "content": "Speak, speak."}], "max_tokens": 60, "seed": 3,
+            "temperature": 0.8}
+    r = client.post("/v1/chat/completions", json=body)
+    assert r.status_code == 200, r.text
+    d = r.json()
+    msg = d["choices"][0]["message"]
+    assert d["object"] == "chat.completion" and msg["role"] == "assistant"
+    assert "\n\n" not in msg["content"]  # a turn ends at a blank line
+    prompt = "First Citizen:\nSpeak, speak.\n\nSecond Citizen:\n"
+    ref = generate_solo(pipe, Request(prompt, roots=60, sampling=SamplingConfig(0.8), seed=3, stop=("\n\n",)),
+                        BLOCK)
+    assert msg["content"] == ref.text
+    events = sse_events(client.post("/v1/chat/completions", json={**body, "stream": True}).text)
+    assert events[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert "".join(e["choices"][0]["delta"].get("content", "") for e in events) == msg["content"]
+    assert events[-1]["object"] == "chat.completion.chunk"
+
+
+def test_models_health_metrics(client):
+    m = client.get("/v1/models").json()
+    assert m["object"] == "list" and m["data"][0]["id"] == "fractal-flood"
+    h = client.get("/health").json()
+    assert h["status"] == "ok" and h["slots"] == 4
+    client.post("/v1/completions", json={"prompt": "", "max_tokens": 3})
+    text = client.get("/metrics").text
+    assert 'fractal_flood_requests_total{endpoint="/v1/completions",status="200"}' in text
+    assert "fractal_flood_completion_tokens_total" in text and "fractal_flood_queue_length 0" in text
+    assert 'fractal_flood_request_seconds_bucket{le="+Inf"}' in text
+
+
+BAD = [
+    ({"prompt": "ROMEO: caf\u00e9"}, 400, "prompt", "unknown_character", "position 10"),
+    ({"prompt": "x", "temperature": 3}, 400, "temperature", "out_of_range", "temperature"),
+    ({"prompt": "x", "temperature": "hot"}, 400, "temperature", "invalid_type", "number"),
+    ({"prompt": "x", "top_p": 0}, 400, "top_p", "out_of_range", "top_p"),
+    ({"prompt": "x", "max_tokens": 0}, 400, "max_tokens", "out_of_range", "max_tokens"),
+    ({"prompt": "x", "max_tokens": True}, 400, "max_tokens", "invalid_type", "integer"),
+    ({"prompt": "x", "max_tokens": 10 ** 9}, 400, "max_tokens", "out_of_range", "max_tokens"),
+    ({"prompt": "x", "seed": -1}, 400, "seed", "out_of_range", "seed"),
+    ({"prompt": "x", "stop": ["a", ""]}, 400, "stop", "invalid_type", "stop"),
+    ({"prompt": "x", "stop": "\u00e9"}, 400, "stop", "unknown_character", "stop"),
+    ({"prompt": "x", "n": 2}, 400, "n", "out_of_range", "n must be in [1, 1]"),
+    ({"prompt": "x", "model": "gpt-4"}, 404, "model", "model_not_found", "gpt-4"),
+    ({"prompt": ["a", "b"]}, 400, "prompt", "invalid_type", "prompt"),
+    ({"prompt": "y" * 501}, 400, "prompt", "context_length_exceeded", "501"),
+    ({"prompt": "x", "decoder": "magic"}, 400, "decoder", "invalid_value", "decoder"),
+]
+
+
+@pytest.mark.parametrize("body,status,param,code,words", BAD, ids=[f"{b[2]}-{b[3]}" for b in BAD])
+def test_bad_requests_get_openai_errors(client, body, status, param, code, words):
+    r = client.post("/v1/completions", json=body)
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"}
+    assert err["param"] == param and err["code"] == code and words in err["message"]
+
+
+@pytest.mark.parametrize("raw", [b"{not json", b'{"prompt": "x", "temperature": NaN}', b"[1, 2]",
+                                 b'{"prompt": "x", "max_tokens": Infinity}', b"\xff\xfe"])
+def test_malformed_bodies(client, raw):
+    r = client.post("/v1/completions", content=raw, headers={"content-type": "application/json"})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json"
+
+
+def test_chat_errors(client):
+    for body, param in (({"messages": []}, "messages"),
+                        ({"messages": [{"role": "robot", "content": "x"}]}, "messages[0]"),
+                        ({"messages": [{"role": "user", "content": "\u2603"}]}, "messages[0].content")):
+        r = client.post("/v1/chat/completions", json=body)
+        assert r.status_code == 400 and r.json()["error"]["param"] == param
+
+
+def test_huge_body_and_unknown_route(client):
+    r = client.post("/v1/completions", content=b'{"prompt": "' + b"a" * (2 << 20) + b'"}',
+                    headers={"content-type": "application/json"})
+    assert r.status_code == 413 and r.json()["error"]["code"] == "body_too_large"
+    r = client.get("/v1/nothing")
+    assert r.status_code == 404 and "error" in r.json()
+
+
+def test_server_keeps_serving_after_bad_requests(client):
+    for body, _, _, _, _ in BAD:
+        client.post("/v1/completions", json=body)
+    r = client.post("/v1/completions", json={"prompt": "ROMEO:\n", "max_tokens": 5, "seed": 1})
+    assert r.status_code == 200 and r.json()["choices"][0]["text"]
+    assert client.get("/health").json()["active"] == 0
+
+
+def test_full_queue_answers_503(pipe):
+    app = create_app(pipe, max_batch=1, max_queue=0, block_roots=BLOCK)
+    with TestClient(app) as c:
+        with ThreadPoolExecutor(6) as pool:
+            rs = list(pool.map(lambda s: c.post("/v1/completions", json={"prompt": "", "max_tokens": 60,
+                                                                           "seed": s}), range(6)))
+        codes = sorted(r.status_code for r in rs)
+        assert codes[0] == 200 and codes[-1] == 503, codes
+        busy = next(r for r in rs if r.status_code == 503)
+        assert busy.headers["retry-after"] == "1" and busy.json()["error"]["code"] == "queue_full"
+        assert c.post("/v1/completions", json={"prompt": "", "max_tokens": 2}).status_code == 200
+
+
+def test_concurrent_requests_equal_their_solo_runs(client, pipe):
+    bodies = [{"prompt": p, "max_tokens": n, "seed": s, "temperature": 0.9}
+              for s, (p, n) in enumerate([("", 13), ("ROMEO:\n", 7), ("KING", 20), ("a", 9), ("", 11),
+                                          ("JULIET:", 16)])]
+    with ThreadPoolExecutor(6) as pool:
+        rs = list(pool.map(lambda b: client.post("/v1/completions", json=b), bodies))
+    for b, r in zip(bodies, rs):
+        ref = generate_solo(pipe, Request(b["prompt"], roots=b["max_tokens"], sampling=SamplingConfig(0.9),
+                                          seed=b["seed"]), BLOCK)
+        assert r.json()["choices"][0]["text"] == ref.text
