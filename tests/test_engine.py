@@ -130,13 +130,17 @@ def test_pooled_render_splits_back(pipe):
     # the manager's roots do not depend on the render; the text is each root's render
     for g, r in zip(got, reqs):
         assert g.root_ids == generate_solo(pipe, r, BLOCK).root_ids
-    dec = pipe._decoder(0)
-    render = dec.render([7, 3, 11, 5, 2])
-    parts = split_render(render, [2, 3])
-    assert parts[0]["root_texts"] + parts[1]["root_texts"] == render.root_texts()
-    for level in range(len(render.counts)):
-        assert parts[0]["counts"][level] + parts[1]["counts"][level] == render.counts[level].tolist()
-        assert parts[0]["energies"][level] + parts[1]["energies"][level] == render.energies[level].tolist()
+    for energies in (False, True):  # a K = 1 flood scores nothing unless energies are asked for
+        dec = pipe._decoder(0, options=DecodeOptions(energies=energies))
+        render = dec.render([7, 3, 11, 5, 2])
+        parts = split_render(render, [2, 3])
+        assert parts[0]["root_texts"] + parts[1]["root_texts"] == render.root_texts()
+        for level in range(len(render.counts)):
+            assert parts[0]["counts"][level] + parts[1]["counts"][level] == render.counts[level].tolist()
+            if energies:
+                assert parts[0]["energies"][level] + parts[1]["energies"][level] == render.energies[level].tolist()
+            else:
+                assert parts[0]["energies"][level] is None and parts[1]["energies"][level] is None
 
 
 def test_text_limit_stop_across_blocks():
