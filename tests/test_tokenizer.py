@@ -372,10 +372,21 @@ def test_shorthand_is_the_default_level_list(small_text):
     specs = [("roots", 150, 3), ("chunks", 100, 6)]
     assert default_specs(100, 150, 6, 3) == [Level(*s) for s in specs]
     for levels in (specs, [Level(*s) for s in specs],
-                   [dict(name=n, size=k, max_children=m) for n, k, m in specs], parse_specs("roots:150:3,chunks:100:6")):
+                   [dict(name=n, size=k, max_children=m) for n, k, m in specs],
+                   parse_specs("roots:150:3,chunks:100:6")):
         assert HierarchicalTokenizer.train(text, levels=levels) == short
     # the level list replaces the size arguments
     assert HierarchicalTokenizer.train(text, 300, 400, levels=specs) == short
+
+
+def test_built_from(tiny_tokenizer, four_level_tokenizer):
+    assert tiny_tokenizer.built_from([("roots", 192, 4), ("chunks", 128, 16)])
+    assert tiny_tokenizer.built_from(default_specs())  # a BPE may learn fewer than asked
+    assert not tiny_tokenizer.built_from([("roots", 192, 3), ("chunks", 128, 16)])
+    assert not tiny_tokenizer.built_from([("roots", 100, 4), ("chunks", 100, 16)])
+    assert not tiny_tokenizer.built_from([("top", 192, 4), ("chunks", 128, 16)])
+    assert not tiny_tokenizer.built_from(FOUR_LEVELS)
+    assert four_level_tokenizer.built_from(FOUR_LEVELS)
 
 
 def test_one_level_above_the_characters(small_text):

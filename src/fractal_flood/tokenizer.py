@@ -28,7 +28,7 @@ import torch
 from tokenizers import Tokenizer, models, trainers
 
 from .errors import LevelSpecError, TokenizerFileError, UnknownCharacterError
-from .level_specs import BOTTOM_NAME, check_name, check_specs, default_specs
+from .level_specs import BOTTOM_NAME, check_name, check_specs, default_specs, format_specs
 from .levels import Level
 
 FORMAT_NAME = "fractal-flood-tokenizer"
@@ -192,6 +192,15 @@ class HierarchicalTokenizer:
     def max_chunk_chars(self) -> int:
         return self._max[-1]
 
+    def built_from(self, specs) -> bool:
+        """Whether ``train(..., levels=specs)`` could have made this tokenizer: the same names
+        and bounds, and no level larger than asked (a BPE learns fewer on a short text)."""
+        specs = check_specs(specs)
+        have = self.levels[:-1]
+        return len(specs) == len(have) and all(
+            (a.name, a.max_children) == (b.name, b.max_children) and a.size <= b.size
+            for a, b in zip(have, specs))
+
     def level_index(self, level) -> int:
         """A level by index (0 = top) or by name -> its index."""
         names = [lv.name for lv in self.levels]
@@ -327,7 +336,7 @@ class HierarchicalTokenizer:
         counts = [len(x) for x in ids]
         n_chars, n_roots, n_chunks = len(text), counts[0], counts[-2]
         st = {"chars": n_chars, "alphabet_size": self.num_chars, "depth": self.depth,
-              "levels": ",".join(f"{lv.name}:{lv.size}:{lv.max_children}" for lv in self.levels[:-1])}
+              "levels": format_specs(self.levels)}
         for i, lv in enumerate(self.levels[:-1]):
             st[f"{lv.name}.tokens"] = counts[i]
             st[f"{lv.name}.chars_per_token"] = n_chars / max(counts[i], 1)

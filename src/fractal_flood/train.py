@@ -22,6 +22,7 @@ from .config import CausalLMConfig, Preset, RendererConfig, get_preset
 from .corpus import load_corpus
 from .device import resolve_device
 from .errors import FractalFloodError
+from .level_specs import format_specs
 from .lm_task import LMTask
 from .pairs import TokenStream
 from .renderer import FractalDiffusionModel
@@ -37,6 +38,7 @@ class TrainOptions:
     out_dir: Path
     preset: str = "seed"
     corpus: str | None = None
+    levels: list | None = None  # the tokenizer's BPE levels, top first (level_specs); None: the preset's
     parts: tuple = ("renderer", "manager")
     steps: int | None = None  # renderer steps (preset default if None)
     lm_steps: int | None = None  # manager / peer steps
@@ -68,12 +70,15 @@ def run_training(opts: TrainOptions) -> dict:
     if tok_path.exists():
         tokenizer = ckpt.load_tokenizer(out)
         tokenizer.check_text(text)  # the corpus must fit the directory's tokenizer
+        if opts.levels is not None and not tokenizer.built_from(opts.levels):
+            raise FractalFloodError(f"{tok_path} has the levels {format_specs(tokenizer.levels)}, not "
+                                    f"{format_specs(opts.levels)}: train into a new --out")
         opts.log(f"tokenizer: reusing {tok_path}")
     else:
         if opts.resume:
             raise FractalFloodError(f"nothing to resume in {out}: it has no {ckpt.TOKENIZER_FILE}")
         t0 = time.perf_counter()
-        tokenizer = HierarchicalTokenizer.train(text, preset.num_chunks, preset.num_roots)
+        tokenizer = HierarchicalTokenizer.train(text, preset.num_chunks, preset.num_roots, levels=opts.levels)
         ckpt.save_tokenizer(out, tokenizer)
         opts.log(f"tokenizer: trained in {time.perf_counter() - t0:.1f}s -> {tokenizer}")
     results = {}
