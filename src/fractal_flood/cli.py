@@ -84,6 +84,19 @@ def unit_float(s: str) -> float:
     return v
 
 
+def level_list(s: str):
+    """``--levels``: ``name:size:max_children`` per BPE level, comma separated, top first."""
+    from .level_specs import parse_specs
+    try:
+        return parse_specs(s)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+LEVELS_HELP = ("the BPE levels above the characters, top first, as name:size:max_children, comma "
+               "separated; the default hierarchy is roots:2048:4,chunks:1024:16")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="fractal-flood",
                 description="Hierarchical parallel text generation: a small autoregressive manager "
@@ -92,11 +105,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     s = sub.add_parser("stats", help="train the tokenizer on a corpus and print hierarchy statistics",
-                       description="Train the 3-level tokenizer on a corpus (default: the shipped "
-                                   "TinyShakespeare) and print chars/chunk, chunks/root, counts.")
+                       description="Train the tokenizer on a corpus (default: the shipped "
+                                   "TinyShakespeare) and print tokens and characters per token at "
+                                   "every level, and characters per manager step.")
     s.add_argument("--corpus", help="UTF-8 text file (default: the shipped TinyShakespeare)")
-    s.add_argument("--chunks", type=positive_int, default=1024, help="chunk vocabulary size")
-    s.add_argument("--roots", type=positive_int, default=2048, help="root vocabulary size")
+    s.add_argument("--chunks", type=positive_int, help="chunk vocabulary size (default 1024)")
+    s.add_argument("--roots", type=positive_int, help="root vocabulary size (default 2048)")
+    s.add_argument("--levels", type=level_list, help=LEVELS_HELP + " (replaces --chunks/--roots)")
     s.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     from .causal_lm import DECAY_MODES
@@ -111,6 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model sizes and schedule: tiny (tests) or seed (renderer 6x256x8, manager 4x128)")
     t.add_argument("--corpus", help="UTF-8 text: a file, a directory of files or a quoted glob "
                                     "('books/*.txt'), read in sorted order (default: the shipped TinyShakespeare)")
+    t.add_argument("--levels", type=level_list,
+                   help=LEVELS_HELP + " (default: the preset's sizes; a new model directory only)")
     t.add_argument("--parts", default="renderer,manager",
                    help="comma list of renderer, manager, peer (the AR baseline for the bench)")
     t.add_argument("--steps", type=positive_int, help="renderer steps (default: the preset's)")
@@ -219,10 +236,12 @@ def _stats(args) -> int:
 
     from .corpus import load_corpus
     from .tokenizer import HierarchicalTokenizer
+    if args.levels is not None and (args.chunks or args.roots):
+        raise FractalFloodError("--levels replaces --chunks and --roots: give one or the other")
     text = load_corpus(args.corpus)
     t0 = time.perf_counter()
     try:
-        tok = HierarchicalTokenizer.train(text, args.chunks, args.roots)
+        tok = HierarchicalTokenizer.train(text, args.chunks or 1024, args.roots or 2048, levels=args.levels)
     except ValueError as e:
         raise FractalFloodError(str(e)) from None
     st = {"corpus": args.corpus or "tinyshakespeare (shipped)", **tok.stats(text),
@@ -230,8 +249,9 @@ def _stats(args) -> int:
     if args.json:
         print(json.dumps(st, indent=1))
     else:
+        w = max(map(len, st))
         for k, v in st.items():
-            print(f"{k:>16}: {v:.3f}" if isinstance(v, float) else f"{k:>16}: {v}")
+            print(f"{k:>{w}}: {v:.3f}" if isinstance(v, float) else f"{k:>{w}}: {v}")
     return 0
 
 
@@ -241,6 +261,7 @@ def _train(args) -> int:
     from .train import TrainOptions, run_training
     parts = tuple(p.strip() for p in args.parts.split(",") if p.strip())
     run_training(TrainOptions(out_dir=Path(args.out), preset=args.preset, corpus=args.corpus, parts=parts,
+                              levels=args.levels,
                               steps=args.steps, lm_steps=args.lm_steps, batch=args.batch,
                               grad_accum=args.grad_accum, tokenizer_chars=args.tokenizer_chars,
                               time_limit=args.time_limit, device=args.device, resume=args.resume,

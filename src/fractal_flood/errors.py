@@ -27,3 +27,8 @@ class CheckpointError(FractalFloodError):
 
 class DeviceError(FractalFloodError):
     """A device that was asked for but is not available."""
+
+
+class LevelSpecError(FractalFloodError, ValueError):
+    """A token hierarchy that cannot be built: a malformed level list, or sizes that do not
+    fit the text (a vocabulary smaller than the one below it)."""

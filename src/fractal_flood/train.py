@@ -23,6 +23,7 @@ from .causal_lm import DECAY_MODES, CausalLM
 from .config import CausalLMConfig, Preset, RendererConfig, get_preset
 from .corpus import open_corpus
 from .errors import FractalFloodError, UnknownCharacterError
+from .level_specs import format_specs
 from .lm_task import LMTask, lm_optimizer
 from .pairs import TokenStream
 from .renderer import FractalDiffusionModel
@@ -41,6 +42,7 @@ class TrainOptions:
     out_dir: Path
     preset: str = "seed"
     corpus: str | None = None  # a file, a directory or a glob; None is the shipped corpus
+    levels: list | None = None  # the tokenizer's BPE levels, top first (level_specs); None: the preset's
     parts: tuple = ("renderer", "manager")
     steps: int | None = None  # renderer steps (preset default if None)
     lm_steps: int | None = None  # manager / peer steps
@@ -99,7 +101,11 @@ def _tokenizer(corpus, preset: Preset, opts: TrainOptions, ctx) -> HierarchicalT
     tok_path = out / ckpt.TOKENIZER_FILE
     if ctx.is_main:
         if tok_path.exists():
-            _check_alphabet(corpus, ckpt.load_tokenizer(out))  # the corpus must fit it
+            tokenizer = ckpt.load_tokenizer(out)
+            _check_alphabet(corpus, tokenizer)  # the corpus must fit it
+            if opts.levels is not None and not tokenizer.built_from(opts.levels):
+                raise FractalFloodError(f"{tok_path} has the levels {format_specs(tokenizer.levels)}, not "
+                                        f"{format_specs(opts.levels)}: train into a new --out")
             opts.log(f"tokenizer: reusing {tok_path}")
         elif opts.resume:
             raise FractalFloodError(f"nothing to resume in {out}: it has no {ckpt.TOKENIZER_FILE}")
@@ -107,7 +113,8 @@ def _tokenizer(corpus, preset: Preset, opts: TrainOptions, ctx) -> HierarchicalT
             t0 = time.perf_counter()
             try:  # merges from the first tokenizer_chars; every character of the corpus
                 tokenizer = HierarchicalTokenizer.train(corpus.lines(opts.tokenizer_chars), preset.num_chunks,
-                                                        preset.num_roots, alphabet=corpus.alphabet())
+                                                        preset.num_roots, levels=opts.levels,
+                                                        alphabet=corpus.alphabet())
             except ValueError as e:
                 raise FractalFloodError(f"cannot train the tokenizer on {corpus.spec}: {e}") from None
             ckpt.save_tokenizer(out, tokenizer)
