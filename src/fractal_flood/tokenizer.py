@@ -23,7 +23,9 @@ from typing import Iterable, Iterator, Sequence
 import torch
 from tokenizers import Tokenizer, models, trainers
 
+from .bpe_json import check_bpe_json
 from .errors import TokenizerFileError, UnknownCharacterError
+from .json_io import read_json
 
 FORMAT_NAME = "fractal-flood-tokenizer"
 FORMAT_VERSION = 1
@@ -31,6 +33,7 @@ FORMAT_VERSION = 1
 # area A: 65,534 code points, so up to that many chunks).
 PUA_BASE = 0xF0000
 PUA_SIZE = 65534
+MAX_FILE_BYTES = 64 << 20  # the default tokenizer is ~180 kB
 
 
 def _chunk_char(chunk_id: int) -> str:
@@ -304,16 +307,7 @@ class HierarchicalTokenizer:
     @classmethod
     def load(cls, path: str | Path) -> "HierarchicalTokenizer":
         path = Path(path)
-        try:
-            raw = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise TokenizerFileError(f"tokenizer file not found: {path}") from None
-        except (OSError, UnicodeDecodeError) as e:
-            raise TokenizerFileError(f"cannot read tokenizer file {path}: {e}") from None
-        try:
-            data = json.loads(raw)
-        except json.JSONDecodeError as e:
-            raise TokenizerFileError(f"tokenizer file {path} is not valid JSON (truncated or corrupt): {e}") from None
+        data = read_json(path, "tokenizer file", MAX_FILE_BYTES, TokenizerFileError)
         try:
             return cls.from_dict(data)
         except TokenizerFileError as e:
@@ -325,6 +319,9 @@ class HierarchicalTokenizer:
             raise TokenizerFileError("not a Fractal Flood tokenizer (missing or wrong 'format')")
         if data.get("version") != FORMAT_VERSION:
             raise TokenizerFileError(f"unsupported tokenizer version {data.get('version')!r} (expected {FORMAT_VERSION})")
+        _check_fields(data)
+        check_bpe_json(data.get("chunk_bpe"), "chunk_bpe")
+        check_bpe_json(data.get("root_bpe"), "root_bpe")
         try:
             chunk_bpe = Tokenizer.from_str(json.dumps(data["chunk_bpe"]))
             root_bpe = Tokenizer.from_str(json.dumps(data["root_bpe"]))
@@ -355,3 +352,19 @@ class HierarchicalTokenizer:
         return (f"HierarchicalTokenizer(chars={self.num_chars}, chunks={self.num_chunks}, "
                 f"roots={self.num_roots}, max_chunk_chars={self.max_chunk_chars}, "
                 f"max_root_chunks={self.max_root_chunks})")
+
+
+MAX_EXPANSION = 1024  # longest chunk in characters, longest root in chunks
+
+
+def _check_fields(data: dict) -> None:
+    """The plain fields of a tokenizer file, before anything is built from them."""
+    alphabet = data.get("alphabet")
+    if not isinstance(alphabet, str) or not 0 < len(alphabet) <= PUA_SIZE:
+        raise TokenizerFileError(f"'alphabet' is not a string of 1 to {PUA_SIZE} characters")
+    for key in ("max_chunk_chars", "max_root_chunks"):
+        v = data.get(key)
+        if type(v) is not int or not 1 <= v <= MAX_EXPANSION:
+            raise TokenizerFileError(f"'{key}' is {v!r}; expected an integer in 1 .. {MAX_EXPANSION}")
+    if not isinstance(data.get("chunks"), list) or not isinstance(data.get("roots"), list):
+        raise TokenizerFileError("'chunks' and 'roots' must be lists")
