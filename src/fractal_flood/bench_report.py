@@ -7,11 +7,11 @@ regenerated from a saved JSON file without measuring again.
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from pathlib import Path
 
 from .errors import FractalFloodError
+from .json_io import dumps
 
 NA = "n/a"  # a field that does not apply to a row (e.g. render fidelity of AR text)
 FIDELITY_BAR = 0.99  # speed counts only at or above this render fidelity (DESIGN.md)
@@ -170,7 +170,9 @@ def to_markdown(data: dict) -> str:
 
 
 def write_json(data: dict, path) -> None:
-    Path(path).write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+    """Strict JSON (a non-finite number is null), written atomically at exactly ``path``."""
+    from .checkpoint import write_text
+    write_text(Path(path), dumps(data, indent=1) + "\n")
 
 
 def require_matplotlib():
@@ -208,5 +210,7 @@ def write_plot(data: dict, path) -> None:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    from .checkpoint import atomic_write
+    # format given: matplotlib would otherwise append ".png" to a name without it
+    atomic_write(Path(path), lambda p: fig.savefig(p, dpi=120, format="png"))
     plt.close(fig)

@@ -50,6 +50,11 @@ class CausalLMConfig:
         return cls(**_known(cls, d))
 
 
+# the tokenizer learns its merges from the first this-many characters of the corpus (all of
+# the shipped one): enough text for 1,024 + 2,048 merges, and a bound on its memory
+TOKENIZER_SAMPLE_CHARS = 8_000_000
+
+
 @dataclass
 class Preset:
     """Sizes and training schedule for one named preset."""

@@ -27,7 +27,7 @@ from . import checkpoint as ckpt
 from . import distributed
 from . import shards as shards_mod
 from .causal_lm import DECAY_MODES, CausalLM
-from .config import CausalLMConfig, Preset, RendererConfig, get_preset
+from .config import TOKENIZER_SAMPLE_CHARS, CausalLMConfig, Preset, RendererConfig, get_preset
 from .corpus import open_corpus
 from .dir_lock import DirectoryLock
 from .errors import FractalFloodError, UnknownCharacterError
@@ -39,9 +39,6 @@ from .tokenizer import HierarchicalTokenizer
 from .train_state import STATE_DIR, has_state, restore_state, save_state
 
 ALL_PARTS = ("renderer", "manager", "peer")
-# the tokenizer learns its merges from the first this-many characters of the corpus (all of
-# the shipped one): enough text for 1,024 + 2,048 merges, and a bound on its memory
-TOKENIZER_SAMPLE_CHARS = 8_000_000
 
 
 @dataclass

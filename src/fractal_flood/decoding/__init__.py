@@ -1,11 +1,10 @@
 """Decoders: the sequential baseline and the Flash Flood (best-of-K and adaptive)."""
 
+from ..decoder_names import DECODERS
 from .base import DecodeOptions, Decoder
 from .flood import FlashFloodDecoder
 from .result import LevelStats, RenderResult
 from .sequential import SequentialDecoder
-
-DECODERS = ("flood", "adaptive", "sequential")
 
 
 def make_decoder(name: str, model, alphabet: str, options: DecodeOptions | None = None) -> Decoder:

@@ -29,8 +29,8 @@ class DecodeOptions:
             raise ValueError(f"max_tries must be an integer >= 1, got {self.max_tries}")
         if not self.threshold == self.threshold:  # NaN
             raise ValueError("threshold must be a number, got NaN")
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 <= self.temperature < float("inf"):  # also rejects NaN
+            raise ValueError(f"temperature must be a finite number >= 0, got {self.temperature}")
         if self.max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {self.max_batch}")
         return self
