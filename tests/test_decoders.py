@@ -288,7 +288,7 @@ def test_unknown_decoder_name(tiny_renderer, tiny_trained_tokenizer):
 
 def test_shipped_model_render_fidelity(shipped_renderer, shipped_tokenizer):
     """Flood (argmax, K=1) on the held-out tail of the corpus: >= 99% of roots exactly as the
-    tokenizer decodes them (DESIGN.md's render fidelity)."""
+    tokenizer decodes them (docs/DESIGN.md's render fidelity)."""
     tok = shipped_tokenizer
     text = load_corpus()[-2000:]
     ids = tok.encode(text)

@@ -149,7 +149,7 @@ def test_condition_and_target_rows_are_distinct():
 
 
 def test_seed_preset_size(shipped_tokenizer):
-    """The seed preset at the default hierarchy is ~6M parameters (DESIGN: ~6.3M)."""
+    """The seed preset at the default hierarchy is ~6M parameters (docs/DESIGN.md: about 6M)."""
     preset = get_preset("seed")
     levels = [[s.num_conditions, s.num_targets, s.max_len] for s in shipped_tokenizer.levels]
     model = FractalDiffusionModel(RendererConfig(levels=levels, **preset.renderer))

@@ -1,7 +1,7 @@
 """``fractal-flood bench``: the decoders against the sequential and autoregressive baselines.
 
 One model, one device, one dtype per run, so every ratio in the report is measured under
-the same conditions. Rows (definitions in DESIGN.md; a token is one level-1 chunk):
+the same conditions. Rows (definitions in docs/DESIGN.md; a token is one level-1 chunk):
 
 - render-only (held-out roots -> text): the sequential baseline, best-of-K floods (K swept,
   16 is the plan's) and the adaptive flood, over a sweep of the number of roots R;

@@ -14,7 +14,7 @@ from .errors import FractalFloodError
 from .json_io import dumps
 
 NA = "n/a"  # a field that does not apply to a row (e.g. render fidelity of AR text)
-FIDELITY_BAR = 0.99  # speed counts only at or above this render fidelity (DESIGN.md)
+FIDELITY_BAR = 0.99  # speed counts only at or above this render fidelity (docs/DESIGN.md)
 MODES = (("render-only", "Render-only (held-out roots -> text)"),
          ("end-to-end", "End-to-end (prompt -> text, manager included)"),
          ("autoregressive", "Autoregressive peer (same size, over chunk tokens)"))
@@ -24,7 +24,7 @@ EXPLAIN = ("A token is one level-1 chunk. Seconds: median of the timed runs (war
            "AR peer. 'plan chars/4 per s' is the plan's own figure (characters / 4), shown only to "
            "compare with the plan.")
 
-TARGETS = (  # (name, goal, unit); GPU figures (DESIGN.md)
+TARGETS = (  # (name, goal, unit); GPU figures (docs/DESIGN.md)
     ("single-stream end-to-end", 10_000, "tokens/s"),
     ("render-only", 100_000, "tokens/s"),
     ("batched end-to-end", 500_000, "tokens/s"),

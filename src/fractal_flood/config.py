@@ -89,7 +89,7 @@ PRESETS: dict[str, Preset] = {
         renderer_steps=300, renderer_batch=128,
         manager_steps=200, peer_steps=200, lm_batch=16, lr=3e-3,
     ),
-    # The seed's sizes (DESIGN.md): renderer 6x256x8, manager 4x128; AR peer = renderer size.
+    # The seed's sizes (docs/DESIGN.md): renderer 6x256x8, manager 4x128; AR peer = renderer size.
     "seed": Preset(
         name="seed",
         renderer=dict(n_layers=6, d_model=256, n_heads=8),

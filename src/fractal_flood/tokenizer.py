@@ -294,7 +294,7 @@ class HierarchicalTokenizer:
     def save(self, path: str | Path) -> None:
         """Write one human-readable JSON file, atomically (temporary file, then rename)."""
         path = Path(path)
-        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")  # the name checkpoint cleans up
         try:
             with open(tmp, "w", encoding="utf-8") as f:
                 json.dump(self.to_dict(), f, ensure_ascii=False, indent=1)
