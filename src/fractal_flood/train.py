@@ -93,7 +93,9 @@ def run_training(opts: TrainOptions) -> dict:
             deadline = None
             if opts.time_limit:  # the time left, shared evenly by the parts still to train
                 left = opts.time_limit - (time.perf_counter() - t_start)
-                deadline = time.perf_counter() + max(0.0, left) / (len(opts.parts) - i)
+                share = max(0.0, left) / (len(opts.parts) - i)
+                deadline = time.perf_counter() + share
+                opts.log(f"{part}: {share:.1f}s of the {opts.time_limit:g}s --time-limit")
             results[part] = _train_part(part, tokenizer, shards, preset, opts, ctx, deadline, tok_sha)
             distributed.barrier(ctx)  # no rank starts the next part before rank 0 has saved
         return results
