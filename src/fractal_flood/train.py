@@ -135,13 +135,19 @@ def _own_directory(opts: TrainOptions, ctx):
     out = Path(opts.out_dir)
     if out.exists() and not out.is_dir():
         raise FractalFloodError(f"--out {out} is a file, not a directory")
+    created = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise FractalFloodError(f"cannot create the model directory {out}: {e.strerror or e}") from None
-    with DirectoryLock(out, opts.log):
-        _claim(out, opts)
-        yield
+    try:
+        with DirectoryLock(out, opts.log):
+            _claim(out, opts)
+            yield
+    except BaseException:
+        if created and not any(out.iterdir()):  # a run that failed before writing anything
+            out.rmdir()
+        raise
 
 
 def _claim(out: Path, opts: TrainOptions) -> None:
@@ -326,7 +332,7 @@ def _train_loop(run: PartRun, preset: Preset, opts: TrainOptions, ctx) -> dict:
     t0 = time.perf_counter()
     # a time limit: time steps 10..40 (after warm-up), then fit the schedule to the deadline
     probe_from, probe_to, t_probe = start + 10, start + 40, None
-    done = start
+    done, step, rng_at_step = start, start, None
 
     def save(step):
         if ctx.is_main:
@@ -362,6 +368,7 @@ def _train_loop(run: PartRun, preset: Preset, opts: TrainOptions, ctx) -> dict:
             for g in opt.param_groups:
                 g["lr"] = _lr(step, steps, preset.lr)
             model.train()
+            rng_at_step = gen.get_state()  # a Ctrl-C inside this step saves the state before it
             batch = task.draw()  # the global batch, the same on every rank; each takes its pieces
             opt.zero_grad(set_to_none=True)
             logs = {}
@@ -385,6 +392,8 @@ def _train_loop(run: PartRun, preset: Preset, opts: TrainOptions, ctx) -> dict:
     except KeyboardInterrupt:
         bar.close()
         if done > start:
+            if rng_at_step is not None and done == step:  # the step in progress is dropped
+                gen.set_state(rng_at_step)
             save(done)
             raise TrainingInterrupted(f"{part} saved at step {done} of {steps} in "
                                       f"{Path(opts.out_dir) / STATE_DIR}: train --resume continues") from None
