@@ -23,13 +23,14 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 BASE = {  # what each command needs besides the option under test
     "stats": ["stats"], "train": ["train", "--out", "{tmp}/never"],
     "generate": ["generate", "--device", "cpu"], "eval": ["eval", "--device", "cpu"],
-    "bench": ["bench", "--device", "cpu"],
+    "bench": ["bench", "--device", "cpu"], "serve": ["serve", "--device", "cpu", "--port", "0"],
 }
 FLOAT_BAD = {
     "finite_float": ["nan", "inf", "-inf", "1e400", "abc", ""],
     "nonneg_float": ["nan", "inf", "1e400", "-0.5", "abc", ""],
     "positive_float": ["nan", "inf", "0", "-1", "abc", ""],
     "unit_float": ["nan", "inf", "0", "1.5", "-1", "abc"],
+    "dropout_rate": ["nan", "inf", "1", "-0.1", "abc", ""],
 }
 # Options whose bad values are only found when the command runs: hand-written cases,
 # (command, option, value, a fragment of the one line).
@@ -54,6 +55,12 @@ RUNTIME = [
     ("generate", "--model", "{tmp}", "tokenizer.json"),
     ("generate", "--prompt", "ROMEO: caf\u00e9", "\u00e9"),
     ("generate", "--decoder", "beam", "--decoder"),
+    ("generate", "--prompts", "{tmp}/missing.txt", "not found"),
+    ("generate", "--prompts", "{tmp}", "directory"),
+    ("generate", "--prompts", "{empty}", "no prompts"),
+    ("serve", "--device", "tpu", "unknown device"),
+    ("serve", "--dtype", "int8", "dtype"),
+    ("serve", "--model", "{tmp}/missing-model", "not found"),
     ("eval", "--device", "tpu", "unknown device"),
     ("eval", "--model", "{tmp}/missing-model", "not found"),
     ("eval", "--corpus", "{one_line}", "too short"),
@@ -62,7 +69,9 @@ RUNTIME = [
     ("bench", "--dtype", "int8", "dtype"),
     ("bench", "--model", "{tmp}/missing-model", "not found"),
 ]
-NOT_A_VALUE = {"--prompt"}  # any text is a value; its bad case is an unknown character (above)
+# Any text is a value of these: --prompt's bad case is an unknown character (above); --stop
+# and --model-name are free text; a --host that cannot be bound is the serve tests' concern.
+NOT_A_VALUE = {"--prompt", "--stop", "--model-name", "--host"}
 
 
 def _actions():
@@ -170,6 +179,8 @@ def test_huge_values_are_bounded_with_the_limit_named(capsys):
     rc, out, err = run_main(["generate", "--k", str(10 ** 9)], capsys)
     assert f"1 .. {cli.MAX_K}" in one_line_error(rc, out, err)
     rc, out, err = run_main(["generate", "--seed", str(2 ** 64)], capsys)
+    assert "must be in 0 .. " in one_line_error(rc, out, err)
+    rc, out, err = run_main(["train", "--out", "x", "--seed", str(2 ** 64)], capsys)
     assert "4,294,967,295" in one_line_error(rc, out, err)
 
 

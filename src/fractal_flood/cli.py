@@ -180,8 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--roots", type=int_in(1, MAX_VOCAB), default=2048, help="root vocabulary size")
     s.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
-    from .causal_lm import DECAY_MODES
-    from .config import PRESETS, TOKENIZER_SAMPLE_CHARS
+    from .config import DECAY_MODES, PRESETS, TOKENIZER_SAMPLE_CHARS
     t = sub.add_parser("train", help="train tokenizer, renderer and manager (and the AR peer)",
                        description="Train on the default corpus or --corpus FILE|DIR|GLOB into --out DIR. "
                                    "Checkpoints are atomic; --resume continues an interrupted run, "

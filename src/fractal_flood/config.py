@@ -50,6 +50,10 @@ class CausalLMConfig:
         return cls(**_known(cls, d))
 
 
+# which language-model parameters AdamW decays (CausalLM.optimizer_groups); here, without
+# torch, so that the command line's help stays light
+DECAY_MODES = ("all", "matrices", "matrices+embeddings")
+
 # the tokenizer learns its merges from the first this-many characters of the corpus (all of
 # the shipped one): enough text for 1,024 + 2,048 merges, and a bound on its memory
 TOKENIZER_SAMPLE_CHARS = 8_000_000
