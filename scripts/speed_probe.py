@@ -23,6 +23,7 @@ from fractal_flood.autoregress import ARStream
 from fractal_flood.corpus import load_corpus
 from fractal_flood.decoding import DecodeOptions, make_decoder
 from fractal_flood.device import describe, resolve_device
+from fractal_flood.pairs import TokenStream
 from fractal_flood.pipeline import TextPipeline
 from fractal_flood.sampling import SamplingConfig
 from fractal_flood.timing import device_sync, measure
@@ -39,16 +40,14 @@ def main() -> None:
     dev = resolve_device(args.device)
     cuda = dev.type == "cuda"
     sync = device_sync(dev)
-    d = ckpt.default_model_dir()
-    tok = ckpt.load_tokenizer(d)
     bf16 = torch.bfloat16 if cuda else torch.float32
+    shipped = ckpt.load_model_dir(None, dev, bf16)
+    tok, manager, renderer = shipped.tokenizer, shipped.manager, shipped.renderer
     steps, e2e_roots, R = (16, 24, 64) if args.quick else (512, 900, 16384)
     out = {"device": describe(dev), "torch": torch.__version__,
            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     print(f"speed probe on {out['device']}, torch {out['torch']}, {out['date']}", flush=True)
 
-    manager, _ = ckpt.load_manager(d, tok, dev, bf16)
-    renderer, _ = ckpt.load_renderer(d, tok, dev, bf16)
     if args.only_e2e:
         e2e_blocks(out, tok, manager, renderer, dev, bf16, sync, e2e_roots, not args.skip_compile)
         print(json.dumps(out))
@@ -82,13 +81,12 @@ def main() -> None:
               f"({t.seconds * 1e3:.1f} ms for {g.num_chunks} tokens)", flush=True)
 
     # 3. the flood at large R
-    text = load_corpus()
-    roots = torch.tensor(tok.encode(text[-len(text) // 20:]))
+    roots = TokenStream.split(tok.encode(load_corpus())).val  # the held-out tail
     roots = roots.repeat(-(-R // len(roots)))[:R].to(dev)
     dtypes = [("bf16", torch.bfloat16), ("fp32", torch.float32)] if cuda else [("fp32", torch.float32)]
     compiled = [(f"{dtypes[0][0]}+compile", dtypes[0][1])] if not args.skip_compile else []
     for name, dt in dtypes + compiled:
-        model, _ = ckpt.load_renderer(d, tok, dev, dt)
+        model = ckpt.load_model_dir(None, dev, dt, parts=("renderer",)).renderer
         if name.endswith("compile"):
             model._hidden = torch.compile(model._hidden, dynamic=False)
         dec = make_decoder("flood", model, tok.alphabet, DecodeOptions(k=1))

@@ -253,6 +253,7 @@ def _compiled_vs_eager(device: str, graph: bool):
     assert torch.equal(runs[0], runs[1])
 
 
+@pytest.mark.slow  # compiling on a CPU takes minutes on a small machine
 def test_compiled_step_matches_eager_cpu():
     """The torch.compile'd decode step is a fast path: same tokens as the eager step."""
     pytest.importorskip("torch._inductor")

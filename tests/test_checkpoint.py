@@ -2,7 +2,11 @@
 every kind of bad directory."""
 
 import json
+import os
 import shutil
+import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -176,13 +180,13 @@ def test_save_part_failure_keeps_previous_model(tmp_path, monkeypatch):
 def test_save_tokenizer_failure_keeps_previous_file(tmp_path, monkeypatch, tiny_tokenizer):
     ckpt.save_tokenizer(tmp_path, tiny_tokenizer)
     before = (tmp_path / "tokenizer.json").read_bytes()
-    import fractal_flood.tokenizer as tokmod
+    real_write = Path.write_text
 
-    def crash(obj, f, **kw):
-        f.write('{"format": "frac')
+    def crash(path, text, **kw):
+        real_write(path, text[:20], **kw)  # a partial file
         raise OSError("disk full")
 
-    monkeypatch.setattr(tokmod.json, "dump", crash)
+    monkeypatch.setattr(Path, "write_text", crash)
     with pytest.raises(OSError):
         ckpt.save_tokenizer(tmp_path, tiny_tokenizer)
     monkeypatch.undo()
@@ -288,8 +292,18 @@ def test_json_of_the_wrong_shape(model_dir):
     expect_error(model_dir, "renderer.json")
 
 
+def _drop_tokenizer_hash(model_dir):
+    for part in ("renderer", "manager"):
+        p = model_dir / f"{part}.json"
+        meta = json.loads(p.read_text())
+        meta.pop("tokenizer_sha256")
+        p.write_text(json.dumps(meta))
+
+
 def test_config_from_a_different_vocabulary(model_dir, shipped_tokenizer):
-    """The tiny model's renderer and manager next to the shipped (default-size) tokenizer."""
+    """The tiny model's renderer and manager next to the shipped (default-size) tokenizer,
+    with the parts' tokenizer hashes removed (as in a directory written before them)."""
+    _drop_tokenizer_hash(model_dir)
     ckpt.save_tokenizer(model_dir, shipped_tokenizer)
     with pytest.raises(CheckpointError, match="levels"):
         ckpt.load_renderer(model_dir, shipped_tokenizer)
@@ -336,3 +350,165 @@ def test_shipped_model_loads():
     meta = ckpt.read_meta(d, "renderer")
     assert meta["format"] == ckpt.FORMAT and meta["version"] == ckpt.VERSION
     assert meta["config"]["levels"] == [lv.to_dict() for lv in tok.levels]
+
+
+# ---------------------------------------------------------------- one run per directory
+
+
+def test_parts_record_the_tokenizer_they_were_trained_with(tiny_model_dir):
+    want = ckpt.file_sha256(tiny_model_dir / "tokenizer.json")
+    for part in ("renderer", "manager"):
+        assert ckpt.read_meta(tiny_model_dir, part)["tokenizer_sha256"] == want
+
+
+def test_a_tokenizer_from_another_run_is_refused(model_dir, corpus_text):
+    """A tokenizer of the same sizes from other text: the hash tells them apart, and the
+    line names both."""
+    from fractal_flood.tokenizer import HierarchicalTokenizer
+    other = HierarchicalTokenizer.train(corpus_text[-60_000:], num_chunks=128, num_roots=192)
+    old = ckpt.file_sha256(model_dir / "tokenizer.json")
+    new = ckpt.save_tokenizer(model_dir, other)
+    assert new != old
+    expect_error(model_dir, "mixes two runs", old[:16], new[:16])
+
+
+def test_a_part_without_a_tokenizer_hash_is_accepted_as_legacy(model_dir):
+    _drop_tokenizer_hash(model_dir)
+    load_all(model_dir)
+    assert "tokenizer_sha256" not in ckpt.read_meta(ckpt.default_model_dir(), "renderer")
+
+
+# ---------------------------------------------------------------- hostile content
+
+
+def _rewrite_weights(path, change):
+    from safetensors.torch import load_file, save_file
+    state = load_file(str(path))
+    change(state)
+    save_file(state, str(path))
+
+
+@pytest.mark.parametrize("kind", ["nan", "inf", "int", "bool"])
+def test_weights_must_be_finite_floats(model_dir, kind):
+    def change(state):
+        w = state["wte.weight"]
+        if kind == "nan":
+            w[3, 5] = float("nan")
+        elif kind == "inf":
+            w[0, 0] = float("-inf")
+        elif kind == "int":
+            state["wte.weight"] = w.to(torch.int16)
+        else:
+            state["wte.weight"] = w > 0
+    _rewrite_weights(model_dir / "renderer.safetensors", change)
+    expect_error(model_dir, "renderer.safetensors", "wte.weight",
+                 "NaN or infinite" if kind in ("nan", "inf") else "floating point")
+
+
+@pytest.mark.parametrize("change,fragment", [
+    (dict(n_heads=0), "n_heads"),
+    (dict(n_heads=-4), "n_heads"),
+    (dict(d_model=1 << 30), "d_model"),
+    (dict(n_layers=1 << 40), "n_layers"),
+    (dict(timesteps=0), "timesteps"),
+    (dict(n_layers=True), "n_layers"),
+    (dict(d_model=2.5), "d_model"),
+    (dict(levels=[[192, 0, 4], [128, 65, 16]]), "level"),
+    (dict(levels=[[192, 128, 1 << 30], [128, 65, 16]]), "level"),
+])
+def test_config_ranges(model_dir, change, fragment):
+    _set_config(model_dir, **change)
+    expect_error(model_dir, "renderer.json", fragment)
+
+
+def test_a_huge_manager_config_allocates_nothing(model_dir):
+    p = model_dir / "manager.json"
+    meta = json.loads(p.read_text())
+    meta["config"].update(vocab_size=1 << 24, d_model=1 << 16, n_heads=1 << 10, context=1 << 20)
+    p.write_text(json.dumps(meta))
+    tok = ckpt.load_tokenizer(model_dir)
+    with pytest.raises(CheckpointError, match="manager.safetensors"):  # shapes differ, nothing built
+        ckpt.load_manager(model_dir, tok)
+
+
+@pytest.mark.parametrize("name", ["renderer.json", "tokenizer.json"])
+def test_deeply_nested_json(model_dir, name):
+    (model_dir / name).write_text("[" * 100_000 + "]" * 100_000)
+    expect_error(model_dir, name, "nests")
+
+
+def test_json_size_limit(model_dir):
+    p = model_dir / "renderer.json"
+    meta = json.loads(p.read_text())
+    meta["padding"] = "x" * (ckpt.MAX_META_BYTES + 1)
+    p.write_text(json.dumps(meta))
+    expect_error(model_dir, "renderer.json", "limit")
+
+
+def test_json_with_nan(model_dir):
+    p = model_dir / "renderer.json"
+    p.write_text(p.read_text().replace('"step": 300', '"step": NaN'))
+    expect_error(model_dir, "renderer.json", "NaN")
+
+
+def _edit_tokenizer(model_dir, edit):
+    p = model_dir / "tokenizer.json"
+    data = json.loads(p.read_text(encoding="utf-8"))
+    edit(data)
+    p.write_text(json.dumps(data), encoding="utf-8")
+
+
+@pytest.mark.parametrize("edit,fragment", [
+    # a regex normalizer makes the Rust library panic: it must never get there
+    (lambda d: d["chunk_bpe"].update(normalizer={"type": "Replace", "pattern": {"Regex": "(("},
+                                                 "content": "x"}), "normalizer"),
+    (lambda d: d["root_bpe"].update(pre_tokenizer={"type": "Split", "pattern": {"Regex": "["},
+                                                   "behavior": "Isolated", "invert": False}),
+     "pre_tokenizer"),
+    (lambda d: d["chunk_bpe"].update(added_tokens=[{"id": 0, "content": "a"}]), "added tokens"),
+    (lambda d: d["chunk_bpe"]["model"].update(dropout=0.5), "dropout"),
+    (lambda d: d["chunk_bpe"]["model"].update(type="WordPiece"), "type"),
+    (lambda d: d["chunk_bpe"]["model"].update(surprise=1), "surprise"),
+    (lambda d: d["chunk_bpe"]["model"]["vocab"].update({"zz": 10 ** 6}), "vocab"),
+    (lambda d: d["chunk_bpe"]["model"]["merges"].append(["no", "such"]), "merges"),
+    (lambda d: d["root_bpe"].update(model=[]), "root_bpe.model"),
+    (lambda d: d.update(max_chunk_chars=10 ** 9), "max_chunk_chars"),
+    (lambda d: d.update(alphabet=7), "alphabet"),
+])
+def test_hostile_tokenizer_json(model_dir, edit, fragment):
+    _edit_tokenizer(model_dir, edit)
+    _drop_tokenizer_hash(model_dir)  # so the tokenizer itself is what is judged
+    expect_error(model_dir, "tokenizer.json", fragment)
+
+
+def test_shipped_tokenizer_passes_the_structure_check():
+    from fractal_flood.bpe_json import check_bpe_json
+    data = json.loads((ckpt.default_model_dir() / "tokenizer.json").read_text(encoding="utf-8"))
+    check_bpe_json(data["chunk_bpe"], "chunk_bpe")
+    check_bpe_json(data["root_bpe"], "root_bpe")
+
+
+# ---------------------------------------------------------------- files as written
+
+
+def test_weights_and_json_have_the_same_mode(tmp_path):
+    old = os.umask(0o022)
+    try:
+        ckpt.save_part(tmp_path, "manager", manager())
+    finally:
+        os.umask(old)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}
+    assert modes == {"manager.json": 0o644, "manager.safetensors": 0o644}
+
+
+def test_a_dead_writers_temp_file_is_removed_by_the_next_write(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # its pid is free now (reuse within the test is vanishingly unlikely)
+    stale = tmp_path / f".manager.safetensors.tmp{dead.pid}"
+    stale.write_bytes(b"half a file")
+    live = tmp_path / f".other.json.tmp{os.getpid()}"  # ours: a write in progress, kept
+    live.write_bytes(b"x")
+    ckpt.save_part(tmp_path, "manager", manager())
+    assert not stale.exists() and live.exists()
+    live.unlink()
+    assert no_temp_files(tmp_path) == []

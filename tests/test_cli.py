@@ -1,8 +1,7 @@
-"""The real command, ``python -m fractal_flood``, in subprocesses: help and version, generate
-(text and JSON), stats, train, and one clear line on stderr for every bad input.
-
-Every command is started at once in a module fixture (each with one intra-op thread) and the
-tests read their results, so the ~1.5 s torch import of each process overlaps.
+"""The command line: help and version, generate (text and JSON), stats, train, and one clear
+line on stderr for every bad input. Everything runs ``cli.main`` in this process (a process
+start costs seconds of torch import on a small machine); ``test_the_real_command`` runs the
+real ``python -m fractal_flood`` once. Every option at its extremes: test_cli_extremes.py.
 """
 
 import json
@@ -24,32 +23,14 @@ TIMEOUT = 240
 pytestmark = pytest.mark.usefixtures("single_thread")  # the in-process tests
 
 
-class Runs:
-    """Commands started together; ``get(name)`` waits for one and returns (rc, out, err)."""
-
-    def __init__(self, cwd: Path):
-        self.cwd = cwd
-        self.procs = {}
-        self.results = {}
-        self.env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONIOENCODING": "utf-8"}
-
-    def start(self, name: str, *args: str) -> None:
-        self.procs[name] = subprocess.Popen(
-            [sys.executable, "-m", "fractal_flood", *map(str, args)], cwd=self.cwd, env=self.env,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8")
-
-    def get(self, name: str):
-        if name not in self.results:
-            proc = self.procs[name]
-            out, err = proc.communicate(timeout=TIMEOUT)
-            self.results[name] = (proc.returncode, out, err)
-        return self.results[name]
-
-    def close(self):
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.kill()
-                proc.communicate()
+def run_main(argv, capsys):
+    """``fractal-flood ARGV`` in this process -> (exit code, stdout, stderr)."""
+    try:
+        rc = main([str(a) for a in argv])
+    except SystemExit as e:
+        rc = e.code
+    out, err = capsys.readouterr()
+    return rc, out, err
 
 
 @pytest.fixture(scope="module")
@@ -65,37 +46,15 @@ def corrupt_model(tmp_path_factory) -> Path:
 
 
 BAD_INPUTS = {
-    # name: generate arguments (before the common --device cpu)
-    "unknown_char_prompt": ["--prompt", "ROMEO: caf\u00e9", "--roots", "3"],
-    "roots_0": ["--roots", "0"],
-    "roots_neg": ["--roots", "-3"],
-    "k_0": ["--k", "0"],
-    "threshold_abc": ["--threshold", "abc"],
-    "model_missing": ["--model", "/nonexistent/fractal-flood-model"],
-    "top_p_2": ["--top-p", "2"],
+    # name: (generate arguments before the common --device cpu, a fragment of the line)
+    "unknown_char_prompt": (["--prompt", "ROMEO: caf\u00e9", "--roots", "3"], "\u00e9"),
+    "roots_0": (["--roots", "0"], "--roots"),
+    "roots_neg": (["--roots", "-3"], "--roots"),
+    "k_0": (["--k", "0"], "--k"),
+    "threshold_abc": (["--threshold", "abc"], "abc"),
+    "model_missing": (["--model", "/nonexistent/fractal-flood-model"], "/nonexistent"),
+    "top_p_2": (["--top-p", "2"], "--top-p"),
 }
-
-
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory, small_corpus_file, corrupt_model):
-    work = tmp_path_factory.mktemp("cli")
-    r = Runs(work)
-    r.start("help", "--help")
-    r.start("version", "--version")
-    r.start("train", "train", "--preset", "tiny", "--corpus", small_corpus_file, "--out", work / "trained",
-            "--steps", "20", "--lm-steps", "20")
-    r.start("generate", "generate", "--roots", "16", "--seed", "1", "--device", "cpu")
-    r.start("generate_json", "generate", "--json", "--roots", "16", "--seed", "1", "--device", "cpu",
-            "--prompt", "ROMEO:")
-    r.start("stats", "stats", "--json", "--corpus", small_corpus_file, "--chunks", "128", "--roots", "192")
-    for name, args in BAD_INPUTS.items():
-        r.start(name, "generate", *args, "--device", "cpu")
-    r.start("device_cuda", "generate", "--roots", "3", "--device", "cuda")
-    r.start("corrupt_model", "generate", "--roots", "3", "--device", "cpu", "--model", corrupt_model)
-    r.start("train_missing_corpus", "train", "--preset", "tiny", "--corpus", work / "no-such-corpus.txt",
-            "--out", work / "never")
-    yield r
-    r.close()
 
 
 def one_line_error(rc, out, err):
@@ -107,32 +66,46 @@ def one_line_error(rc, out, err):
     return lines[0]
 
 
-def test_help(runs):
-    rc, out, err = runs.get("help")
+def test_the_real_command(tmp_path):
+    """``python -m fractal_flood`` itself, in subprocesses (the rest runs ``main`` in process):
+    --version, and generate with its summary line on stderr."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONIOENCODING": "utf-8"}
+    cmd = [sys.executable, "-m", "fractal_flood"]
+    version = subprocess.Popen(cmd + ["--version"], stdout=subprocess.PIPE, text=True, env=env)
+    gen = subprocess.run(cmd + ["generate", "--roots", "16", "--seed", "1", "--device", "cpu"],
+                         capture_output=True, text=True, encoding="utf-8", env=env, timeout=TIMEOUT)
+    assert __version__ in version.communicate(timeout=TIMEOUT)[0]
+    assert gen.returncode == 0, gen.stderr
+    assert len(gen.stdout.rstrip("\n")) >= 16 and "16 roots" in gen.stderr
+    assert "Traceback" not in gen.stderr
+
+
+def test_help(capsys):
+    rc, out, err = run_main(["--help"], capsys)
     assert rc == 0, err
     for cmd in ("stats", "train", "generate", "eval", "bench"):
         assert cmd in out
 
 
-def test_version(runs):
-    rc, out, err = runs.get("version")
-    assert rc == 0, err
-    assert __version__ in out
+def test_version(capsys):
+    rc, out, err = run_main(["--version"], capsys)
+    assert rc == 0 and __version__ in out
 
 
-def test_generate_prints_text(runs, shipped_tokenizer):
-    rc, out, err = runs.get("generate")
+def test_generate_prints_text(capsys, shipped_tokenizer):
+    rc, out, err = run_main(["generate", "--roots", "16", "--seed", "1", "--device", "cpu"], capsys)
     assert rc == 0, err
     text = out[:-1] if out.endswith("\n") else out
     assert len(text) >= 16
     assert set(text) <= set(shipped_tokenizer.alphabet)
-    assert "Traceback" not in err
     assert "16 roots" in err  # the summary line
 
 
-def test_generate_json(runs, shipped_tokenizer):
-    rc, out, err = runs.get("generate_json")
+def test_generate_json(capsys, shipped_tokenizer):
+    rc, out, err = run_main(["generate", "--json", "--roots", "16", "--seed", "1", "--device", "cpu",
+                             "--prompt", "ROMEO:"], capsys)
     assert rc == 0, err
+    assert "NaN" not in out and "Infinity" not in out
     d = json.loads(out)
     assert d["prompt"] == "ROMEO:"
     assert isinstance(d["text"], str) and set(d["text"]) <= set(shipped_tokenizer.alphabet)
@@ -148,35 +121,36 @@ def test_generate_json(runs, shipped_tokenizer):
 
 
 @pytest.mark.parametrize("name", list(BAD_INPUTS))
-def test_bad_input_is_one_line(runs, name):
-    rc, out, err = runs.get(name)
+def test_bad_input_is_one_line(name, capsys):
+    args, expected = BAD_INPUTS[name]
+    rc, out, err = run_main(["generate", *args, "--device", "cpu"], capsys)
     line = one_line_error(rc, out, err)
     assert out == ""
-    expected = {"unknown_char_prompt": "\u00e9", "roots_0": "--roots", "roots_neg": "--roots",
-                "k_0": "--k", "threshold_abc": "abc", "model_missing": "/nonexistent",
-                "top_p_2": "--top-p"}[name]
     assert expected in line, line
 
 
-def test_device_cuda_without_gpu(runs):
+def test_device_cuda_without_gpu(capsys):
     if torch.cuda.is_available():
         pytest.skip("this machine has a CUDA GPU")
-    line = one_line_error(*runs.get("device_cuda"))
+    line = one_line_error(*run_main(["generate", "--roots", "3", "--device", "cuda"], capsys))
     assert "cuda" in line.lower()
 
 
-def test_corrupt_model_dir(runs):
-    line = one_line_error(*runs.get("corrupt_model"))
+def test_corrupt_model_dir(corrupt_model, capsys):
+    line = one_line_error(*run_main(["generate", "--roots", "3", "--device", "cpu", "--model", corrupt_model],
+                                    capsys))
     assert "renderer.safetensors" in line
 
 
-def test_train_missing_corpus(runs, tmp_path):
-    line = one_line_error(*runs.get("train_missing_corpus"))
+def test_train_missing_corpus(tmp_path, capsys):
+    line = one_line_error(*run_main(["train", "--preset", "tiny", "--corpus", tmp_path / "no-such-corpus.txt",
+                                     "--out", tmp_path / "never"], capsys))
     assert "no-such-corpus.txt" in line and "not found" in line
 
 
-def test_stats_json(runs, small_text):
-    rc, out, err = runs.get("stats")
+def test_stats_json(capsys, small_corpus_file, small_text):
+    rc, out, err = run_main(["stats", "--json", "--corpus", small_corpus_file, "--chunks", "128",
+                             "--roots", "192"], capsys)
     assert rc == 0, err
     d = json.loads(out)
     assert d["chars"] == len(small_text)
@@ -189,11 +163,11 @@ def test_stats_json(runs, small_text):
     assert d["max_chunk_chars"] <= 16 and d["max_root_chunks"] <= 4
 
 
-def test_train_makes_a_loadable_model(runs):
-    rc, out, err = runs.get("train")
+def test_train_makes_a_loadable_model(tmp_path, small_corpus_file, capsys):
+    out_dir = tmp_path / "trained"
+    rc, out, err = run_main(["train", "--preset", "tiny", "--corpus", small_corpus_file, "--out", out_dir,
+                             "--steps", "20", "--lm-steps", "20", "--no-progress"], capsys)
     assert rc == 0, err
-    assert "Traceback" not in err
-    out_dir = runs.cwd / "trained"
     tok = ckpt.load_tokenizer(out_dir)
     renderer, meta = ckpt.load_renderer(out_dir, tok)
     manager, mmeta = ckpt.load_manager(out_dir, tok)

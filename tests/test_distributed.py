@@ -175,7 +175,7 @@ def test_a_run_killed_under_torchrun_resumes_and_generates(tmp_path, small_corpu
     args = ["-m", "fractal_flood", "train", "--corpus", str(small_corpus_file), "--out", str(out),
             "--preset", "tiny", "--parts", "renderer,manager", "--steps", "100", "--lm-steps", "6",
             "--batch", "64", "--eval-every", "1000", "--save-every", "10", "--device", "cpu", "--no-progress"]
-    state = out / "train_state" / "renderer.pt"
+    state = out / "train_state" / "renderer.json"  # written last of a save
     proc = subprocess.Popen(_torchrun(*args), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 240

@@ -198,5 +198,6 @@ def test_training_reads_the_shards_of_a_directory_corpus(corpus_dir, tmp_path):
     assert (tmp_path / "model.shards" / INDEX_FILE).is_file()
     logs.clear()
     run_training(TrainOptions(out_dir=out, preset="tiny", corpus=str(corpus_dir), parts=("manager",),
-                              lm_steps=4, eval_every=4, save_every=4, progress=False, log=logs.append))
+                              lm_steps=4, eval_every=4, save_every=4, progress=False, log=logs.append,
+                              resume=True))  # the directory holds a trained manager now
     assert any("shards: reusing" in line for line in logs)

@@ -21,7 +21,7 @@ try:
 except ImportError:  # the GPU machine has pytest but not hypothesis
     given = None
 
-# Figures DESIGN.md gives for the default corpus at the default sizes.
+# Figures docs/DESIGN.md gives for the default corpus at the default sizes.
 DESIGN_CHARS_PER_CHUNK = 2.60
 DESIGN_CHUNKS_PER_ROOT = 1.20
 DESIGN_CHARS_PER_ROOT = 3.12

@@ -1,7 +1,12 @@
 """Training: the noise process, training pairs, token streams, the learned result of a tiny
 run, resume after an interruption, and the time limit."""
 
+import json
 import math
+import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -9,7 +14,7 @@ import torch
 
 from fractal_flood import checkpoint as ckpt
 from fractal_flood.config import RendererConfig, get_preset
-from fractal_flood.errors import FractalFloodError
+from fractal_flood.errors import CheckpointError, FractalFloodError
 from fractal_flood.noise import corrupt, replace_prob
 from fractal_flood.pairs import (LevelTable, TokenStream, canvas_lengths, hard_negatives, level_tables,
                                  lm_batch, random_negatives, sample_conditions, wrong_pairs)
@@ -279,9 +284,16 @@ class Interrupted(Exception):
 
 
 def _state(out, part="renderer"):
-    return torch.load(Path(out) / STATE_DIR / f"{part}.pt", map_location="cpu", weights_only=False)
+    """The saved training state as plain data (read without the library's loader)."""
+    from safetensors.torch import load_file
+    meta = json.loads((Path(out) / STATE_DIR / f"{part}.json").read_text())
+    tensors = load_file(str(Path(out) / STATE_DIR / f"{part}.safetensors"))
+    best = meta["best"] if meta["best"] is not None else float("inf")
+    return {"step": meta["step"], "total_steps": meta["total_steps"], "best": best,
+            "model": {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}}
 
 
+@pytest.mark.slow  # test_ctrl_c_saves_the_state_first_and_resume_continues checks the same, faster
 def test_resume_continues_an_interrupted_run(tmp_path, small_corpus_file):
     """Interrupt at step 15 (saved at 10), resume: it continues from step 10, finishes at
     the original total, and ends with exactly the weights of an uninterrupted run."""
@@ -334,9 +346,15 @@ def test_resume_without_a_directory_is_a_clear_error(tmp_path, small_corpus_file
 def test_resume_from_a_corrupt_state_is_a_clear_error(tmp_path, small_corpus_file):
     out = tmp_path / "m"
     run_training(_opts(out, small_corpus_file, steps=2, eval_every=2, save_every=1))
-    state = out / STATE_DIR / "renderer.pt"
-    state.write_bytes(state.read_bytes()[:100])
-    with pytest.raises(FractalFloodError, match="cannot resume"):
+    state = out / STATE_DIR / "renderer.safetensors"
+    good = state.read_bytes()
+    state.write_bytes(good[:100])
+    with pytest.raises(CheckpointError, match="cannot resume renderer.*truncated or corrupt"):
+        run_training(_opts(out, small_corpus_file, resume=True))
+    state.write_bytes(good)
+    meta = out / STATE_DIR / "renderer.json"
+    meta.write_text(meta.read_text()[:50])
+    with pytest.raises(CheckpointError, match="renderer training state"):
         run_training(_opts(out, small_corpus_file, resume=True))
 
 
@@ -345,8 +363,25 @@ def test_time_limit_caps_steps(tmp_path, small_corpus_file):
     res = run_training(_opts(out, small_corpus_file, steps=500, time_limit=1e-3, eval_every=1000,
                              save_every=1000))
     steps = res["renderer"]["steps"]
-    assert 30 <= steps < 500
+    assert 1 <= steps < 500
     assert _state(out)["total_steps"] == steps == _state(out)["step"]
+    assert ckpt.read_meta(out, "renderer")["step"] == steps  # the last step is published
+
+
+def test_time_limit_bounds_the_whole_run(tmp_path, small_corpus_file):
+    """Two parts of 100k steps each under a 3 s limit: the first part gets at most half of
+    it, the second what is left, and both stop long before their schedules end."""
+    log = []
+    t0 = time.perf_counter()
+    res = run_training(_opts(tmp_path / "m", small_corpus_file, parts=("renderer", "manager"),
+                             steps=100_000, lm_steps=100_000, time_limit=3.0, eval_every=10 ** 6,
+                             save_every=10 ** 6, log=log.append))
+    wall = time.perf_counter() - t0
+    shares = {line.split(":")[0]: float(line.split(": ")[1].split("s of")[0]) for line in log
+              if "s of the 3s --time-limit" in line}
+    assert shares["renderer"] <= 1.5 and shares["manager"] <= 3.0 - shares["renderer"] + 0.1, shares
+    assert 1 <= res["renderer"]["steps"] < 100_000 and 1 <= res["manager"]["steps"] < 100_000
+    assert wall < 3.0 + 120, wall  # plus a validation and a save per part, however busy the machine
 
 
 @pytest.mark.parametrize("bad", [dict(steps=0), dict(batch=-1), dict(save_every=0),
@@ -361,8 +396,8 @@ def test_corpus_outside_the_tokenizer_alphabet_is_rejected(tmp_path, small_corpu
     run_training(_opts(out, small_corpus_file, steps=1, eval_every=1, save_every=1))
     other = tmp_path / "other.txt"
     other.write_text("caf\u00e9 \u00e9t\u00e9\n", encoding="utf-8")
-    with pytest.raises(FractalFloodError, match="unknown character"):
-        run_training(_opts(out, other, steps=1))
+    with pytest.raises(FractalFloodError, match="unknown character"):  # a new part, same tokenizer
+        run_training(_opts(out, other, parts=("manager",), lm_steps=1))
 
 
 def test_tiny_preset_is_smaller_than_seed():
@@ -426,3 +461,196 @@ def test_packed_training_loss_equals_one_padded_pass(tiny_tokenizer):
     halves = sum(task.loss(batch, p, 2)[0].detach() for p in range(2)) / 2
     torch.testing.assert_close(halves, l4, rtol=1e-5, atol=1e-6)
     assert set(logs4) == {"ce0", "en0", "len0", "ce1", "en1"}
+
+
+# ---------------------------------------------------------------- one run per directory
+
+
+def test_a_trained_directory_needs_resume_or_overwrite(tmp_path, small_corpus_file):
+    out = tmp_path / "m"
+    run_training(_opts(out, small_corpus_file, steps=2, eval_every=2, save_every=2))
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    with pytest.raises(FractalFloodError, match="already holds a trained renderer.*--resume.*--overwrite"):
+        run_training(_opts(out, small_corpus_file, steps=2))
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before  # untouched
+    with pytest.raises(FractalFloodError, match="choose one"):
+        run_training(_opts(out, small_corpus_file, resume=True, overwrite=True))
+    log = []
+    run_training(_opts(out, small_corpus_file, steps=3, eval_every=3, save_every=3, overwrite=True,
+                       log=log.append))
+    assert any("--overwrite: removed" in line and "renderer.json" in line for line in log), log
+    assert ckpt.read_meta(out, "renderer")["step"] == 3
+    # a part the directory does not hold yet is added next to it, with the same tokenizer
+    run_training(_opts(out, small_corpus_file, parts=("manager",), lm_steps=2, eval_every=2))
+    load = ckpt.load_model_dir(out)
+    assert load.renderer is not None and load.manager is not None
+
+
+def test_a_second_writer_is_refused_with_the_holders_name(tmp_path, small_corpus_file):
+    import socket
+
+    from fractal_flood.dir_lock import LOCK_FILE
+    out = tmp_path / "m"
+    out.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        info = {"pid": holder.pid, "host": socket.gethostname(), "started": "2026-01-01T00:00:00+00:00"}
+        (out / LOCK_FILE).write_text(json.dumps(info))
+        with pytest.raises(FractalFloodError) as e:
+            run_training(_opts(out, small_corpus_file, steps=1))
+        assert f"pid {holder.pid} on {info['host']}" in str(e.value) and "\n" not in str(e.value)
+        assert sorted(p.name for p in out.iterdir()) == [LOCK_FILE]  # nothing written
+    finally:
+        holder.kill()
+        holder.wait()
+    # the holder is dead now: its lock is taken over, with a message, and removed at the end
+    log = []
+    run_training(_opts(out, small_corpus_file, steps=1, eval_every=1, log=log.append))
+    assert any("taking over" in line and str(holder.pid) in line for line in log), log
+    assert not (out / LOCK_FILE).exists()
+
+
+def test_the_lock_is_released_when_training_fails(tmp_path, small_corpus_file):
+    from fractal_flood.dir_lock import LOCK_FILE
+    out = tmp_path / "m"
+    with pytest.raises(Interrupted):
+        run_training(_opts(out, small_corpus_file, log=_raise_at("step 10", Interrupted)))
+    assert not (out / LOCK_FILE).exists()
+
+
+# ---------------------------------------------------------------- interruption
+
+
+def _raise_at(fragment, exc):
+    def log(line):
+        if fragment in line:
+            raise exc(line)
+    return log
+
+
+def test_ctrl_c_saves_the_state_first_and_resume_continues(tmp_path, small_corpus_file, monkeypatch):
+    """Ctrl-C in step 10, long before the first scheduled save (100): the state after step 9
+    is saved, the error says so, and --resume finishes with the weights of an unbroken run."""
+    from fractal_flood.renderer_task import RendererTask
+    from fractal_flood.train import TrainingInterrupted
+    real_loss, calls = RendererTask.loss, []
+
+    def loss_until_10(self, *args):
+        calls.append(1)
+        if len(calls) == 10:
+            raise KeyboardInterrupt
+        return real_loss(self, *args)
+
+    out = tmp_path / "cut"
+    monkeypatch.setattr(RendererTask, "loss", loss_until_10)
+    with pytest.raises(TrainingInterrupted, match="renderer saved at step 9 of 16.*--resume"):
+        run_training(_opts(out, small_corpus_file, steps=16, eval_every=1000, save_every=100))
+    monkeypatch.undo()
+    assert _state(out)["step"] == 9
+    assert not any(".tmp" in p.name or p.name == "train.lock" for p in out.rglob("*"))
+    run_training(_opts(out, small_corpus_file, steps=16, resume=True, eval_every=1000, save_every=100))
+    full = tmp_path / "full"
+    run_training(_opts(full, small_corpus_file, steps=16, eval_every=1000, save_every=100))
+    assert _state(out)["step"] == 16
+    for k, v in _state(full)["model"].items():
+        torch.testing.assert_close(_state(out)["model"][k], v, rtol=1e-5, atol=1e-6, msg=k)
+
+
+def test_resume_applies_a_new_step_count(tmp_path, small_corpus_file):
+    out = tmp_path / "m"
+    run_training(_opts(out, small_corpus_file, steps=10))
+    log = []
+    res = run_training(_opts(out, small_corpus_file, steps=14, resume=True, log=log.append))
+    assert any("--steps 14 replaces the saved schedule of 10 steps" in line for line in log), log
+    assert res["renderer"]["steps"] == 14 and _state(out)["step"] == 14
+    log.clear()
+    run_training(_opts(out, small_corpus_file, steps=12, resume=True, log=log.append))
+    assert any("nothing left to train" in line for line in log), log
+    assert _state(out)["step"] == 14
+
+
+def test_a_corpus_too_short_for_the_manager_is_refused_before_the_renderer_trains(tmp_path):
+    corpus = tmp_path / "mini.txt"
+    corpus.write_text("To be or not to be.\nThat is it.\n")
+    out = tmp_path / "m"
+    with pytest.raises(FractalFloodError, match="too short to train the manager"):
+        run_training(_opts(out, corpus, parts=("renderer", "manager"), steps=5))
+    assert not (out / "renderer.json").exists() and not (out / STATE_DIR).exists()
+
+
+# ---------------------------------------------------------------- no pickle
+
+
+class _Planted:
+    """Unpickling this calls Path.write_text(marker): what a hostile state file would do."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.write_text, (Path(self.marker), "pwned"))
+
+
+@pytest.fixture(scope="module")
+def two_step_dir(small_corpus_file, tmp_path_factory):
+    """A renderer trained 2 steps, state saved: copied by the tests that break it."""
+    out = tmp_path_factory.mktemp("two_step") / "m"
+    run_training(_opts(out, small_corpus_file, steps=2, eval_every=2, save_every=2))
+    return out
+
+
+@pytest.fixture()
+def trained_copy(two_step_dir, tmp_path):
+    out = tmp_path / "m"
+    shutil.copytree(two_step_dir, out)
+    return out
+
+
+def test_a_planted_pickle_never_runs(tmp_path, small_corpus_file, trained_copy):
+    import pickle
+    out = trained_copy
+    marker = tmp_path / "marker"
+    payload = pickle.dumps(_Planted(marker))
+    state = out / STATE_DIR
+    # 1. a pickle at the old state path, next to no new state
+    for name in ("renderer.json", "renderer.safetensors"):
+        (state / name).unlink()
+    (state / "renderer.pt").write_bytes(payload)
+    with pytest.raises(CheckpointError, match="renderer.pt is a pickled training state.*never loaded"):
+        run_training(_opts(out, small_corpus_file, resume=True))
+    # 2. a pickle under the new names
+    (state / "renderer.safetensors").write_bytes(payload)
+    (state / "renderer.json").write_bytes(payload)
+    with pytest.raises(CheckpointError, match="renderer training state"):
+        run_training(_opts(out, small_corpus_file, resume=True))
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("change", [
+    dict(step=-1), dict(step=10 ** 9), dict(step="3"), dict(best=float("nan")), dict(format="x"),
+    dict(stamp="another save"), dict(param_groups="all"), dict(optim_scalars={"0/step": "x"}),
+    dict(tokenizer_sha256="0" * 64),
+])
+def test_a_tampered_state_json_is_one_checkpoint_error(small_corpus_file, trained_copy, change):
+    out = trained_copy
+    p = out / STATE_DIR / "renderer.json"
+    meta = json.loads(p.read_text())
+    meta.update(change)
+    p.write_text(json.dumps(meta))  # json.dumps writes a bare NaN: refused as well
+    with pytest.raises(CheckpointError, match="renderer") as e:
+        run_training(_opts(out, small_corpus_file, resume=True))
+    assert "\n" not in str(e.value)
+
+
+def test_a_state_with_nan_weights_is_refused(small_corpus_file, trained_copy):
+    from safetensors.torch import load_file, save_file
+    out = trained_copy
+    p = out / STATE_DIR / "renderer.safetensors"
+    tensors = load_file(str(p))
+    with __import__("safetensors").safe_open(str(p), framework="pt") as f:
+        meta = f.metadata()
+    k = next(k for k in tensors if k.startswith("optim/"))
+    tensors[k] = torch.full_like(tensors[k], float("nan"))
+    save_file(tensors, str(p), metadata=meta)
+    with pytest.raises(CheckpointError, match="NaN or infinite"):
+        run_training(_opts(out, small_corpus_file, resume=True))

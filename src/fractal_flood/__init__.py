@@ -2,17 +2,32 @@
 
 from .errors import (CheckpointError, DeviceError, FractalFloodError, TokenizerFileError,
                      UnknownCharacterError)
-from .tokenizer import HierarchicalTokenizer
-from .levels import Level
-from .config import CausalLMConfig, RendererConfig
-from .renderer import FractalDiffusionModel
-from .causal_lm import CausalLM
-from .sampling import SamplingConfig
-from .decoding import DecodeOptions, FlashFloodDecoder, SequentialDecoder, make_decoder
-from .pipeline import TextPipeline, load_pipeline
-from .train import TrainOptions, run_training
 
 __version__ = "0.1.0"
+
+# Everything else is imported on first use, so that ``fractal-flood --help`` (and any other
+# light use of the package) does not pay for importing torch.
+_LAZY = {
+    "HierarchicalTokenizer": "tokenizer", "Level": "levels",
+    "RendererConfig": "config", "CausalLMConfig": "config",
+    "FractalDiffusionModel": "renderer", "CausalLM": "causal_lm",
+    "SamplingConfig": "sampling",
+    "DecodeOptions": "decoding", "FlashFloodDecoder": "decoding", "AdaptiveFloodDecoder": "decoding",
+    "SequentialDecoder": "decoding",
+    "make_decoder": "decoding",
+    "TextPipeline": "pipeline", "load_pipeline": "pipeline",
+    "TrainOptions": "train", "run_training": "train",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "__version__",
@@ -25,6 +40,7 @@ __all__ = [
     "SamplingConfig",
     "DecodeOptions",
     "FlashFloodDecoder",
+    "AdaptiveFloodDecoder",
     "SequentialDecoder",
     "make_decoder",
     "TextPipeline",

@@ -140,17 +140,13 @@ class Bench:
         self.t0 = time.perf_counter()
         self.dev = resolve_device(device)
         self.dt = resolve_dtype(dtype, self.dev)
-        self.model_dir = Path(model_dir) if model_dir else ckpt.default_model_dir()
-        self.tok = ckpt.load_tokenizer(self.model_dir)
         # weights in the run's dtype (no autocast: no per-call weight casts in the hot path)
-        self.renderer, _ = ckpt.load_renderer(self.model_dir, self.tok, self.dev, self.dt)
-        self.manager, _ = ckpt.load_manager(self.model_dir, self.tok, self.dev, self.dt)
-        self.peer = self.judge = None
-        if (self.model_dir / "peer.json").is_file():
+        m = ckpt.load_model_dir(model_dir or None, self.dev, self.dt, optional=("peer",))
+        self.model_dir, self.tok, self.renderer, self.manager = m.path, m.tokenizer, m.renderer, m.manager
+        self.peer = self.judge = m.peer
+        if self.peer is not None and self.dt != torch.float32:
             # the baseline runs in the run's dtype (its strongest form); the judge scores in fp32
-            self.peer, _ = ckpt.load_peer(self.model_dir, self.tok, self.dev, self.dt)
-            self.judge = self.peer if self.dt == torch.float32 else \
-                ckpt.load_peer(self.model_dir, self.tok, self.dev)[0]
+            self.judge = ckpt.load_peer(self.model_dir, self.tok, self.dev)[0]
         self.cuda = self.dev.type == "cuda"
         self.sync = device_sync(self.dev)
         self.sampling = SamplingConfig(temperature=TEMPERATURE)
@@ -569,7 +565,7 @@ def run_bench_cli(args) -> int:
     if args.json_path:
         report.write_json(data, args.json_path)
     if args.markdown:
-        Path(args.markdown).write_text(report.to_markdown(data), encoding="utf-8")
+        ckpt.write_text(Path(args.markdown), report.to_markdown(data))
     if args.plot:
         report.write_plot(data, args.plot)
     for p in outs:

@@ -7,12 +7,12 @@ regenerated from a saved JSON file without measuring again.
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from pathlib import Path
 
 from .bench_row import NA
 from .errors import FractalFloodError
+from .json_io import dumps
 
 FIDELITY_BAR = 0.999  # speed counts only at or above this render fidelity ("99.9% per level")
 MODES = (("render-only", "Render-only (held-out roots -> text)"),
@@ -317,7 +317,9 @@ def to_markdown(data: dict) -> str:
 
 
 def write_json(data: dict, path) -> None:
-    Path(path).write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+    """Strict JSON (a non-finite number is null), written atomically at exactly ``path``."""
+    from .checkpoint import write_text
+    write_text(Path(path), dumps(data, indent=1) + "\n")
 
 
 def require_matplotlib():
@@ -397,6 +399,7 @@ def write_plot(data: dict, path) -> None:
     _throughput(right, data["rows"])
     fig.suptitle(f"fractal-flood bench: {_header(data)}", fontsize=9)
     fig.tight_layout()
-    with open(path, "wb") as f:  # a file object: savefig cannot add a suffix to the name
-        fig.savefig(f, format="png", dpi=120)
+    from .checkpoint import atomic_write
+    # format given: matplotlib would otherwise append ".png" to a name without it
+    atomic_write(Path(path), lambda p: fig.savefig(p, dpi=120, format="png"))
     plt.close(fig)

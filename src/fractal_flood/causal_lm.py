@@ -23,10 +23,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .config import CausalLMConfig
+from .config import DECAY_MODES, CausalLMConfig
 from .layers import Block, KVCache, init_weights
-
-DECAY_MODES = ("all", "matrices", "matrices+embeddings")
 
 
 class CausalLM(nn.Module):

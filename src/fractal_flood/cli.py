@@ -7,12 +7,15 @@ for where there is none) is printed as one line on stderr with a non-zero exit.
 from __future__ import annotations
 
 import argparse
-import json
 import math
+import os
 import sys
+from pathlib import Path
 
 from . import __version__
+from .bpe_json import MAX_VOCAB
 from .errors import FractalFloodError
+from .json_io import dumps
 
 EXIT_USER_ERROR = 2
 
@@ -36,14 +39,35 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(EXIT_USER_ERROR)
 
 
+# ---- argument types: each turns one bad value into one line naming the option ----------------
+# Upper bounds keep a typo from asking for unbounded memory or time; they sit far above any
+# useful value.
+MAX_ROOTS = 1_000_000
+MAX_K = 256  # one item's K candidates share a forward pass: memory grows with K
+MAX_STEPS = 10 ** 9
+MAX_BATCH = 1 << 16
+SEED_MAX = 2 ** 32 - 1
+
+
+def int_in(lo: int, hi: int):
+    def parse(s: str) -> int:
+        try:
+            v = int(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{s!r} is not an integer") from None
+        if not lo <= v <= hi:
+            raise argparse.ArgumentTypeError(f"must be in {lo} .. {hi:,}, got {v}")
+        return v
+    parse.__name__ = "integer"  # argparse names the type in its messages
+    parse.lo, parse.hi = lo, hi
+    return parse
+
+
 def positive_int(s: str) -> int:
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{s!r} is not an integer") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
-    return v
+    return int_in(1, 10 ** 12)(s)
+
+
+seed_int = int_in(0, SEED_MAX)
 
 
 def finite_float(s: str) -> float:
@@ -51,8 +75,8 @@ def finite_float(s: str) -> float:
         v = float(s)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{s!r} is not a number") from None
-    if math.isnan(v):
-        raise argparse.ArgumentTypeError("must be a number, got NaN")
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {s}")
     return v
 
 
@@ -97,10 +121,66 @@ LEVELS_HELP = ("the BPE levels above the characters, top first, as name:size:max
                "separated; the default hierarchy is roots:2048:4,chunks:1024:16")
 
 
+def _writable_parent(path: Path) -> None:
+    parent = path.parent
+    if not parent.is_dir():
+        raise argparse.ArgumentTypeError(f"cannot write {path}: folder {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise argparse.ArgumentTypeError(f"cannot write {path}: folder {parent} is not writable")
+
+
+def output_file(s: str) -> str:
+    """A file to create or replace: not a directory, in an existing writable folder."""
+    path = Path(s)
+    if not s or path.is_dir():
+        raise argparse.ArgumentTypeError(f"{s!r} is a directory; give a file name")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise argparse.ArgumentTypeError(f"cannot write {s}: the file is not writable")
+    _writable_parent(path.absolute())
+    return s
+
+
+def output_dir(s: str) -> str:
+    """A directory to create or write into: not a file, under a writable existing folder."""
+    path = Path(s).absolute()
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{s} is a file, not a directory")
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise argparse.ArgumentTypeError(f"{s}: {existing} is a file, not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise argparse.ArgumentTypeError(f"cannot write {s}: {existing} is not writable")
+    return s
+
+
+def corpus_spec(s: str) -> str:
+    """A corpus: a file or directory that exists, or a glob (checked when it is opened)."""
+    if not s:
+        raise argparse.ArgumentTypeError("empty path")
+    if any(c in s for c in "*?["):
+        return s
+    return input_file(s) if not Path(s).is_dir() else s
+
+
+def input_file(s: str) -> str:
+    path = Path(s)
+    if not path.exists():
+        raise argparse.ArgumentTypeError(f"file not found: {s}")
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{s} is a directory, not a file")
+    if not os.access(path, os.R_OK):
+        raise argparse.ArgumentTypeError(f"cannot read {s}: permission denied")
+    return s
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="fractal-flood",
                 description="Hierarchical parallel text generation: a small autoregressive manager "
-                            "plans coarse roots, a shared-weight diffusion renderer floods them to text.")
+                            "plans coarse roots, a shared-weight diffusion renderer floods them to text. "
+                            "Architecture and definitions (token, fidelity, end-to-end, render-only): "
+                            "docs/DESIGN.md.")
     p.add_argument("--version", action="version", version=f"fractal-flood {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
@@ -108,40 +188,41 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train the tokenizer on a corpus (default: the shipped "
                                    "TinyShakespeare) and print tokens and characters per token at "
                                    "every level, and characters per manager step.")
-    s.add_argument("--corpus", help="UTF-8 text file (default: the shipped TinyShakespeare)")
-    s.add_argument("--chunks", type=positive_int, help="chunk vocabulary size (default 1024)")
-    s.add_argument("--roots", type=positive_int, help="root vocabulary size (default 2048)")
+    s.add_argument("--corpus", type=corpus_spec,
+                   help="UTF-8 text: a file, a directory or a quoted glob (default: the shipped TinyShakespeare)")
+    s.add_argument("--chunks", type=int_in(1, MAX_VOCAB), help="chunk vocabulary size (default 1024)")
+    s.add_argument("--roots", type=int_in(1, MAX_VOCAB), help="root vocabulary size (default 2048)")
     s.add_argument("--levels", type=level_list, help=LEVELS_HELP + " (replaces --chunks/--roots)")
     s.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
-    from .causal_lm import DECAY_MODES
-    from .config import PRESETS
-    from .train import TOKENIZER_SAMPLE_CHARS
+    from .config import DECAY_MODES, PRESETS, TOKENIZER_SAMPLE_CHARS
     t = sub.add_parser("train", help="train tokenizer, renderer and manager (and the AR peer)",
                        description="Train on the default corpus or --corpus FILE|DIR|GLOB into --out DIR. "
-                                   "Checkpoints are atomic; --resume continues an interrupted run. "
-                                   "Under torchrun, trains data parallel over its processes.")
-    t.add_argument("--out", required=True, help="model directory to write")
+                                   "Checkpoints are atomic; --resume continues an interrupted run, "
+                                   "--overwrite replaces a trained model. Under torchrun, trains data "
+                                   "parallel over its processes.")
+    t.add_argument("--out", required=True, type=output_dir, help="model directory to write")
     t.add_argument("--preset", default="seed", choices=sorted(PRESETS),
                    help="model sizes and schedule: tiny (tests) or seed (renderer 6x256x8, manager 4x128)")
-    t.add_argument("--corpus", help="UTF-8 text: a file, a directory of files or a quoted glob "
-                                    "('books/*.txt'), read in sorted order (default: the shipped TinyShakespeare)")
+    t.add_argument("--corpus", type=corpus_spec,
+                   help="UTF-8 text: a file, a directory of files or a quoted glob "
+                        "('books/*.txt'), read in sorted order (default: the shipped TinyShakespeare)")
     t.add_argument("--levels", type=level_list,
                    help=LEVELS_HELP + " (default: the preset's sizes; a new model directory only)")
     t.add_argument("--parts", default="renderer,manager",
                    help="comma list of renderer, manager, peer (the AR baseline for the bench)")
-    t.add_argument("--steps", type=positive_int, help="renderer steps (default: the preset's)")
-    t.add_argument("--lm-steps", type=positive_int, help="manager / peer steps (default: the preset's)")
-    t.add_argument("--batch", type=positive_int,
+    t.add_argument("--steps", type=int_in(1, MAX_STEPS), help="renderer steps (default: the preset's)")
+    t.add_argument("--lm-steps", type=int_in(1, MAX_STEPS), help="manager / peer steps (default: the preset's)")
+    t.add_argument("--batch", type=int_in(1, MAX_BATCH),
                    help="global batch size, over all torchrun processes (default: the preset's)")
-    t.add_argument("--grad-accum", type=positive_int, default=1,
+    t.add_argument("--grad-accum", type=int_in(1, MAX_BATCH), default=1,
                    help="micro-batches per step and process (gradient accumulation): the same "
                         "global batch in less memory")
-    t.add_argument("--tokenizer-chars", type=positive_int, default=TOKENIZER_SAMPLE_CHARS,
+    t.add_argument("--tokenizer-chars", type=int_in(1, 10 ** 12), default=TOKENIZER_SAMPLE_CHARS,
                    help="the tokenizer learns its merges from this many leading characters of the corpus")
     t.add_argument("--time-limit", type=positive_float,
-                   help="seconds per part: after timing steps 10-40, cap the schedule to fit "
-                        "(a fresh run only; --resume keeps the capped schedule it saved)")
+                   help="seconds for the whole run: the parts share it, each fitting its schedule "
+                        "to its share after timing steps 10-40")
     t.add_argument("--dropout", type=dropout_rate,
                    help="language models' dropout in training (default: the preset's)")
     t.add_argument("--weight-decay", type=nonneg_float,
@@ -149,10 +230,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--decay", choices=DECAY_MODES,
                    help="which language-model parameters decay (default: the preset's)")
     t.add_argument("--device", default="auto", help="cpu, cuda or auto")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--eval-every", type=positive_int, default=200, help="validation line every N steps")
-    t.add_argument("--save-every", type=positive_int, default=500, help="checkpoint every N steps")
-    t.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+    t.add_argument("--seed", type=seed_int, default=0, help="weight init and data order")
+    t.add_argument("--eval-every", type=int_in(1, MAX_STEPS), default=200, help="validation line every N steps")
+    t.add_argument("--save-every", type=int_in(1, MAX_STEPS), default=500, help="checkpoint every N steps")
+    t.add_argument("--resume", action="store_true",
+                   help="continue the parts in --out from their saved state (a new --steps applies)")
+    t.add_argument("--overwrite", action="store_true",
+                   help="replace the model in --out (tokenizer, parts and training state) with a new one")
     t.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     from . import generate_cli, serve_cli
@@ -167,11 +251,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve_cli.add_arguments(v)
 
     e = sub.add_parser("eval", help="evaluate a model: render fidelity, energy detection, manager loss",
-                       description="Held-out evaluation on the tail of the corpus (see DESIGN definitions).")
+                       description="Held-out evaluation on the tail of the corpus (definitions in docs/DESIGN.md).")
     _add_model_and_device(e)
-    e.add_argument("--corpus", help="UTF-8 text file (default: the shipped TinyShakespeare)")
-    e.add_argument("--k", type=positive_int, default=1, help="best-of-K for the fidelity render")
-    e.add_argument("--max-roots", type=positive_int, default=5000,
+    e.add_argument("--corpus", type=corpus_spec,
+                   help="UTF-8 text: a file, a directory or a quoted glob (default: the shipped TinyShakespeare)")
+    e.add_argument("--k", type=int_in(1, MAX_K), default=1, help="best-of-K for the fidelity render")
+    e.add_argument("--max-roots", type=int_in(1, 10 ** 7), default=5000,
                    help="held-out roots to evaluate (the tail has ~17.9k)")
     e.add_argument("--json", action="store_true", help="print JSON")
 
@@ -180,13 +265,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_and_device(b)
     b.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16")
     b.add_argument("--quick", action="store_true", help="small sizes: under a minute on a 2-core CPU")
-    b.add_argument("--json", dest="json_path", help="write results as JSON to this file")
-    b.add_argument("--markdown", help="write a Markdown report to this file")
-    b.add_argument("--plot", help="write a PNG (speed-quality, and throughput vs roots) to exactly this file")
-    b.add_argument("--corpus", help="corpus whose held-out tail is rendered and scored (default: the shipped one)")
+    b.add_argument("--json", dest="json_path", type=output_file, help="write results as JSON to this file")
+    b.add_argument("--markdown", type=output_file, help="write a Markdown report to this file")
+    b.add_argument("--plot", type=output_file,
+                   help="write a PNG (speed-quality, and throughput vs roots) to exactly this file")
+    b.add_argument("--corpus", type=input_file,
+                   help="corpus whose held-out tail is rendered and scored (default: the shipped one)")
     b.add_argument("--baseline-model", help="another model directory: its render-only flood K=1 at R=256 "
                                             "is measured in the same run, for a same-run ratio")
-    b.add_argument("--repeats", type=positive_int, help="timed runs per row (median reported)")
+    b.add_argument("--repeats", type=int_in(1, 1000), help="timed runs per row (median reported)")
     return p
 
 
@@ -201,14 +288,30 @@ def main(argv=None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    where = f"fractal-flood {args.command}"
     try:
         return _run(args)
     except FractalFloodError as e:
-        print(f"fractal-flood {args.command}: error: {e}", file=sys.stderr)
+        print(f"{where}: error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        print(f"fractal-flood {args.command}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:  # training says what it saved
+        print(f"{where}: interrupted" + (f": {e}" if str(e) else ""), file=sys.stderr)
         return 130
+    except OSError as e:  # a disk that is full or read-only, a path that vanished
+        what = f"{e.strerror}: {e.filename}" if e.strerror and e.filename else (e.strerror or str(e))
+        print(f"{where}: error: {what}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except (MemoryError, RuntimeError) as e:
+        if isinstance(e, RuntimeError) and not _out_of_memory(e):
+            raise  # a bug: keep its traceback
+        print(f"{where}: error: out of memory ({str(e).splitlines()[0][:120] if str(e) else 'MemoryError'}); "
+              "ask for less (--roots, --k, --batch, --block)", file=sys.stderr)
+        return EXIT_USER_ERROR
+
+
+def _out_of_memory(e: RuntimeError) -> bool:
+    msg = str(e).lower()
+    return "out of memory" in msg or "can't allocate memory" in msg or type(e).__name__ == "OutOfMemoryError"
 
 
 def _run(args) -> int:
@@ -247,7 +350,7 @@ def _stats(args) -> int:
     st = {"corpus": args.corpus or "tinyshakespeare (shipped)", **tok.stats(text),
           "train_seconds": round(time.perf_counter() - t0, 2)}
     if args.json:
-        print(json.dumps(st, indent=1))
+        print(dumps(st, indent=1))
     else:
         w = max(map(len, st))
         for k, v in st.items():
@@ -256,8 +359,6 @@ def _stats(args) -> int:
 
 
 def _train(args) -> int:
-    from pathlib import Path
-
     from .train import TrainOptions, run_training
     parts = tuple(p.strip() for p in args.parts.split(",") if p.strip())
     run_training(TrainOptions(out_dir=Path(args.out), preset=args.preset, corpus=args.corpus, parts=parts,
@@ -265,6 +366,7 @@ def _train(args) -> int:
                               steps=args.steps, lm_steps=args.lm_steps, batch=args.batch,
                               grad_accum=args.grad_accum, tokenizer_chars=args.tokenizer_chars,
                               time_limit=args.time_limit, device=args.device, resume=args.resume,
+                              overwrite=args.overwrite,
                               seed=args.seed, eval_every=args.eval_every, save_every=args.save_every,
                               progress=not args.no_progress, dropout=args.dropout,
                               weight_decay=args.weight_decay, decay=args.decay))

@@ -50,6 +50,15 @@ class CausalLMConfig:
         return cls(**_known(cls, d))
 
 
+# which language-model parameters AdamW decays (CausalLM.optimizer_groups); here, without
+# torch, so that the command line's help stays light
+DECAY_MODES = ("all", "matrices", "matrices+embeddings")
+
+# the tokenizer learns its merges from the first this-many characters of the corpus (all of
+# the shipped one): enough text for 1,024 + 2,048 merges, and a bound on its memory
+TOKENIZER_SAMPLE_CHARS = 8_000_000
+
+
 @dataclass
 class Preset:
     """Sizes and training schedule for one named preset."""
@@ -96,7 +105,7 @@ PRESETS: dict[str, Preset] = {
         peer=dict(n_layers=4, d_model=128, n_heads=4, context=256),
         renderer_steps=3000, renderer_batch=512, renderer_lr=2e-3,
     ),
-    # The seed's sizes (DESIGN.md): renderer 6x256x8, manager 4x128; AR peer = renderer size.
+    # The seed's sizes (docs/DESIGN.md): renderer 6x256x8, manager 4x128; AR peer = renderer size.
     "seed": Preset(
         name="seed",
         renderer=dict(n_layers=6, d_model=256, n_heads=8),

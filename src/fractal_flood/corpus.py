@@ -157,3 +157,5 @@ def _decode_file(path: Path) -> Iterator[tuple[str, int]]:
         raise FractalFloodError(f"corpus file not found: {path}") from None
     except IsADirectoryError:
         raise FractalFloodError(f"corpus path is a directory, not a file: {path}") from None
+    except OSError as e:  # unreadable, a device, ...
+        raise FractalFloodError(f"cannot read corpus file {path}: {e.strerror or e}") from None

@@ -1,4 +1,4 @@
-"""``fractal-flood eval``: held-out quality of a model directory (definitions in DESIGN.md).
+"""``fractal-flood eval``: held-out quality of a model directory (definitions in docs/DESIGN.md).
 
 Held-out data is the tail of the corpus that the manager never trained on (the same 5%
 split as training). Reported:
@@ -15,9 +15,6 @@ split as training). Reported:
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import torch
 
 from . import checkpoint as ckpt
@@ -26,22 +23,26 @@ from .decoding import DecodeOptions, make_decoder
 from .decoding.canvas import draw, score
 from .decoding.choose import best_of_k
 from .device import describe, resolve_device
+from .errors import FractalFloodError
+from .json_io import dumps
 from .metrics import bits_per_char_of_loss, heldout_loss, render_fidelity
-from .pairs import TokenStream, canvas_lengths, hard_negatives, level_tables, random_negatives
+from .pairs import HELDOUT_FRACTION, TokenStream, canvas_lengths, hard_negatives, level_tables, random_negatives
 
 
 @torch.no_grad()
 def evaluate(model_dir=None, corpus=None, device="auto", k: int = 1, max_roots: int = 5000,
              threshold: float = 0.5, seed: int = 0) -> dict:
-    model_dir = Path(model_dir) if model_dir else ckpt.default_model_dir()
     dev = resolve_device(device)
-    tok = ckpt.load_tokenizer(model_dir)
-    renderer, rmeta = ckpt.load_renderer(model_dir, tok, dev)
-    # a directory may hold only a renderer (``train --parts renderer``): then no manager lines
-    manager = ckpt.load_manager(model_dir, tok, dev)[0] if (model_dir / "manager.json").exists() else None
     text = load_corpus(corpus)
+    # a directory may hold only a renderer (``train --parts renderer``): then no manager lines
+    m = ckpt.load_model_dir(model_dir or None, dev, parts=("renderer",), optional=("manager", "peer"))
+    model_dir, tok, renderer, manager = m.path, m.tokenizer, m.renderer, m.manager
+    rmeta = m.meta["renderer"]
     tok.check_text(text)
     roots = TokenStream.split(tok.encode(text)).val
+    if len(roots) < 2:
+        raise FractalFloodError(f"the corpus is too short to evaluate: its held-out tail "
+                                f"({HELDOUT_FRACTION:.0%}) is {len(roots)} root(s), at least 2 are needed")
     held = roots[:max_roots]
     out = {"model": str(model_dir), "device": describe(dev), "heldout_roots": len(held),
            "k": k, "threshold": threshold, "renderer_steps": rmeta.get("step")}
@@ -89,8 +90,8 @@ def evaluate(model_dir=None, corpus=None, device="auto", k: int = 1, max_roots: 
     if manager is not None:
         loss = heldout_loss(manager, roots, dev)
         out["manager"] = {"loss_per_root": loss, "bpc": bits_per_char_of_loss(loss, held_chars / len(roots))}
-    if (model_dir / "peer.json").exists():
-        peer, _ = ckpt.load_peer(model_dir, tok, dev)
+    if m.peer is not None:
+        peer = m.peer
         chunks = torch.tensor(tok.encode_chunks(tok.decode(roots.tolist())))
         ploss = heldout_loss(peer, chunks, dev)
         out["peer"] = {"loss_per_chunk": ploss, "bpc": bits_per_char_of_loss(ploss, held_chars / len(chunks))}
@@ -121,5 +122,5 @@ def format_report(r: dict) -> str:
 
 def run_eval_cli(args) -> int:
     r = evaluate(args.model, args.corpus, args.device, args.k, args.max_roots)
-    print(json.dumps(r, indent=1) if args.json else format_report(r))
+    print(dumps(r, indent=1) if args.json else format_report(r))
     return 0

@@ -15,55 +15,46 @@ import sys
 from pathlib import Path
 
 from .errors import FractalFloodError
+from .json_io import dumps
 
 PROMPT_FIELDS = {"prompt", "roots", "max_chars", "temperature", "top_k", "top_p", "seed", "stop"}
 SEED_BITS = 32  # drawn seeds: short enough to retype
 
 
 def add_arguments(g) -> None:
-    from .cli import finite_float, nonneg_float, positive_int, unit_float
-    from .decoding import DECODERS
+    from .cli import (MAX_BATCH, MAX_K, MAX_ROOTS, MAX_VOCAB, finite_float, input_file, int_in, nonneg_float,
+                      output_file, unit_float)
+    from .decoder_names import DECODERS
     g.add_argument("--prompt", default="", help="text to continue (must use the model's alphabet); - reads stdin")
-    g.add_argument("--prompts", metavar="FILE",
+    g.add_argument("--prompts", metavar="FILE", type=lambda s: s if s == "-" else input_file(s),
                    help="many prompts, batched: one per line, or JSON lines with fields "
                         f"{', '.join(sorted(PROMPT_FIELDS))}; - reads stdin. Writes JSON lines")
-    g.add_argument("--output", metavar="FILE", help="write the --prompts JSON lines here instead of stdout")
-    g.add_argument("--roots", type=positive_int,
+    g.add_argument("--output", metavar="FILE", type=output_file, help="write the --prompts JSON lines here instead of stdout")
+    g.add_argument("--roots", type=int_in(1, MAX_ROOTS),
                    help="roots to generate, ~1.2 chunks each (default: 200, or --max-chars)")
-    g.add_argument("--max-chars", type=positive_int, help="stop after this many characters")
+    g.add_argument("--max-chars", type=int_in(1, 10 * MAX_ROOTS), help="stop after this many characters")
     g.add_argument("--stop", action="append", default=[], metavar="TEXT",
                    help="stop before this text (repeatable; \\n means a newline)")
     g.add_argument("--decoder", default="flood", choices=DECODERS, help="flood (best-of-K), adaptive, sequential")
-    g.add_argument("--k", type=positive_int, default=1, help="best-of-K candidates per item (flood)")
+    g.add_argument("--k", type=int_in(1, MAX_K), default=1, help="best-of-K candidates per item (flood)")
     g.add_argument("--threshold", type=finite_float, default=0.5, help="energy accept threshold")
-    g.add_argument("--max-tries", type=positive_int, default=10, help="draws per item (sequential, adaptive)")
+    g.add_argument("--max-tries", type=int_in(1, 1000), default=10, help="draws per item (sequential, adaptive)")
     g.add_argument("--render-temperature", type=nonneg_float, default=0.0,
                    help="renderer sampling temperature (0 = argmax)")
     g.add_argument("--temperature", type=nonneg_float, default=0.8, help="manager sampling temperature")
-    g.add_argument("--top-k", type=positive_int, help="manager top-k")
+    g.add_argument("--top-k", type=int_in(1, MAX_VOCAB), help="manager top-k")
     g.add_argument("--top-p", type=unit_float, help="manager nucleus p")
-    g.add_argument("--seed", type=_seed, help="random seed (default: a random one, printed)")
+    g.add_argument("--seed", type=int_in(0, 2 ** 63 - 1), help="random seed (default: a random one, printed)")
     g.add_argument("--device", default="auto", help="cpu, cuda or auto")
     g.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16")
     g.add_argument("--model", help="model directory (default: the shipped model)")
     g.add_argument("--stream", action="store_true", help="print text block by block as it is rendered")
-    g.add_argument("--block", type=positive_int, default=256,
+    g.add_argument("--block", type=int_in(1, MAX_ROOTS), default=256,
                    help="roots per block: the manager plans one while the previous is rendered")
-    g.add_argument("--max-batch", type=positive_int, default=32, help="--prompts: requests generated at once")
+    g.add_argument("--max-batch", type=int_in(1, MAX_BATCH), default=32, help="--prompts: requests generated at once")
     g.add_argument("--compile", action="store_true",
                    help="torch.compile the manager's decode step (GPU; slow first call)")
     g.add_argument("--json", action="store_true", help="print text, root ids, energies, timings as JSON")
-
-
-def _seed(s: str) -> int:
-    import argparse
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{s!r} is not an integer") from None
-    if not 0 <= v < 2 ** 63:
-        raise argparse.ArgumentTypeError(f"must be in [0, 2**63), got {v}")
-    return v
 
 
 def _unescape(s: str) -> str:
@@ -97,20 +88,30 @@ def run(args) -> int:
     pipe.tokenizer.check_text(prompt)
     for s in stop:
         pipe.tokenizer.check_text(s)
-    if args.stream and not args.json:
+    streaming = args.stream and not args.json
+    done = []  # the text of every finished block: printed even if Ctrl-C stops the rest
+    if streaming:
         sys.stdout.write(prompt)
         sys.stdout.flush()
 
-        def on_block(text):
+    def on_block(text):
+        done.append(text)
+        if streaming:
             sys.stdout.write(text)
             sys.stdout.flush()
-    else:
-        on_block = None
     roots = args.roots or (args.max_chars if args.max_chars else 200)
-    result = pipe.generate(prompt, roots, sampling, seed, args.block, on_block, max_chars=args.max_chars,
-                           stop=stop)
+    try:
+        result = pipe.generate(prompt, roots, sampling, seed, args.block, on_block, max_chars=args.max_chars,
+                               stop=stop)
+    except KeyboardInterrupt:
+        if streaming:
+            sys.stdout.write("\n")
+        elif not args.json:
+            print(prompt + "".join(done))
+        sys.stdout.flush()
+        raise KeyboardInterrupt(f"after {len(done)} finished block(s) of up to {args.block} roots") from None
     if args.json:
-        print(json.dumps(result.to_dict(), indent=1))
+        print(dumps(result.to_dict(), indent=1))
         if args.seed is None:
             print(f"[seed {seed}]", file=sys.stderr)
     elif args.stream:
@@ -208,7 +209,7 @@ def _many(pipe, args, specs, sampling, seed, stop) -> int:
             d = job.completion.to_dict()
             if not args.json:
                 d.pop("root_ids")
-            out.write(json.dumps(d) + "\n")
+            out.write(dumps(d) + "\n")
     finally:
         if out is not sys.stdout:
             out.close()

@@ -1,4 +1,5 @@
-"""Quality measures shared by evaluation and the bench (definitions in DESIGN.md)."""
+"""Quality measures shared by training, evaluation and the bench (definitions in
+docs/DESIGN.md): render fidelity, edit distance, held-out loss and bits per character."""
 
 from __future__ import annotations
 
@@ -78,10 +79,11 @@ def bits_per_char_of_loss(nats_per_token: float, chars_per_token: float) -> floa
 @torch.no_grad()
 def heldout_loss(model, ids: torch.Tensor, device, max_windows: int = 64) -> float:
     """Mean next-token loss (nats) over non-overlapping windows of the held-out stream."""
+    if len(ids) < 2:
+        raise FractalFloodError(f"the held-out text is {len(ids)} token(s) long: a loss needs at least 2; "
+                                "give a longer corpus")
     T = min(model.config.context, len(ids) - 1)
     n = min(max_windows, (len(ids) - 1) // T)
-    if n < 1:
-        raise FractalFloodError("held-out stream is shorter than one window")
     idx = torch.arange(n).unsqueeze(1) * T + torch.arange(T + 1)  # (n, T + 1)
     win = ids[idx].to(device)
     return float(model.loss(win[:, :-1], win[:, 1:]))

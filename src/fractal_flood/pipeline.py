@@ -176,11 +176,8 @@ def load_pipeline(model_dir: str | Path | None = None, device: str = "auto", dty
                   decoder: str = "flood", options: DecodeOptions | None = None,
                   cuda_graph: bool | None = None, compile: bool = False) -> TextPipeline:
     """Load a trained model directory (default: the model shipped with the package)."""
-    model_dir = Path(model_dir) if model_dir is not None else ckpt.default_model_dir()
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
-    tokenizer = ckpt.load_tokenizer(model_dir)
     # weights held in the compute dtype (bf16 on a GPU): no autocast, no per-call weight casts
-    renderer, _ = ckpt.load_renderer(model_dir, tokenizer, dev, dt)
-    manager, _ = ckpt.load_manager(model_dir, tokenizer, dev, dt)
-    return TextPipeline(tokenizer, manager, renderer, dev, dt, decoder, options, cuda_graph, compile)
+    m = ckpt.load_model_dir(model_dir, dev, dt)
+    return TextPipeline(m.tokenizer, m.manager, m.renderer, dev, dt, decoder, options, cuda_graph, compile)

@@ -9,32 +9,21 @@ from pathlib import Path
 from .errors import FractalFloodError
 
 
-def _port(s: str) -> int:
-    import argparse
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{s!r} is not an integer") from None
-    if not 0 <= v <= 65535:
-        raise argparse.ArgumentTypeError(f"must be in [0, 65535], got {v}")
-    return v
-
-
 def add_arguments(v) -> None:
-    from .cli import positive_int
-    from .decoding import DECODERS
+    from .cli import MAX_BATCH, MAX_ROOTS, int_in
+    from .decoder_names import DECODERS
     v.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
-    v.add_argument("--port", type=_port, default=8000, help="TCP port")
+    v.add_argument("--port", type=int_in(0, 65535), default=8000, help="TCP port")
     v.add_argument("--model", help="model directory (default: the shipped model)")
     v.add_argument("--device", default="auto", help="cpu, cuda or auto")
     v.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16")
     v.add_argument("--decoder", default="flood", choices=DECODERS, help="default decoder")
-    v.add_argument("--max-batch", type=positive_int, default=32, help="requests generated at once (slots)")
-    v.add_argument("--max-queue", type=int, default=64,
+    v.add_argument("--max-batch", type=int_in(1, MAX_BATCH), default=32, help="requests generated at once (slots)")
+    v.add_argument("--max-queue", type=int_in(0, 1 << 20), default=64,
                    help="requests waiting for a slot before new ones get 503 + Retry-After")
-    v.add_argument("--block", type=positive_int, default=32,
+    v.add_argument("--block", type=int_in(1, MAX_ROOTS), default=32,
                    help="roots per block: text streams and new requests join once per block")
-    v.add_argument("--max-tokens-limit", type=positive_int, default=4096, help="largest max_tokens (roots) accepted")
+    v.add_argument("--max-tokens-limit", type=int_in(1, MAX_ROOTS), default=4096, help="largest max_tokens (roots) accepted")
     v.add_argument("--model-name", default="fractal-flood", help="the model id clients ask for")
     v.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
 

@@ -28,7 +28,9 @@ from typing import Iterable, Iterator, Sequence
 import torch
 from tokenizers import Tokenizer, models, trainers
 
+from .bpe_json import check_bpe_json
 from .errors import LevelSpecError, TokenizerFileError, UnknownCharacterError
+from .json_io import read_json
 from .level_specs import BOTTOM_NAME, check_name, check_specs, default_specs, format_specs
 from .levels import Level
 
@@ -41,6 +43,7 @@ READABLE_VERSIONS = (1, 2)
 # the one below, so the budget is per level: every level but the top may have that many.
 PUA_BASE = 0xF0000
 PUA_SIZE = 65534
+MAX_FILE_BYTES = 64 << 20  # the default tokenizer is ~180 kB
 
 
 def _pua_word(ids: Sequence[int]) -> str:
@@ -403,7 +406,7 @@ class HierarchicalTokenizer:
     def save(self, path: str | Path) -> None:
         """Write one human-readable JSON file, atomically (temporary file, then rename)."""
         path = Path(path)
-        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")  # the name checkpoint cleans up
         try:
             with open(tmp, "w", encoding="utf-8") as f:
                 json.dump(self.to_dict(), f, ensure_ascii=False, indent=1)
@@ -416,16 +419,7 @@ class HierarchicalTokenizer:
     @classmethod
     def load(cls, path: str | Path) -> "HierarchicalTokenizer":
         path = Path(path)
-        try:
-            raw = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise TokenizerFileError(f"tokenizer file not found: {path}") from None
-        except (OSError, UnicodeDecodeError) as e:
-            raise TokenizerFileError(f"cannot read tokenizer file {path}: {e}") from None
-        try:
-            data = json.loads(raw)
-        except json.JSONDecodeError as e:
-            raise TokenizerFileError(f"tokenizer file {path} is not valid JSON (truncated or corrupt): {e}") from None
+        data = read_json(path, "tokenizer file", MAX_FILE_BYTES, TokenizerFileError)
         try:
             return cls.from_dict(data)
         except TokenizerFileError as e:
@@ -468,13 +462,31 @@ _V2_KEYS = {"format", "version", "alphabet", "levels"}
 _V2_LEVEL_KEYS = {"name", "max_children", "children", "bpe"}
 
 
+MAX_EXPANSION = 1024  # the most children one token may have
+
+
+def _check_alphabet(alphabet) -> None:
+    if not isinstance(alphabet, str) or not 0 < len(alphabet) <= PUA_SIZE:
+        raise TokenizerFileError(f"'alphabet' is not a string of 1 to {PUA_SIZE} characters")
+
+
+def _check_bound(b, what: str) -> None:
+    if type(b) is not int or not 1 <= b <= MAX_EXPANSION:
+        raise TokenizerFileError(f"{what} is {b!r}; expected an integer in 1 .. {MAX_EXPANSION}")
+
+
 def _fields_v1(data: dict):
-    """Version 1: roots over chunks, each with its own keys."""
-    alphabet = data["alphabet"]
-    bounds = [data["max_root_chunks"], data["max_chunk_chars"]]
-    for b in bounds:
-        if type(b) is not int or b < 1:
-            raise TokenizerFileError(f"a bound must be an integer >= 1, got {b!r}")
+    """Version 1: roots over chunks, each with its own keys. Every field is checked before
+    anything is built from it; the BPE JSON only in the shape our own writer produces."""
+    alphabet = data.get("alphabet")
+    _check_alphabet(alphabet)
+    bounds = [data.get("max_root_chunks"), data.get("max_chunk_chars")]
+    for key, b in zip(("max_root_chunks", "max_chunk_chars"), bounds):
+        _check_bound(b, f"'{key}'")
+    if not isinstance(data.get("chunks"), list) or not isinstance(data.get("roots"), list):
+        raise TokenizerFileError("'chunks' and 'roots' must be lists")
+    check_bpe_json(data.get("chunk_bpe"), "chunk_bpe")
+    check_bpe_json(data.get("root_bpe"), "root_bpe")
     return (alphabet, ["roots", "chunks"], [data["root_bpe"], data["chunk_bpe"]], bounds,
             [data["roots"], data["chunks"]])
 
@@ -482,16 +494,16 @@ def _fields_v1(data: dict):
 def _fields_v2(data: dict):
     if set(data) != _V2_KEYS:
         raise TokenizerFileError(f"expected the keys {sorted(_V2_KEYS)}, got {sorted(data)}")
+    _check_alphabet(data["alphabet"])
     levels = data["levels"]
     if not isinstance(levels, list) or not levels:
         raise TokenizerFileError("'levels' must be a non-empty list")
-    for lv in levels:
+    for i, lv in enumerate(levels):
         if not isinstance(lv, dict) or set(lv) != _V2_LEVEL_KEYS:
             raise TokenizerFileError(f"each level must have exactly the keys {sorted(_V2_LEVEL_KEYS)}")
-        k = lv["max_children"]
-        if type(k) is not int or k < 1:
-            raise TokenizerFileError(f"level {lv['name']!r}: max_children must be an integer >= 1, got {k!r}")
-        if not isinstance(lv["bpe"], dict):
-            raise TokenizerFileError(f"level {lv['name']!r}: 'bpe' must be a JSON object")
+        _check_bound(lv["max_children"], f"level {lv['name']!r}: max_children")
+        if not isinstance(lv["children"], list):
+            raise TokenizerFileError(f"level {lv['name']!r}: 'children' must be a list")
+        check_bpe_json(lv["bpe"], f"levels[{i}].bpe")
     return (data["alphabet"], [lv["name"] for lv in levels], [lv["bpe"] for lv in levels],
             [lv["max_children"] for lv in levels], [lv["children"] for lv in levels])

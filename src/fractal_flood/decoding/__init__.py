@@ -5,18 +5,21 @@ functions (best-of-K, adaptive), ``flood.py`` the one loop over levels, and
 ``sequential.py`` the item-by-item reference every flood is tested against.
 """
 
+from ..decoder_names import DECODERS
 from .base import DecodeOptions, Decoder
 from .flood import AdaptiveFloodDecoder, FlashFloodDecoder, render
 from .result import LevelStats, RenderResult
 from .sequential import SequentialDecoder
 
-DECODERS = {"flood": FlashFloodDecoder, "adaptive": AdaptiveFloodDecoder, "sequential": SequentialDecoder}
+# by name; the names alone live in decoder_names.py, importable without torch (--help)
+_CLASSES = {"flood": FlashFloodDecoder, "adaptive": AdaptiveFloodDecoder, "sequential": SequentialDecoder}
+assert tuple(_CLASSES) == tuple(DECODERS)
 
 
 def make_decoder(name: str, model, alphabet: str, options: DecodeOptions | None = None) -> Decoder:
     """Build a decoder by name: ``flood`` (best-of-K), ``adaptive`` or ``sequential``."""
     try:
-        cls = DECODERS[name]
+        cls = _CLASSES[name]
     except KeyError:
         raise ValueError(f"unknown decoder {name!r} (choose from: {', '.join(DECODERS)})") from None
     return cls(model, alphabet, options)

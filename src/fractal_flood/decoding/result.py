@@ -50,7 +50,7 @@ class RenderResult:
 
     @property
     def num_chunks(self) -> int:
-        """Level-1 tokens rendered: the unit of 'tokens/s' (DESIGN.md)."""
+        """Level-1 tokens rendered: the unit of 'tokens/s' (docs/DESIGN.md)."""
         return int(self.counts[0].sum())
 
     def root_texts(self) -> list[str]:

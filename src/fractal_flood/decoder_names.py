@@ -1,0 +1,3 @@
+"""The decoders' names, in a module without torch so that ``--help`` stays fast."""
+
+DECODERS = ("flood", "adaptive", "sequential")
