@@ -413,8 +413,10 @@ def test_weights_must_be_finite_floats(model_dir, kind):
     (dict(timesteps=0), "timesteps"),
     (dict(n_layers=True), "n_layers"),
     (dict(d_model=2.5), "d_model"),
-    (dict(levels=[[192, 0, 4], [128, 65, 16]]), "level"),
-    (dict(levels=[[192, 128, 1 << 30], [128, 65, 16]]), "level"),
+    (dict(levels=[{"name": "roots", "size": 0, "max_children": 4}]), "level"),
+    (dict(levels=[{"name": "roots", "size": 192, "max_children": 1 << 30},
+                  {"name": "chars", "size": 65, "max_children": 0}]), "level"),
+    (dict(levels=[[192, 128, 4], [128, 65, 16]]), "level"),  # the old triples
 ])
 def test_config_ranges(model_dir, change, fragment):
     _set_config(model_dir, **change)
@@ -458,21 +460,29 @@ def _edit_tokenizer(model_dir, edit):
     p.write_text(json.dumps(data), encoding="utf-8")
 
 
+def _chunk_bpe(d):  # a version-2 tokenizer file: levels top first (roots, chunks)
+    return d["levels"][1]["bpe"]
+
+
+def _root_bpe(d):
+    return d["levels"][0]["bpe"]
+
+
 @pytest.mark.parametrize("edit,fragment", [
     # a regex normalizer makes the Rust library panic: it must never get there
-    (lambda d: d["chunk_bpe"].update(normalizer={"type": "Replace", "pattern": {"Regex": "(("},
-                                                 "content": "x"}), "normalizer"),
-    (lambda d: d["root_bpe"].update(pre_tokenizer={"type": "Split", "pattern": {"Regex": "["},
-                                                   "behavior": "Isolated", "invert": False}),
+    (lambda d: _chunk_bpe(d).update(normalizer={"type": "Replace", "pattern": {"Regex": "(("},
+                                                "content": "x"}), "normalizer"),
+    (lambda d: _root_bpe(d).update(pre_tokenizer={"type": "Split", "pattern": {"Regex": "["},
+                                                  "behavior": "Isolated", "invert": False}),
      "pre_tokenizer"),
-    (lambda d: d["chunk_bpe"].update(added_tokens=[{"id": 0, "content": "a"}]), "added tokens"),
-    (lambda d: d["chunk_bpe"]["model"].update(dropout=0.5), "dropout"),
-    (lambda d: d["chunk_bpe"]["model"].update(type="WordPiece"), "type"),
-    (lambda d: d["chunk_bpe"]["model"].update(surprise=1), "surprise"),
-    (lambda d: d["chunk_bpe"]["model"]["vocab"].update({"zz": 10 ** 6}), "vocab"),
-    (lambda d: d["chunk_bpe"]["model"]["merges"].append(["no", "such"]), "merges"),
-    (lambda d: d["root_bpe"].update(model=[]), "root_bpe.model"),
-    (lambda d: d.update(max_chunk_chars=10 ** 9), "max_chunk_chars"),
+    (lambda d: _chunk_bpe(d).update(added_tokens=[{"id": 0, "content": "a"}]), "added tokens"),
+    (lambda d: _chunk_bpe(d)["model"].update(dropout=0.5), "dropout"),
+    (lambda d: _chunk_bpe(d)["model"].update(type="WordPiece"), "type"),
+    (lambda d: _chunk_bpe(d)["model"].update(surprise=1), "surprise"),
+    (lambda d: _chunk_bpe(d)["model"]["vocab"].update({"zz": 10 ** 6}), "vocab"),
+    (lambda d: _chunk_bpe(d)["model"]["merges"].append(["no", "such"]), "merges"),
+    (lambda d: d["levels"][0].update(bpe=[]), "bpe"),
+    (lambda d: d["levels"][1].update(max_children=10 ** 9), "max_children"),
     (lambda d: d.update(alphabet=7), "alphabet"),
 ])
 def test_hostile_tokenizer_json(model_dir, edit, fragment):
