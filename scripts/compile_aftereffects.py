@@ -11,10 +11,11 @@ the same three uncompiled measurements in phases, in this order:
   released     the compiled stream dropped, gc.collect(), torch.cuda.empty_cache()
   reset        torch._dynamo.reset() (drops compiled code and guards)
   no workers   torch._inductor's compile worker processes shut down
+  gc frozen    gc.freeze(): the objects compiling left behind leave the collector's scans
 Measurements: the uncompiled manager step (CUDA graph on a GPU, eager on a CPU), a flood-only
 render of a fixed block of held-out roots, and single-stream end-to-end tokens/s
 (TextPipeline, block 256). Each phase also prints what compile could have left behind:
-threads, child processes, Python objects, CUDA memory and allocator retries, dynamo
+threads (and their names), child processes, Python objects, CUDA memory and allocator retries, dynamo
 counters, matmul precision, the eval-frame callback. The phase after which the slowdown
 disappears names its cause. Last line: JSON.
 
@@ -60,6 +61,7 @@ def child_processes() -> int:
 def leftovers(device) -> dict:
     """State that torch.compile might leave behind in this process."""
     out = {"threads": threading.active_count(),
+           "thread_names": sorted(t.name for t in threading.enumerate()),
            "os_threads": len(os.listdir("/proc/self/task")) if os.path.isdir("/proc/self/task") else None,
            "child_processes": child_processes(), "gc_objects": len(gc.get_objects()),
            "torch_threads": torch.get_num_threads(),
@@ -159,6 +161,9 @@ def main(argv=None) -> int:
         if hasattr(async_compile, "shutdown_compile_workers"):
             async_compile.shutdown_compile_workers()
             phase("no workers")
+        gc.collect()
+        gc.freeze()  # the ~300k objects compiling imported no longer scanned by each collection
+        phase("gc frozen")
     print(json.dumps({"device": describe(p.dev), "torch": torch.__version__, "phases": phases}))
     return 0
 
