@@ -30,12 +30,12 @@ EXPLAIN = ("A token is one level-1 chunk. Seconds: median of the timed runs (war
            "shown only to compare with the plan.")
 
 # Issue 8's CPU render-only target is "10x today's at R=256". Today's figure is the previous
-# default model's CPU bench (docs/bench/cpu/bench.json on main). CPU absolute figures from two
+# default model's CPU bench (docs/bench/cpu_2026-11-27/bench.json). CPU absolute figures from two
 # runs are not comparable (other load, other machine), so a baseline row measured in the same
 # run (--baseline-model) replaces it whenever the run has one.
 TODAY_CPU_RENDER_R256 = {
     "tokens_per_s": 413.0768451821532, "row": "render flood k=1 R=256",
-    "source": "docs/bench/cpu/bench.json on main (2026-11-27T14:38:02+00:00, CPU (x86_64, 2 threads), "
+    "source": "docs/bench/cpu_2026-11-27/bench.json (2026-11-27T14:38:02+00:00, CPU (x86_64, 2 threads), "
               "float32, the previous 6 x 256 default model)"}
 
 FLOOD = {"flood", "adaptive"}
