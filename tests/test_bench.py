@@ -221,7 +221,9 @@ def test_bad_input_is_one_line(tmp_path, capsys):
     assert main(["bench", "--quick", "--model", str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "not found" in err
-    assert main(["bench", "--quick", "--json", str(tmp_path / "no" / "such" / "dir.json")]) == 2
+    with pytest.raises(SystemExit) as e:  # an output path is checked while parsing, before any work
+        main(["bench", "--quick", "--json", str(tmp_path / "no" / "such" / "dir.json")])
+    assert e.value.code == 2
     assert "does not exist" in capsys.readouterr().err
     assert main(["bench", "--quick", "--markdown", str(tmp_path)]) == 2  # a directory, not a file
     err = capsys.readouterr().err.strip()
