@@ -225,7 +225,9 @@ def test_bad_input_is_one_line(tmp_path, capsys):
         main(["bench", "--quick", "--json", str(tmp_path / "no" / "such" / "dir.json")])
     assert e.value.code == 2
     assert "does not exist" in capsys.readouterr().err
-    assert main(["bench", "--quick", "--markdown", str(tmp_path)]) == 2  # a directory, not a file
+    with pytest.raises(SystemExit) as e:  # a directory, not a file: refused while parsing too
+        main(["bench", "--quick", "--markdown", str(tmp_path)])
+    assert e.value.code == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "directory" in err
     assert main(["bench", "--quick", "--baseline-model", str(tmp_path / "missing")]) == 2
