@@ -89,7 +89,10 @@ def train_tokenizer(text: str, levels: list) -> HierarchicalTokenizer:
                                            max_chunk_chars=chunks["max_children"],
                                            max_root_chunks=roots["max_children"])
     if "levels" in inspect.signature(HierarchicalTokenizer.train).parameters:
-        return HierarchicalTokenizer.train(text, levels=levels)
+        # the N-level tokenizer names every level; a sweep point may leave names out
+        named = [{"name": lv.get("name", f"level{i}"), "size": lv["size"], "max_children": lv["max_children"]}
+                 for i, lv in enumerate(levels)]
+        return HierarchicalTokenizer.train(text, levels=named)
     raise FractalFloodError(f"a hierarchy of {len(levels)} token levels needs the N-level tokenizer "
                             f"(HierarchicalTokenizer.train(text, levels=...)); this one builds 2")
 

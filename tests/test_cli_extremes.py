@@ -68,6 +68,13 @@ RUNTIME = [
     ("bench", "--device", "cuda:7" if not os.environ.get("CUDA_VISIBLE_DEVICES") else "tpu", "cuda"),
     ("bench", "--dtype", "int8", "dtype"),
     ("bench", "--model", "{tmp}/missing-model", "not found"),
+    ("bench", "--baseline-model", "{tmp}/missing-model", "--baseline-model"),
+    ("stats", "--levels", "roots:2048", "--levels"),
+    ("stats", "--levels", "roots:0:4", "--levels"),
+    ("stats", "--levels", "", "--levels"),
+    ("stats", "--levels", "roots:2048:4,chunks:9999999:16", "--levels"),
+    ("train", "--levels", "roots:abc:4", "--levels"),
+    ("train", "--levels", "chars:100:4", "--levels"),
 ]
 # Any text is a value of these: --prompt's bad case is an unknown character (above); --stop
 # and --model-name are free text; a --host that cannot be bound is the serve tests' concern.

@@ -155,6 +155,6 @@ def test_deep_hierarchy_evaluation_reports_every_level(trained, small_corpus_fil
 
 def test_train_levels_must_match_the_directory(trained, small_corpus_file, capsys):
     rc, out, err = run_cli(["train", "--preset", "tiny", "--corpus", small_corpus_file, "--out", trained[3],
-                            "--levels", FOUR, "--steps", "1", "--no-progress"], capsys)
+                            "--levels", FOUR, "--steps", "1", "--no-progress", "--resume"], capsys)
     assert "not roots:320:2" in one_line_error(rc, err)
     assert format_specs(ckpt.load_tokenizer(trained[3]).levels) == THREE  # untouched
