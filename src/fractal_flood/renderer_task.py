@@ -34,8 +34,8 @@ class RendererTask:
         out = []
         for table in self.tables:
             n, e = self.per_level, self.per_level // 2
-            cond = sample_conditions(table, n, self.gen)
-            right = table.targets[cond]
+            cond = sample_conditions(table, n, self.gen)  # (n,)
+            right = table.targets[cond]  # (n, L)
             t = torch.randint(0, self.T, (n,), device=self.device, generator=self.gen)
             noisy = corrupt(right, t, self.T, table.num_classes, self.gen)
             wrong = wrong_pairs(table, cond[:e], self.gen)
@@ -48,8 +48,8 @@ class RendererTask:
         for level, (cond, right, t, noisy, wrong) in enumerate(batch):
             d = piece_slice(len(cond), piece, pieces)  # denoising group
             g = piece_slice(len(wrong), piece, pieces)  # energy group: right and wrong alike
+            e_cond, e_right, wrong = cond[g], right[g], wrong[g]  # g lies in the first half
             cond, right, t, noisy = cond[d], right[d], t[d], noisy[d]
-            e_cond, e_right, wrong = batch[level][0][g], batch[level][1][g], wrong[g]
             n, e = len(cond), len(e_cond)
             cond_all = torch.cat([cond, e_cond, e_cond])
             tgt_all = torch.cat([noisy, e_right, wrong])
