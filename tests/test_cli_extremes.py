@@ -61,6 +61,7 @@ RUNTIME = [
     ("serve", "--device", "tpu", "unknown device"),
     ("serve", "--dtype", "int8", "dtype"),
     ("serve", "--model", "{tmp}/missing-model", "not found"),
+    ("serve", "--bench-json", "{tmp}/missing-bench.json", "no such file"),
     ("eval", "--device", "tpu", "unknown device"),
     ("eval", "--model", "{tmp}/missing-model", "not found"),
     ("eval", "--corpus", "{one_line}", "too short"),

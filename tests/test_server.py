@@ -198,3 +198,48 @@ def test_concurrent_requests_equal_their_solo_runs(client, pipe):
         ref = generate_solo(pipe, Request(b["prompt"], roots=b["max_tokens"], sampling=SamplingConfig(0.9),
                                           seed=b["seed"]), BLOCK)
         assert r.json()["choices"][0]["text"] == ref.text
+
+
+def test_flood_stream_describes_every_root(client, pipe):
+    r = client.post("/v1/flood", json={"prompt": "ROMEO:\n", "max_tokens": 14, "seed": 8, "temperature": 0.8,
+                                       "decoder": "adaptive", "k": 1, "threshold": 0.5})
+    assert r.status_code == 200, r.text
+    events = sse_events(r.text)
+    blocks, done = events[:-1], events[-1]
+    assert done["done"] and done["seed"] == 8 and done["roots"] == 14
+    roots = [root for b in blocks for root in b["roots"]]
+    assert len(roots) == 14 and len(blocks) == 3  # blocks of 6, 6, 2
+    text = "".join(b["text"] for b in blocks)
+    assert text == "".join(root["text"] for root in roots)
+    for root in roots:
+        assert root["text"] == "".join(c["text"] for c in root["chunks"])
+        assert isinstance(root["energy"], float) and all(isinstance(c["energy"], float) for c in root["chunks"])
+    assert sum(b["chunks"] for b in blocks) == done["chunks"]
+    assert all(b["manager_seconds"] > 0 and b["flood_seconds"] > 0 for b in blocks)
+    plain = client.post("/v1/completions", json={"prompt": "ROMEO:\n", "max_tokens": 14, "seed": 8,
+                                                 "temperature": 0.8, "decoder": "adaptive"}).json()
+    assert plain["choices"][0]["text"] == text
+    bad = client.post("/v1/flood", json={"prompt": "x", "k": 0})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "k"
+
+
+def test_page_and_static_files(client):
+    page = client.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    for ref in ("/static/app.js", "/static/style.css"):
+        assert ref in page.text
+        r = client.get(ref)
+        assert r.status_code == 200 and len(r.text) > 100
+    assert "http" not in client.get("/static/app.js").text  # no CDN, nothing fetched from elsewhere
+    assert client.get("/static/../server.py").status_code == 404
+    assert client.get("/static/secret.txt").status_code == 404
+    r = client.get("/bench.json")
+    assert r.status_code == 404 and "--bench-json" in r.json()["error"]["message"]
+
+
+def test_bench_json_is_served(pipe, tmp_path):
+    data = {"run": {"device": "cpu"}, "rows": [{"name": "x", "mode": "render-only", "tokens_per_s": 5.0, "bpc": 2.0}]}
+    path = tmp_path / "bench.json"
+    path.write_text(json.dumps(data))
+    with TestClient(create_app(pipe, max_batch=1, bench_json=path)) as c:
+        assert c.get("/bench.json").json() == data

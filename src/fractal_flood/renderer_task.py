@@ -63,8 +63,8 @@ class RendererTask:
         out = []
         for table in self.tables:
             n, e = self.per_level, self.per_level // 2
-            cond = sample_conditions(table, n, self.gen)
-            right = table.targets[cond]
+            cond = sample_conditions(table, n, self.gen)  # (n,)
+            right = table.targets[cond]  # (n, L)
             t = torch.randint(0, self.T, (n,), device=self.device, generator=self.gen)
             noisy = corrupt(right, t, self.T, table.num_classes, self.gen)
             wrong, wrong_len = wrong_pairs(table, cond[:e], self.gen)

@@ -25,6 +25,8 @@ def add_arguments(v) -> None:
                    help="roots per block: text streams and new requests join once per block")
     v.add_argument("--max-tokens-limit", type=int_in(1, MAX_ROOTS), default=4096, help="largest max_tokens (roots) accepted")
     v.add_argument("--model-name", default="fractal-flood", help="the model id clients ask for")
+    v.add_argument("--bench-json", metavar="FILE",
+                   help="a fractal-flood bench --json file: the page's bench view draws it")
     v.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
 
 
@@ -34,6 +36,8 @@ def run(args) -> int:
         import uvicorn
     except ImportError:
         raise FractalFloodError("serve needs FastAPI and uvicorn: pip install 'fractal-flood[serve]'") from None
+    if args.bench_json is not None and not Path(args.bench_json).is_file():
+        raise FractalFloodError(f"--bench-json: no such file {args.bench_json}")
     if args.max_queue < 0:
         raise FractalFloodError(f"--max-queue must be >= 0, got {args.max_queue}")
     from .openai_schema import Limits
@@ -42,7 +46,7 @@ def run(args) -> int:
     pipe = load_pipeline(args.model, args.device, args.dtype, args.decoder)
     limits = Limits(max_tokens=args.max_tokens_limit)
     app = create_app(pipe, args.max_batch, args.max_queue, args.block, limits, args.model_name,
-                     getattr(args, "bench_json", None) and Path(args.bench_json))
+                     Path(args.bench_json) if args.bench_json else None)
     print(f"fractal-flood serve: {args.model or 'shipped model'} on {pipe.device}, "
           f"http://{args.host}:{args.port}/ ({args.max_batch} slots, queue {args.max_queue})",
           file=sys.stderr, flush=True)

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Optional
 
 from fastapi import FastAPI, Request as HttpRequest
-from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .engine import Engine, Job, QueueFull
@@ -32,8 +32,27 @@ from .prometheus import ServerMetrics
 MAX_BODY_BYTES = 1 << 20
 RETRY_AFTER_S = 1
 POLL_S = 0.25  # how often a waiting non-streaming request checks that its client is still there
+STATIC = Path(__file__).parent / "static"
+STATIC_FILES = {"index.html": "text/html", "app.js": "text/javascript", "style.css": "text/css"}
 KNOWN_PATHS = {"/", "/health", "/metrics", "/v1/models", "/v1/completions", "/v1/chat/completions",
-               "/v1/flood", "/bench.json"}
+               "/v1/flood", "/bench.json"} | {f"/static/{name}" for name in STATIC_FILES}
+
+
+def block_event(block) -> dict:
+    """One block, root by root: its text and energy, and its chunks' characters and energies."""
+    counts, energies = block.chunk_counts, block.energies
+    roots, chunk, char = [], 0, 0
+    text = "".join(block.root_texts)
+    for r, (rid, rtext) in enumerate(zip(block.root_ids, block.root_texts)):
+        chunks = []
+        for _ in range(counts[0][r]):
+            n = counts[1][chunk] if len(counts) > 1 else 0
+            chunks.append({"text": text[char:char + n], "energy": energies[1][chunk] if len(energies) > 1 else None})
+            char += n
+            chunk += 1
+        roots.append({"id": rid, "text": rtext, "energy": energies[0][r], "chunks": chunks})
+    return {"roots": roots, "text": block.text, "manager_seconds": block.manager_s,
+            "flood_seconds": block.flood_s, "chunks": chunk, "chars": len(text)}
 
 
 def create_app(pipe, max_batch: int = 32, max_queue: int = 64, block_roots: int = 64,
@@ -209,6 +228,55 @@ def create_app(pipe, max_batch: int = 32, max_queue: int = 64, block_roots: int 
         finally:
             if not job.done.is_set():
                 job.cancel()  # the client went away mid-stream: free the slot
+
+    @app.get("/")
+    async def page():
+        return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    @app.get("/static/{name}")
+    async def static(name: str):
+        if name not in STATIC_FILES:  # a fixed list: no path from the client reaches the disk
+            raise ApiError(404, f"no static file {name!r}", code="not_found")
+        return FileResponse(STATIC / name, media_type=STATIC_FILES[name])
+
+    @app.get("/bench.json")
+    async def bench():
+        if bench_json is None:
+            raise ApiError(404, "no bench results: start the server with --bench-json FILE "
+                                "(the output of fractal-flood bench --json FILE)", code="no_bench")
+        try:
+            return JSONResponse(json.loads(Path(bench_json).read_text(encoding="utf-8")))
+        except (OSError, ValueError) as e:
+            raise ApiError(500, f"cannot read {bench_json}: {e}", kind="server_error", code="bad_bench") from None
+
+    @app.post("/v1/flood")
+    async def flood(request: HttpRequest):
+        """Not OpenAI: SSE of every block's roots (id, text, energy, chunks with their
+        characters and energies) and timings, for the playground page."""
+        parsed = parse_completion(await read_body(request), limits, alphabet)
+        if parsed.request.stop:
+            raise ApiError(400, "stop is not supported by /v1/flood", "stop", "unsupported")
+        job, queue = submit(parsed)
+
+        async def events():
+            try:
+                while True:
+                    kind, item = await queue.get()
+                    if kind == "block":
+                        yield f"data: {json.dumps(block_event(item))}\n\n"
+                        continue
+                    try:
+                        finished(item)
+                        yield f"data: {json.dumps({'done': True, 'finish_reason': item.completion.finish_reason, **extension(item)})}\n\n"
+                    except ApiError as e:
+                        yield f"data: {json.dumps(e.body())}\n\n"
+                    break
+                yield "data: [DONE]\n\n"
+            finally:
+                if not job.done.is_set():
+                    job.cancel()
+
+        return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
     @app.post("/v1/completions")
     async def completions(request: HttpRequest):

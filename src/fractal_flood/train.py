@@ -8,6 +8,12 @@ A model directory belongs to one run: a lock file keeps a second writer out, and
 a part the directory already holds needs ``resume`` (continue it) or ``overwrite`` (start
 the directory afresh). Every part's data is checked before the first one trains, a time
 limit bounds the whole run, and a Ctrl-C saves the state of the part in progress first.
+
+The language models read random windows from the corpus tokenized once into memory-mapped
+shards (:mod:`shards`), so memory does not grow with the corpus. Under ``torchrun`` the loop
+runs data parallel (:mod:`distributed`): each step every rank draws the same global batch
+and computes the loss of its own piece (``--grad-accum`` pieces per rank), DDP averages the
+gradients, and rank 0 alone prints, validates and writes.
 """
 
 from __future__ import annotations
