@@ -17,6 +17,7 @@ import json
 import time
 import uuid
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
@@ -47,10 +48,12 @@ def block_event(block) -> dict:
         chunks = []
         for _ in range(counts[0][r]):
             n = counts[1][chunk] if len(counts) > 1 else 0
-            chunks.append({"text": text[char:char + n], "energy": energies[1][chunk] if len(energies) > 1 else None})
+            chunk_energy = energies[1][chunk] if len(energies) > 1 and energies[1] is not None else None
+            chunks.append({"text": text[char:char + n], "energy": chunk_energy})
             char += n
             chunk += 1
-        roots.append({"id": rid, "text": rtext, "energy": energies[0][r], "chunks": chunks})
+        root_energy = energies[0][r] if energies[0] is not None else None  # None: not scored
+        roots.append({"id": rid, "text": rtext, "energy": root_energy, "chunks": chunks})
     return {"roots": roots, "text": block.text, "manager_seconds": block.manager_s,
             "flood_seconds": block.flood_s, "chunks": chunk, "chars": len(text)}
 
@@ -256,6 +259,10 @@ def create_app(pipe, max_batch: int = 32, max_queue: int = 64, block_roots: int 
         parsed = parse_completion(await read_body(request), limits, alphabet)
         if parsed.request.stop:
             raise ApiError(400, "stop is not supported by /v1/flood", "stop", "unsupported")
+        # the page shows every root's and chunk's energy: ask for the energy pass, which a
+        # K = 1 flood otherwise skips (same text either way)
+        opts = parsed.request.options or pipe.options
+        parsed.request = replace(parsed.request, options=replace(opts, energies=True))
         job, queue = submit(parsed)
 
         async def events():

@@ -180,11 +180,15 @@ async function loadBench() {
 
 const MODE_COLORS = { "render-only": "#1f5fbf", "end-to-end": "#c4511c", "autoregressive": "#4d7d2a" };
 
+// The quality of a row: the held-out bits per character of the model that chose the text
+// (bench JSON since 2026-11-28), or the older files' bits per character of the row's text.
+const quality = (r) => (typeof r.heldout_bpc === "number" ? r.heldout_bpc : r.bpc);
+
 function drawChart(rows) {
-  const pts = rows.filter((r) => typeof r.tokens_per_s === "number" && typeof r.bpc === "number");
+  const pts = rows.filter((r) => typeof r.tokens_per_s === "number" && typeof quality(r) === "number");
   if (!pts.length) return;
   const W = 720, H = 400, L = 64, R = 16, T = 16, B = 56;
-  const xs = pts.map((r) => Math.log10(r.tokens_per_s)), ys = pts.map((r) => r.bpc);
+  const xs = pts.map((r) => Math.log10(r.tokens_per_s)), ys = pts.map(quality);
   const x0 = Math.floor(Math.min(...xs)), x1 = Math.ceil(Math.max(...xs));
   const yPad = 0.05 * (Math.max(...ys) - Math.min(...ys) || 1);
   const y0 = Math.min(...ys) - yPad, y1 = Math.max(...ys) + yPad;
@@ -207,7 +211,7 @@ function drawChart(rows) {
   pts.forEach((r, i) => {
     const color = MODE_COLORS[r.mode] || "#777";
     parts.push(`<circle cx="${px(xs[i])}" cy="${py(ys[i])}" r="5" fill="${color}" fill-opacity="0.8"><title>${escapeHtml(r.name)}: ` +
-      `${fmt(r.tokens_per_s)} tokens/s, ${r.bpc.toFixed(3)} bits/char</title></circle>`);
+      `${fmt(r.tokens_per_s)} tokens/s, ${quality(r).toFixed(3)} bits/char</title></circle>`);
   });
   let ly = T + 4;
   for (const [mode, color] of Object.entries(MODE_COLORS)) {
@@ -227,7 +231,7 @@ function niceStep(raw) {
 function drawTables(rows) {
   const cols = [["row", "name", null], ["tokens/s", "tokens_per_s", 0], ["chars/s", "chars_per_s", 0],
     ["roots", "roots", 0], ["requests", "requests", 0], ["seconds", "seconds", 3], ["fidelity", "fidelity", 3],
-    ["bits/char", "bpc", 3]];
+    ["held-out bits/char", "heldout_bpc", 3], ["MFLOP/token", "mflop_per_token", 2]];
   const holder = $("bench-tables");
   holder.replaceChildren();
   for (const mode of [...new Set(rows.map((r) => r.mode))]) {
