@@ -20,18 +20,16 @@ def renderer_pass_flops(config, level: int, batch: int, canvas: int, energy: boo
     """One renderer pass over ``batch`` canvases of ``canvas`` positions (condition included).
     A denoising pass runs the token head (and the length head) on the target slots; a scoring
     pass runs the energy head on one pooled vector per canvas."""
-    from .levels import check_hierarchy
-
     d = config.d_model
-    levels = check_hierarchy(config.levels)
+    child = config.levels[level + 1]  # a Level dict (the model checked the list when built)
     f = block_flops(d, config.n_layers, batch * canvas, batch * canvas * canvas)
     slots = batch * (canvas - 1)
     if energy:
         f += batch * (2 * d * d + 2 * d)
     else:
-        f += 2 * d * levels[level + 1].num_classes * slots
+        f += 2 * d * (child["size"] + 1) * slots  # the child vocabulary and its pad
         if length_head:
-            f += 2 * d * (levels[level + 1].max_children + 1) * slots
+            f += 2 * d * (child["max_children"] + 1) * slots
     return f
 
 
