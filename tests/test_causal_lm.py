@@ -12,7 +12,7 @@ from fractal_flood.autoregress import ARStream, generate_reference
 from fractal_flood.causal_lm import CausalLM
 from fractal_flood.config import CausalLMConfig
 from fractal_flood.errors import DeviceError
-from fractal_flood.sampling import RowSampling, SamplingConfig, row_uniforms, sample
+from fractal_flood.sampling import RowSampling, SamplingConfig, row_uniform, sample
 
 V, CTX = 37, 16
 SAMPLERS = [
@@ -167,7 +167,7 @@ def test_per_row_settings_equal_one_config_each():
         assert int(together[i]) == int(alone[0])
     # a 63-bit seed differs from its low 32 bits
     big = torch.tensor([(1 << 40) + 5]), torch.tensor([5])
-    u = [row_uniforms(s, torch.zeros(1, dtype=torch.long), 64) for s in big]
+    u = [row_uniform(s, torch.zeros(1, dtype=torch.long)) for s in big]
     assert not torch.equal(u[0], u[1]) and ((u[0] > 0) & (u[0] < 1)).all()
 
 

@@ -4,12 +4,19 @@ Everything is a fixed sequence of tensor ops on (B, V) logits: no ``.item()``, n
 ``nonzero``, no Python loop over rows. So ``sample`` can run inside a captured CUDA graph
 and never stalls the host, which can go on queueing other GPU work.
 
-The draw is the exponential race: with E_i ~ Exponential(1) i.i.d., ``argmax_i p_i / E_i``
-is distributed exactly as ``p`` (the Gumbel-max trick in disguise). The uniforms behind
-E_i are counter-based (the murmur3 finaliser of ``draws.py``): row ``b`` at step ``s``
-sees noise that depends only on ``(seeds[b], steps[b])``, never on the other rows, so a
+The draw is by inversion: one uniform ``u`` per row picks the token whose slice of the
+cumulative distribution holds ``u`` (``searchsorted`` on the cumulative sum), which is
+distributed exactly as ``p`` and never picks a token of probability 0. The uniform is
+counter-based (the murmur3 finaliser of ``draws.py``): row ``b`` at step ``s`` sees a
+number that depends only on ``(seeds[b], steps[b])``, never on the other rows, so a
 request gives the same tokens alone or batched with any others (``engine.py``), and every
 row may carry its own temperature, top-k and top-p (:class:`RowSampling`).
+
+Cost: one hash per row, a softmax, a cumulative sum and a binary search. The top-k/top-p
+filter needs a sort over the vocabulary, the dearest op here, so it runs only when a row
+asks for one (``RowSampling.filters``, a host flag). An earlier version raced one
+exponential per token (V hashes per row) and sorted always: 454 us against 60 us per
+manager step at batch 1 on the CPU (RESULTS.md, "Sampling cost").
 """
 
 from __future__ import annotations
@@ -46,6 +53,11 @@ class SamplingConfig:
     def greedy(self) -> bool:
         return self.temperature == 0
 
+    @property
+    def filters(self) -> bool:
+        """Whether top-k or top-p can drop a token (the sort in ``filter_logits`` is needed)."""
+        return bool(self.top_k) or (self.top_p is not None and self.top_p < 1)
+
 
 def check_seed(seed) -> int:
     if isinstance(seed, bool) or int(seed) != seed or not 0 <= seed < SEED_LIMIT:
@@ -54,30 +66,59 @@ def check_seed(seed) -> int:
 
 
 class RowSampling:
-    """Per-row sampling settings as (B,) tensors: temperature, top_k (0 = off), top_p (1 = off)."""
+    """Per-row sampling settings as (B,) tensors: temperature, top_k (0 = off), top_p (1 = off).
 
-    def __init__(self, temperature: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor):
+    ``filters`` is a host flag: False promises that no row has top-k or top-p on, so
+    ``sample`` skips the filter's sort (its output is the same either way, tested). A
+    caller that edits the tensors in place keeps the flag true whenever a row filters.
+    """
+
+    def __init__(self, temperature: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,
+                 filters: bool = True):
         self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
+        self.filters = filters
 
     @classmethod
     def of(cls, configs: Sequence[SamplingConfig], device=None) -> "RowSampling":
         return cls(torch.tensor([c.temperature for c in configs], dtype=torch.float32, device=device),
                    torch.tensor([c.top_k or 0 for c in configs], dtype=torch.long, device=device),
                    torch.tensor([1.0 if c.top_p is None else c.top_p for c in configs],
-                                dtype=torch.float32, device=device))
+                                dtype=torch.float32, device=device),
+                   filters=any(c.filters for c in configs))
 
     def rows(self, index) -> "RowSampling":
-        return RowSampling(self.temperature[index], self.top_k[index], self.top_p[index])
+        return RowSampling(self.temperature[index], self.top_k[index], self.top_p[index],
+                           self.filters)
 
 
-def row_uniforms(seeds: torch.Tensor, steps: torch.Tensor, n: int) -> torch.Tensor:
-    """(B,) seeds, (B,) steps -> (B, n) floats strictly inside (0, 1), 24 bits each."""
+def row_uniform(seeds: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
+    """(B,) seeds, (B,) steps -> (B,) floats strictly inside (0, 1), 24 bits each."""
     h = _fmix(((seeds >> 32) & MASK32) ^ MANAGER_STREAM)
     h = _fmix((h + (seeds & MASK32) * 0x9E3779B1) & MASK32)
-    h = _fmix((h + (steps & MASK32) * 0x27D4EB2F) & MASK32)  # (B,)
-    counter = torch.arange(n, device=seeds.device, dtype=torch.long) * 0x165667B1 & MASK32
-    h = _fmix((h[:, None] ^ counter) & MASK32)  # (B, n)
+    h = _fmix((h + (steps & MASK32) * 0x27D4EB2F) & MASK32)
     return ((h >> 8).float() + 0.5) * (1.0 / (1 << 24))
+
+
+def scaled_logits(logits: torch.Tensor, rows: RowSampling) -> torch.Tensor:
+    """(B, V) logits -> float32 logits / temperature, filtered only where a row asks for it."""
+    if rows.filters:
+        return filter_logits(logits, rows)
+    temp = torch.where(rows.temperature > 0, rows.temperature, torch.ones_like(rows.temperature))
+    return logits.float() / temp[:, None]
+
+
+def inverse_cdf(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """(B, V) probabilities (exact zeros allowed, rows need not sum to 1), (B,) uniforms in
+    (0, 1) -> (B,) ids: the token whose cumulative-probability slice holds ``u``.
+
+    A token of probability 0 owns an empty slice, so it is never drawn: the target is kept
+    strictly below the total, and ``searchsorted(right=True)`` returns the first token
+    whose cumulative sum exceeds it.
+    """
+    cdf = probs.cumsum(-1)  # non-decreasing: adding non-negative floats never lowers a sum
+    total = cdf[:, -1:]
+    target = torch.minimum(u[:, None] * total, torch.nextafter(total, torch.zeros_like(total)))
+    return torch.searchsorted(cdf, target, right=True)[:, 0]
 
 
 def filter_logits(logits: torch.Tensor, rows: RowSampling) -> torch.Tensor:
@@ -108,8 +149,6 @@ def sample(logits: torch.Tensor, rows: RowSampling | SamplingConfig, seeds: torc
         if rows.greedy:
             return logits.argmax(-1)
         rows = RowSampling.of([rows] * logits.size(0), logits.device)
-    probs = filter_logits(logits, rows).softmax(-1)  # (B, V), filtered tokens exactly 0
-    race = -torch.log(row_uniforms(seeds, steps, logits.size(-1)))  # Exponential(1)
-    race.clamp_min_(torch.finfo(race.dtype).tiny)  # u rounds to 1.0 at the top: never divide by 0
-    drawn = (probs / race).argmax(-1)
+    probs = scaled_logits(logits, rows).softmax(-1)  # (B, V), filtered tokens exactly 0
+    drawn = inverse_cdf(probs, row_uniform(seeds, steps))
     return torch.where(rows.temperature > 0, drawn, logits.argmax(-1))

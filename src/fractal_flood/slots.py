@@ -48,6 +48,7 @@ class SlotManager:
         self.steps = torch.zeros(S, dtype=torch.long, device=self.device)
         self.rows = RowSampling.of([SamplingConfig()] * S, self.device)
         self.host_pos = np.zeros(S, dtype=np.int64)  # mirror of pos: when is a row's window full
+        self.host_filters = np.zeros(S, dtype=bool)  # row asks for top-k / top-p (a sort per step)
         self.owner: list = []  # owner[i]: who holds active row i (rows 0..n-1)
         self.steps_run = 0  # decode steps (each over all active rows)
         self.prefills = 0
@@ -77,7 +78,9 @@ class SlotManager:
         one = RowSampling.of([sampling], self.device)
         self.rows.temperature[r], self.rows.top_k[r], self.rows.top_p[r] = (
             one.temperature[0], one.top_k[0], one.top_p[0])
+        self.host_filters[r] = sampling.filters
         self.owner.append(owner)
+        self._update_filters()
         return r
 
     @torch.no_grad()
@@ -90,8 +93,10 @@ class SlotManager:
                         self.rows.temperature, self.rows.top_k, self.rows.top_p):
                 buf[r] = buf[last]
             self.host_pos[r] = self.host_pos[last]
+            self.host_filters[r] = self.host_filters[last]
             self.owner[r] = self.owner[last]
         self.owner.pop()
+        self._update_filters()
 
     @torch.no_grad()
     def generate(self, n: int) -> torch.Tensor:
@@ -107,6 +112,9 @@ class SlotManager:
         return out
 
     # ---- internals ------------------------------------------------------------------------
+
+    def _update_filters(self) -> None:
+        self.rows.filters = bool(self.host_filters[:len(self.owner)].any())
 
     def _step(self, A: int) -> torch.Tensor:
         rows = torch.arange(A, device=self.device)
