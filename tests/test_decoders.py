@@ -182,6 +182,54 @@ def test_bounded_batches_render_the_same(tiny_renderer, tiny_trained_tokenizer, 
     assert small.passes > big.passes
 
 
+# ---------------------------------------------------------------- pooled requests
+
+
+def test_tensor_seeds_draw_what_int_seeds_draw():
+    from fractal_flood import draws
+    seeds = [0, 7, 2**31 + 3, 2**40 + 9, 2**63 - 1]
+    item = torch.arange(5)
+    draw_id = torch.tensor([0, 2, 1, 0, 3])
+    for stream in (draws.NOISE_STREAM, draws.GUMBEL_STREAM):
+        pooled = draws.hash_counters(torch.tensor(seeds), stream, 1, item, draw_id, (3, 4))
+        for i, seed in enumerate(seeds):
+            alone = draws.hash_counters(seed, stream, 1, item[i:i + 1], draw_id[i:i + 1], (3, 4))
+            assert torch.equal(pooled[i:i + 1], alone)
+
+
+@pytest.mark.parametrize("mode", ["flood-k1", "flood-k1-t0", "flood-k3", "adaptive", "energies"])
+def test_pooled_render_equals_each_block_alone(tiny_renderer, tiny_trained_tokenizer, roots, mode):
+    """The engine's pooled flood: several requests' blocks in one flood, each with its own
+    seed, give each block exactly its solo render (text, structure, energies)."""
+    kw = {"flood-k1": dict(temperature=1.0), "flood-k1-t0": dict(temperature=0.0),
+          "flood-k3": dict(k=3, temperature=0.8), "adaptive": dict(threshold=0.3, max_tries=3, temperature=1.0),
+          "energies": dict(temperature=1.0, energies=True)}[mode]
+    make = (lambda seed: adaptive(tiny_renderer, tiny_trained_tokenizer, seed=seed, **kw)) if mode == "adaptive" \
+        else (lambda seed: flood(tiny_renderer, tiny_trained_tokenizer, seed=seed, **kw))
+    blocks = [roots[:7], roots[7:8], roots[8:30], roots[-6:]]
+    seeds = [5, 2**40 + 1, 5, 123]  # two blocks share a seed: numbered within their own block
+    from fractal_flood.engine import split_render
+    pooled = make(999).render_pooled(blocks, seeds)
+    parts = split_render(pooled, [len(b) for b in blocks])
+    for block, seed, part in zip(blocks, seeds, parts):
+        alone = make(seed).render(block)
+        assert part["root_texts"] == alone.root_texts()
+        assert part["counts"] == [c.tolist() for c in alone.counts]
+        for got, want in zip(part["energies"], alone.energies):
+            assert (got is None) == (want is None)
+            if want is not None:
+                torch.testing.assert_close(torch.tensor(got), want.float(), atol=1e-4, rtol=0)
+    if mode != "flood-k1-t0":  # at temperature the seed matters: pooling did not just reuse one
+        assert parts[2]["root_texts"] != make(123).render(blocks[2]).root_texts()
+
+
+def test_pooled_render_checks_its_sizes(tiny_renderer, tiny_trained_tokenizer, roots):
+    dec = flood(tiny_renderer, tiny_trained_tokenizer)
+    with pytest.raises(ValueError, match="sizes"):
+        from fractal_flood.decoding.flood import render
+        render(dec.model, dec.alphabet, torch.tensor(roots[:4]), dec.choose, 0.5, [1, 2], [1, 2])
+
+
 # ---------------------------------------------------------------- seeds
 
 

@@ -127,9 +127,13 @@ def test_pooled_render_splits_back(pipe):
     reqs = [Request("", roots=n, seed=s) for s, n in enumerate((4, 9, 6))]
     pooled = Engine(pipe, max_batch=3, block_roots=BLOCK, pooled_render=True)
     got = pooled.run(reqs)
-    # the manager's roots do not depend on the render; the text is each root's render
+    # one flood per round for all three, each request drawn with its own seed: the solo text
     for g, r in zip(got, reqs):
-        assert g.root_ids == generate_solo(pipe, r, BLOCK).root_ids
+        solo = generate_solo(pipe, r, BLOCK)
+        assert g.root_ids == solo.root_ids and g.text == solo.text
+    reference = Engine(pipe, max_batch=3, block_roots=BLOCK, pooled_render=False)
+    assert [c.text for c in reference.run(reqs)] == [g.text for g in got]
+    assert pooled.passes < reference.passes  # pooling really shared the passes
     for energies in (False, True):  # a K = 1 flood scores nothing unless energies are asked for
         dec = pipe._decoder(0, options=DecodeOptions(energies=energies))
         render = dec.render([7, 3, 11, 5, 2])

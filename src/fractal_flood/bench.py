@@ -324,7 +324,7 @@ class Bench:
         name = f"e2e batched flood k=1 B={B}"
         started = self.start(f"{name} ({N} roots each)")
         # the serving engine, all B requests in one round: one batched manager block, one
-        # pooled flood (one decoder, seed 0) over every request's roots
+        # pooled flood over every request's roots, each drawn with its request's seed
         pipe = TextPipeline(self.tok, self.manager, self.renderer, self.dev, self.dt, "flood", self.options())
         engine = Engine(pipe, max_batch=B, block_roots=N, pooled_render=True)
         prompt = ""  # TextPipeline starts an empty prompt from a newline

@@ -27,12 +27,24 @@ def _fmix(h: torch.Tensor) -> torch.Tensor:
     return h ^ (h >> 16)
 
 
-def hash_counters(seed: int, stream: int, level: int, item: torch.Tensor, draw: torch.Tensor,
+def _base(seed, stream: int, level: int, device) -> torch.Tensor:
+    """The hash of (seed, stream, level): a 0-d tensor for an int seed, (B,) for (B,) seeds.
+
+    Only the seed's low 32 bits enter (products are taken mod 2**32), so a tensor of seeds
+    gives each item exactly the value its int seed gives (tested): a pooled flood over
+    several requests, each with its own seed, draws what each request draws alone.
+    """
+    rest = (stream * 0x7F4A7C15 + level * 0x632BE5AB) & MASK32
+    if isinstance(seed, torch.Tensor):
+        return _fmix(((seed.to(device).long() & MASK32) * 0x9E3779B1 + rest) & MASK32)
+    return _fmix(torch.as_tensor((seed * 0x9E3779B1 + rest) & MASK32, dtype=torch.long, device=device))
+
+
+def hash_counters(seed, stream: int, level: int, item: torch.Tensor, draw: torch.Tensor,
                   tail: tuple[int, ...]) -> torch.Tensor:
-    """32-bit hashes of shape ``item.shape + tail``; ``item`` and ``draw`` broadcast."""
-    base = _fmix(torch.as_tensor((seed * 0x9E3779B1 + stream * 0x7F4A7C15 + level * 0x632BE5AB) & MASK32,
-                                 dtype=torch.long, device=item.device))
-    h = _fmix((item.long() & MASK32) ^ base)
+    """32-bit hashes of shape ``item.shape + tail``; ``item``, ``draw`` and a tensor
+    ``seed`` (one per item) broadcast; an int ``seed`` is shared by every item."""
+    h = _fmix((item.long() & MASK32) ^ _base(seed, stream, level, item.device))
     h = _fmix((h + (draw.long() & MASK32) * 0x27D4EB2F) & MASK32)
     h = h.view(h.shape + (1,) * len(tail))
     n = 1
@@ -42,13 +54,13 @@ def hash_counters(seed: int, stream: int, level: int, item: torch.Tensor, draw: 
     return _fmix((h ^ (counter * 0x165667B1 & MASK32)) & MASK32)
 
 
-def randint(seed: int, stream: int, level: int, item: torch.Tensor, draw: torch.Tensor,
+def randint(seed, stream: int, level: int, item: torch.Tensor, draw: torch.Tensor,
             tail: tuple[int, ...], high: int) -> torch.Tensor:
     """Integers in ``[0, high)``, shape ``item.shape + tail``."""
     return hash_counters(seed, stream, level, item, draw, tail) % high
 
 
-def uniform(seed: int, stream: int, level: int, item: torch.Tensor, draw: torch.Tensor,
+def uniform(seed, stream: int, level: int, item: torch.Tensor, draw: torch.Tensor,
             tail: tuple[int, ...]) -> torch.Tensor:
     """Floats strictly inside (0, 1), 24 bits of resolution, shape ``item.shape + tail``."""
     h = hash_counters(seed, stream, level, item, draw, tail)

@@ -7,13 +7,14 @@ cancelled ones leave; then the manager plans one block for every active request 
 batched step per root; then each request's block is rendered and its text is streamed
 to it. A request that arrives while others run thus joins at the next block boundary.
 
-Exactness: the manager's draws are keyed on (seed, step) per row, and by default each
-request's block is rendered by its own decoder seeded with the request's seed, exactly
-as a solo run renders it (:func:`generate_solo`, the plain reference path). So a
-request's text does not depend on what else is running (tested). ``pooled_render=True``
-renders all requests' blocks of a round in one flood instead (one decoder, the engine's
-seed): faster on a GPU, where a flood call is launch-bound, but then a request's text
-depends on the requests it shared the round with.
+Exactness: the manager's draws are keyed on (seed, step) per row, and every request's
+block is rendered with the request's own seed, exactly as a solo run renders it
+(:func:`generate_solo`, the plain reference path). So a request's text does not depend
+on what else is running (tested). By default (``pooled_render=True``) the blocks of all
+requests with the same decoder settings are rendered in one flood, each item numbered
+within its request and drawn with its request's seed (``decoding.flood.render``); with
+``pooled_render=False`` each block gets its own flood call (the reference; the same text,
+more, smaller passes).
 """
 
 from __future__ import annotations
@@ -150,13 +151,12 @@ class Engine:
     :meth:`step` (or a background thread: :meth:`start`)."""
 
     def __init__(self, pipe, max_batch: int = 32, block_roots: int = 64, max_queue: int = 1024,
-                 pooled_render: bool = False, pool_seed: int = 0):
+                 pooled_render: bool = True):
         if max_batch < 1 or block_roots < 1 or max_queue < 0:
             raise FractalFloodError("max_batch and block_roots must be >= 1, max_queue >= 0")
         self.pipe, self.max_batch, self.block_roots, self.max_queue = pipe, max_batch, block_roots, max_queue
         self.pooled_render = pooled_render
         self.slots = SlotManager(pipe.manager, max_batch, pipe.device)
-        self._pool_decoder = pipe._decoder(pool_seed) if pooled_render else None
         self._waiting: deque = deque()
         self._lock = threading.Condition()
         self._thread: Optional[threading.Thread] = None
@@ -236,24 +236,31 @@ class Engine:
         return True
 
     def _render(self, jobs, blocks):
-        if not self.pooled_render:
-            out = []
-            for job, block in zip(jobs, blocks):
-                t = time.perf_counter()
-                render = job.decoder.render(torch.tensor(block, dtype=torch.long))
-                synchronize(self.pipe.device)
-                self.draws, self.passes = self.draws + render.draws, self.passes + render.passes
-                self.flops += render.flops
-                out.append((render, time.perf_counter() - t))
-            return out
-        t = time.perf_counter()
-        flat = torch.tensor([r for b in blocks for r in b], dtype=torch.long)
-        render = self._pool_decoder.render(flat)
-        synchronize(self.pipe.device)
-        self.draws, self.passes = self.draws + render.draws, self.passes + render.passes
-        self.flops += render.flops
-        shared = (time.perf_counter() - t)
-        return [(part, shared) for part in split_render(render, [len(b) for b in blocks])]
+        """-> per job (its render, or its slice of a pooled render; seconds)."""
+        out = [None] * len(jobs)
+        groups: dict = {}  # requests whose decoders differ only in the seed share one flood
+        for i, job in enumerate(jobs):
+            dec = job.decoder
+            key = (type(dec).__name__, tuple(sorted(vars(replace(dec.options, seed=0)).items()))) \
+                if self.pooled_render and hasattr(dec, "render_pooled") else i
+            groups.setdefault(key, []).append(i)
+        for idx in groups.values():
+            t = time.perf_counter()
+            if len(idx) == 1:
+                render = jobs[idx[0]].decoder.render(torch.tensor(blocks[idx[0]], dtype=torch.long))
+            else:
+                render = jobs[idx[0]].decoder.render_pooled(
+                    [blocks[i] for i in idx], [jobs[i].decoder.options.seed for i in idx])
+            synchronize(self.pipe.device)
+            self.draws, self.passes = self.draws + render.draws, self.passes + render.passes
+            self.flops += render.flops
+            seconds = time.perf_counter() - t
+            if len(idx) == 1:
+                out[idx[0]] = (render, seconds)
+            else:
+                for i, part in zip(idx, split_render(render, [len(blocks[i]) for i in idx])):
+                    out[i] = (part, seconds)
+        return out
 
     def _deliver(self, job: Job, block: list, render, manager_s: float, flood_s: float) -> None:
         if isinstance(render, RenderResult):

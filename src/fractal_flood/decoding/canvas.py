@@ -4,6 +4,8 @@
 ``score`` gives their energies in one pass at ``t = 0``. A draw for item ``i`` on try ``d``
 starts from noise that depends only on ``(seed, level, i, d)`` (``draws.py``), whatever
 batch it sits in, so any two decoders that send the same (item, try) get the same candidate.
+``seed`` is an int shared by all items, or a (B,) tensor: one per item, so one pass can
+serve several requests, each drawing what it draws alone.
 
 Packing: the top level's canvas has all its ``max_children`` slots (its length is what the
 model predicts). Below it each item has a known length, and ``packed=True`` sorts the items
@@ -65,9 +67,13 @@ def _take(x: Optional[torch.Tensor], rows):
     return x if x is None or rows is None else x[rows]
 
 
+def _take_seed(seed, rows):
+    return _take(seed, rows) if isinstance(seed, torch.Tensor) else seed
+
+
 @torch.no_grad()
 def draw(model: FractalDiffusionModel, level: int, cond: torch.Tensor, item: torch.Tensor,
-         draw_id: torch.Tensor, lengths: Optional[torch.Tensor], seed: int, temperature: float,
+         draw_id: torch.Tensor, lengths: Optional[torch.Tensor], seed, temperature: float,
          packed: bool = True, max_batch: int = 65536, work: Optional[Work] = None) -> Draw:
     """cond, item, draw_id: (B,); lengths (B,) or None at the top -> candidates (B, L)."""
     B, L, C = cond.shape[0], model.max_lens[level], model.num_classes(level)
@@ -87,8 +93,8 @@ def draw(model: FractalDiffusionModel, level: int, cond: torch.Tensor, item: tor
         if temperature == 0:
             pick = logits.argmax(-1)
         else:
-            u = draws.uniform(seed, draws.GUMBEL_STREAM, level, _take(item, rows), _take(draw_id, rows),
-                              (L, C))[:, :n]
+            u = draws.uniform(_take_seed(seed, rows), draws.GUMBEL_STREAM, level, _take(item, rows),
+                              _take(draw_id, rows), (L, C))[:, :n]
             pick = (logits.float() / temperature - torch.log(-torch.log(u))).argmax(-1)
         if len_logits is not None:
             # a real token has at least one child: class 0 is for pads only

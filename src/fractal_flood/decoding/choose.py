@@ -30,9 +30,10 @@ class Choice:
 
 
 def best_of_k(model: FractalDiffusionModel, level: int, cond: torch.Tensor, items: torch.Tensor,
-              lengths: Optional[torch.Tensor], k: int, seed: int, temperature: float,
+              lengths: Optional[torch.Tensor], k: int, seed, temperature: float,
               need_energy: bool, packed: bool = True, max_batch: int = 65536) -> Choice:
-    """K candidates per item (draws 0..K-1), keep the lowest energy."""
+    """K candidates per item (draws 0..K-1), keep the lowest energy. ``seed``: an int, or
+    (N,) seeds, one per item."""
     work = Work()
     N = cond.shape[0]
     if k == 1:
@@ -42,7 +43,8 @@ def best_of_k(model: FractalDiffusionModel, level: int, cond: torch.Tensor, item
         return Choice(d.tokens, d.child_lengths, e, work)
     rep = lambda x: None if x is None else x.repeat_interleave(k)  # noqa: E731
     draw_ids = torch.arange(k, device=cond.device).repeat(N)  # (N * K,)
-    d = draw(model, level, rep(cond), rep(items), draw_ids, rep(lengths), seed, temperature,
+    seeds = rep(seed) if isinstance(seed, torch.Tensor) else seed
+    d = draw(model, level, rep(cond), rep(items), draw_ids, rep(lengths), seeds, temperature,
              packed, max_batch, work)
     e = score(model, level, rep(cond), d.tokens, rep(lengths), packed, max_batch, work).view(N, k)
     best = e.argmin(dim=1)  # (N,)
@@ -52,7 +54,7 @@ def best_of_k(model: FractalDiffusionModel, level: int, cond: torch.Tensor, item
 
 
 def adaptive(model: FractalDiffusionModel, level: int, cond: torch.Tensor, items: torch.Tensor,
-             lengths: Optional[torch.Tensor], threshold: float, max_tries: int, seed: int,
+             lengths: Optional[torch.Tensor], threshold: float, max_tries: int, seed,
              temperature: float, packed: bool = True, max_batch: int = 65536) -> Choice:
     """Rejection sampling in parallel rounds: round d draws try d for every pending item."""
     work = Work()
@@ -68,7 +70,8 @@ def adaptive(model: FractalDiffusionModel, level: int, cond: torch.Tensor, items
             break
         c, it = cond[pending], items[pending]
         ln = None if lengths is None else lengths[pending]
-        d = draw(model, level, c, it, torch.full_like(it, d_try), ln, seed, temperature, packed,
+        s = seed[pending] if isinstance(seed, torch.Tensor) else seed
+        d = draw(model, level, c, it, torch.full_like(it, d_try), ln, s, temperature, packed,
                  max_batch, work)
         e = score(model, level, c, d.tokens, ln, packed, max_batch, work)
         better = e < best_e[pending]
