@@ -215,6 +215,9 @@ def test_baseline_model_is_measured_in_the_same_run(bench_model, small_corpus_fi
     assert row.model == "baseline" and row.roots == 256 and row.flops > 0 and 0 <= row.fidelity <= 1
     assert b.baseline_row(tmp_path) is None  # an empty folder does not load: reported, not raised
     assert "does not load" in b.skipped[-1]
+    e2e = b.baseline_e2e_row(bench_model)
+    assert e2e.model == "baseline" and e2e.mode == "end-to-end" and e2e.manager_steps > 0 and e2e.chars > 0
+    assert b.baseline_e2e_row(tmp_path) is None and "does not load" in b.skipped[-1]
 
 
 def test_bad_input_is_one_line(tmp_path, capsys):
@@ -351,6 +354,24 @@ def test_targets_count_only_faithful_rows():
     rows[1]["fidelity"] = 0.9985  # under the 99.9% bar
     assert FIDELITY_BAR == 0.999
     assert {x["target"]: x for x in compute_targets(rows, "gpu")}["render-only"]["value"] is None
+
+
+def test_issue9_target_divides_the_speed_up_by_the_plan_ratio():
+    ours = {**_row("e2e single flood k=1", "end-to-end", "single", "flood", 300), "chars": 500, "manager_steps": 100}
+    base = {**_row("baseline e2e single flood k=1", "end-to-end", "single", "flood", 200, model="baseline"),
+            "chars": 300, "manager_steps": 100}
+    name = "issue 9: single-stream speed-up over the previous default / its chars-per-step ratio"
+    t = {x["target"]: x for x in compute_targets([ours], "cpu")}
+    assert t[name]["status"] == "not measured"
+    t = {x["target"]: x for x in compute_targets([ours, base], "cpu")}
+    # 1.5x the speed for 5/3 the characters per step: 0.9, not met
+    assert t[name]["value"] == pytest.approx(1.5 / (5 / 3)) and t[name]["status"] == "not met"
+    ours["tokens_per_s"] = 400
+    t = {x["target"]: x for x in compute_targets([ours, base], "cpu")}
+    assert t[name]["status"] == "met"
+    # the baseline's end-to-end row is never this model's single-stream speed
+    assert t["issue 8: end-to-end single-stream vs the AR peer"]["status"] == "not measured"
+    assert t["single-stream end-to-end"]["rows"] == ["e2e single flood k=1"]
 
 
 def test_cpu_targets_compare_with_the_peer_in_the_same_run():

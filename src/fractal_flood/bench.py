@@ -475,6 +475,33 @@ class Bench:
             heldout_bpc=NA, sample_bpc=NA, flops=res.flops, draws=res.draws, passes=res.passes,
             manager_steps=0, note=f"model {model_dir}"))
 
+    def baseline_e2e_row(self, model_dir) -> Optional[BenchRow]:
+        """Single-stream end-to-end flood K=1 with another model directory (the previous
+        default), same roots, sampling and seed as ``e2e single flood k=1``: issue 9's
+        'speed up by the characters-per-step ratio' as a same-run ratio."""
+        try:
+            m = ckpt.load_model_dir(model_dir, self.dev, self.dt, optional=("peer",))
+        except (FractalFloodError, OSError, ValueError, KeyError, RuntimeError) as e:
+            self.skipped.append(f"baseline model {model_dir}: does not load with this version "
+                                f"({str(e).splitlines()[0] if str(e) else type(e).__name__})")
+            return None
+        roots = self.sizes.e2e_roots
+        name = "baseline e2e single flood k=1"
+        started = self.start(f"{name} ({model_dir}, {roots} roots)")
+        pipe = TextPipeline(m.tokenizer, m.manager, m.renderer, self.dev, self.dt, "flood", self.options())
+        t = self.measure(lambda: pipe.generate("", roots, self.sampling, seed=0),
+                         lambda: pipe.generate("", 4, self.sampling))
+        g = t.result
+        texts = [s for r in g.renders for s in r.root_texts()]
+        fid, cer = render_fidelity(m.tokenizer, g.root_ids, texts)
+        flops = sum(r.flops for r in g.renders) + ar_flops(m.manager.config, 1, len(pipe.prompt_ids("")),
+                                                           g.manager_steps)
+        return self.add(self.row(
+            t, started, name=name, mode="end-to-end", stream="single", decoder="flood", k=1, model="baseline",
+            roots=len(g.root_ids), requests=1, tokens=g.num_chunks, chars=len(g.text), fidelity=fid, cer=cer,
+            heldout_bpc=NA, sample_bpc=NA, flops=flops, draws=sum(r.draws for r in g.renders),
+            passes=sum(r.passes for r in g.renders), manager_steps=g.manager_steps, note=f"model {model_dir}"))
+
     def reference_quality(self) -> dict:
         """Held-out bits per char of each model, and of the peer's own samples, for scale."""
         q = self.quality()
@@ -510,8 +537,8 @@ def run_bench(model_dir=None, device: str = "auto", dtype: str = "auto", quick: 
 
     ``on_row`` gets the partial report after each row, so a run cut short still leaves
     its numbers. The cheap rows every target needs run first; the long R sweeps last.
-    ``baseline_model``: another model directory whose render-only flood K=1 at R=256 is
-    measured in this run. ``corpus``: whose held-out tail to render (default: the shipped one)."""
+    ``baseline_model``: another model directory whose render-only flood K=1 at R=256 and
+    single-stream end-to-end flood are measured in this run. ``corpus``: whose held-out tail to render (default: the shipped one)."""
     sizes = QUICK if quick else FULL if resolve_device(device).type == "cuda" else CPU_FULL
     if repeats:
         sizes = replace(sizes, repeats=repeats)
@@ -526,6 +553,7 @@ def run_bench(model_dir=None, device: str = "auto", dtype: str = "auto", quick: 
     b.render_floods()
     if baseline_model is not None:
         b.baseline_row(baseline_model)
+        b.baseline_e2e_row(baseline_model)
     if b.cuda:  # last: compiling costs the most wall time, and the rows above stand without it
         b.compiled_rows()
     return b.report(command)

@@ -82,7 +82,23 @@ def _ratio(rows, pred, ref):
 
 
 def _e2e_single(r):
-    return r["mode"] == "end-to-end" and r["stream"] == "single" and r["decoder"] in FLOOD
+    return r["mode"] == "end-to-end" and r["stream"] == "single" and r["decoder"] in FLOOD and _ours(r)
+
+
+def _vs_previous_plan(rows):
+    """Issue 9 (CPU): single-stream end-to-end over the --baseline-model's, divided by the
+    characters-per-manager-step ratio of the two runs (>= 1: speed grew at least as much as
+    the plan got coarser). Both rows are the k = 1 flood at the same sampling."""
+    base = [r for r in rows if r.get("model") == "baseline" and r["mode"] == "end-to-end" and _faithful(r)]
+    ours = [r for r in rows if r["name"] == "e2e single flood k=1" and _ours(r) and _faithful(r)]
+    cands = [r for r in rows if r.get("model") == "baseline" and r["mode"] == "end-to-end"]
+    if not base or not ours:
+        return cands, None, [], "needs --baseline-model" if not cands else ""
+    b, o = base[0], ours[0]
+    speed = o["tokens_per_s"] / b["tokens_per_s"]
+    plan = (o["chars"] / o["manager_steps"]) / (b["chars"] / b["manager_steps"])
+    return cands, speed / plan, [o["name"], b["name"]], \
+        f"tokens/s {speed:.2f}x the previous default's, characters per manager step {plan:.2f}x"
 
 
 def _render(r):
@@ -149,6 +165,8 @@ TARGETS = (
     ("issue 8: end-to-end single-stream vs the AR peer", "cpu", 1.5, "x", _vs_peer_single),
     ("issue 8: batched end-to-end vs the AR peer, same requests", "cpu", 1, "x", _vs_peer_batched),
     ("issue 8: render-only flood K=1 at R=256 vs today's", "cpu", 10, "x", _vs_today),
+    ("issue 9: single-stream speed-up over the previous default / its chars-per-step ratio", "cpu", 1, "x",
+     _vs_previous_plan),
 )
 
 
