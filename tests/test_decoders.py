@@ -223,6 +223,29 @@ def test_pooled_render_equals_each_block_alone(tiny_renderer, tiny_trained_token
         assert parts[2]["root_texts"] != make(123).render(blocks[2]).root_texts()
 
 
+@pytest.mark.parametrize("name,kw", [("flood", dict(temperature=1.0)), ("flood", dict(k=3, temperature=0.8)),
+                                     ("adaptive", dict(threshold=0.3, max_tries=3, temperature=1.0)),
+                                     ("sequential", dict(threshold=0.3, max_tries=2, temperature=1.0))])
+def test_blocks_render_the_text_of_the_whole(tiny_renderer, tiny_trained_tokenizer, roots, name, kw):
+    """Item numbers run on across blocks (offsets), so cutting a request's roots into blocks,
+    anywhere, never changes its text: the engine may cut wherever it likes."""
+    from fractal_flood.decoding import advance
+    dec = make_decoder(name, tiny_renderer, tiny_trained_tokenizer.alphabet, DecodeOptions(seed=4, **kw))
+    some = roots[:40]
+    whole = dec.render(some)
+    for cuts in ([13], [1, 2, 30]):
+        texts, offsets, start = [], [0] * tiny_renderer.num_levels, 0
+        for end in cuts + [len(some)]:
+            part = dec.render(some[start:end], offsets)
+            texts += part.root_texts()
+            offsets, start = advance(offsets, part.counts), end
+        assert texts == whole.root_texts()
+        assert offsets == [len(c) for c in whole.counts]
+    # numbering really matters: a block rendered from 0 instead of its offsets differs
+    tail = dec.render(some[13:]).root_texts()
+    assert tail != whole.root_texts()[13:]
+
+
 def test_pooled_render_checks_its_sizes(tiny_renderer, tiny_trained_tokenizer, roots):
     dec = flood(tiny_renderer, tiny_trained_tokenizer)
     with pytest.raises(ValueError, match="sizes"):

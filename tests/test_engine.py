@@ -160,3 +160,37 @@ def test_text_limit_stop_across_blocks():
     lim = TextLimit()
     assert lim.feed("abc", False) == "abc" and lim.feed("d", True) == "d"
     assert lim.finish_reason == "length"
+
+
+def test_block_size_never_changes_text(pipe):
+    """Item numbers run on across blocks, so the solo text is the same at any block size,
+    and the engine may cut a request's roots wherever its rounds end."""
+    req = Request("ROMEO:\n", roots=24, sampling=SamplingConfig(0.9), seed=11)
+    solo = [generate_solo(pipe, req, b).text for b in (1, 7, 64)]
+    assert solo[0] == solo[1] == solo[2]
+    for block, join in ((5, 1), (20, 3)):
+        assert Engine(pipe, max_batch=2, block_roots=block, join_every=join).run([req])[0].text == solo[0]
+
+
+def test_join_every_bounds_the_wait_of_a_new_request(pipe):
+    engine = Engine(pipe, max_batch=4, block_roots=30, join_every=2)
+    a = engine.submit(Request("KING", roots=30, seed=1))
+    sizes = {}
+    b_holder = []
+
+    orig = engine.slots.generate
+
+    def generate(k):
+        out = orig(k)
+        if not b_holder:  # the second request arrives after the first manager steps
+            b_holder.append(engine.submit(Request("", roots=30, seed=2),
+                                          lambda job, block: sizes.setdefault(job.blocks, len(block.root_ids))))
+        return out
+
+    engine.slots.generate = generate
+    while engine.step():
+        pass
+    b = b_holder[0]
+    assert sizes[1] == 28  # joined after 2 of the round's 30 steps: a 28-root first block
+    assert b.completion.text == generate_solo(pipe, Request("", roots=30, seed=2), 30).text
+    assert a.completion.text == generate_solo(pipe, Request("KING", roots=30, seed=1), 30).text

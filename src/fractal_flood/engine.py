@@ -4,8 +4,9 @@ Each request has its own prompt, length (roots and/or characters), manager sampl
 strings, seed and decoder settings. The engine runs *rounds*: at the start of a round,
 waiting requests are prefilled into free manager slots (``slots.SlotManager``) and
 cancelled ones leave; then the manager plans one block for every active request in one
-batched step per root; then each request's block is rendered and its text is streamed
-to it. A request that arrives while others run thus joins at the next block boundary.
+batched step per root, and waiting requests join every ``join_every`` steps of it; then
+each request's new roots are rendered and its text is streamed to it. A request that
+arrives while others run thus starts within a few manager steps.
 
 Exactness: the manager's draws are keyed on (seed, step) per row, and every request's
 block is rendered with the request's own seed, exactly as a solo run renders it
@@ -27,7 +28,7 @@ from typing import Callable, Optional
 
 import torch
 
-from .decoding import DecodeOptions, RenderResult
+from .decoding import DecodeOptions, RenderResult, advance
 from .device import synchronize
 from .errors import FractalFloodError
 from .sampling import SamplingConfig, check_seed
@@ -117,6 +118,7 @@ class Job:
         self.on_done = on_done
         self.limit = TextLimit(request.stop, request.max_chars)
         self.root_ids: list = []
+        self.offsets = [0] * decoder.model.num_levels  # items rendered so far, per level
         self.blocks = self.chunks = 0
         self.manager_s = self.flood_s = 0.0
         self.submitted = time.perf_counter()
@@ -151,9 +153,10 @@ class Engine:
     :meth:`step` (or a background thread: :meth:`start`)."""
 
     def __init__(self, pipe, max_batch: int = 32, block_roots: int = 64, max_queue: int = 1024,
-                 pooled_render: bool = True):
-        if max_batch < 1 or block_roots < 1 or max_queue < 0:
-            raise FractalFloodError("max_batch and block_roots must be >= 1, max_queue >= 0")
+                 pooled_render: bool = True, join_every: int = 4):
+        if max_batch < 1 or block_roots < 1 or max_queue < 0 or join_every < 1:
+            raise FractalFloodError("max_batch, block_roots and join_every must be >= 1, max_queue >= 0")
+        self.join_every = join_every
         self.pipe, self.max_batch, self.block_roots, self.max_queue = pipe, max_batch, block_roots, max_queue
         self.pooled_render = pooled_render
         self.slots = SlotManager(pipe.manager, max_batch, pipe.device)
@@ -202,31 +205,51 @@ class Engine:
 
     # ---- rounds ---------------------------------------------------------------------------
 
-    @torch.no_grad()
-    def step(self) -> bool:
-        """One round: admit, plan one block for every active request, render, stream.
-        Returns False when there was nothing to do."""
-        t0 = time.perf_counter()
+    def _admit(self, cancel: bool) -> int:
+        """Drop cancelled requests (``cancel``: between rounds only) and prefill waiting ones
+        into free slots. Returns how many joined."""
         with self._lock:
-            for job in [j for j in self._waiting if j.cancelled]:
-                self._waiting.remove(job)
-                job._finish("cancelled")
-            for job in [j for j in self.slots.owner if j.cancelled]:
-                self.slots.remove(job)
-                job._finish("cancelled")
+            if cancel:
+                for job in [j for j in self._waiting if j.cancelled]:
+                    self._waiting.remove(job)
+                    job._finish("cancelled")
+                for job in [j for j in self.slots.owner if j.cancelled]:
+                    self.slots.remove(job)
+                    job._finish("cancelled")
             admit = []
             while self._waiting and self.slots.free > len(admit):
                 admit.append(self._waiting.popleft())
         for job in admit:
             self.slots.add(job, job.prompt_ids, job.request.sampling, job.request.seed)
-        jobs = list(self.slots.owner)
-        if not jobs:
+        return len(admit)
+
+    @torch.no_grad()
+    def step(self) -> bool:
+        """One round: up to ``block_roots`` manager steps for every active request, waiting
+        requests joining every ``join_every`` steps; then every request's new roots are
+        rendered (one pooled flood) and streamed. Returns False when there was nothing to do.
+
+        A request that joins mid-round gets a shorter first block; its text is the same,
+        since item numbers run on across blocks (``Job.offsets``)."""
+        t0 = time.perf_counter()
+        self._admit(cancel=True)
+        if not self.slots.owner:
             return False
-        n = min(self.block_roots, max(j.remaining for j in jobs))
-        ids = self.slots.generate(n)  # (A, n)
-        host = ids.tolist()  # waits for the manager
+        new: dict = {job: [] for job in self.slots.owner}
+        n = min(self.block_roots, max(j.remaining for j in self.slots.owner))
+        done = 0
+        while done < n:
+            k = min(self.join_every, n - done)
+            host = self.slots.generate(k).tolist()  # (active, k); waits for the manager
+            for job, row in zip(self.slots.owner, host):
+                got = new.setdefault(job, [])
+                got.extend(row[:max(0, job.remaining - len(got))])
+            done += k
+            if done < n:
+                self._admit(cancel=False)
         manager_s = time.perf_counter() - t0
-        blocks = [row[:min(n, j.remaining)] for j, row in zip(jobs, host)]
+        jobs = [j for j in self.slots.owner if new.get(j)]
+        blocks = [new[j] for j in jobs]
         renders = self._render(jobs, blocks)
         for job, block, (render, flood_s) in zip(jobs, blocks, renders):
             self._deliver(job, block, render, manager_s, flood_s)
@@ -247,10 +270,12 @@ class Engine:
         for idx in groups.values():
             t = time.perf_counter()
             if len(idx) == 1:
-                render = jobs[idx[0]].decoder.render(torch.tensor(blocks[idx[0]], dtype=torch.long))
+                render = jobs[idx[0]].decoder.render(torch.tensor(blocks[idx[0]], dtype=torch.long),
+                                                     jobs[idx[0]].offsets)
             else:
                 render = jobs[idx[0]].decoder.render_pooled(
-                    [blocks[i] for i in idx], [jobs[i].decoder.options.seed for i in idx])
+                    [blocks[i] for i in idx], [jobs[i].decoder.options.seed for i in idx],
+                    [jobs[i].offsets for i in idx])
             synchronize(self.pipe.device)
             self.draws, self.passes = self.draws + render.draws, self.passes + render.passes
             self.flops += render.flops
@@ -271,6 +296,7 @@ class Engine:
             root_texts, counts, energies = render["root_texts"], render["counts"], render["energies"]
             chunks, render = sum(counts[0]), None
         job.root_ids += block
+        job.offsets = advance(job.offsets, counts)
         job.blocks += 1
         job.chunks += chunks
         job.manager_s += manager_s

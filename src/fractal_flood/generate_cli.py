@@ -50,7 +50,7 @@ def add_arguments(g) -> None:
     g.add_argument("--model", help="model directory (default: the shipped model)")
     g.add_argument("--stream", action="store_true", help="print text block by block as it is rendered")
     g.add_argument("--block", type=int_in(1, MAX_ROOTS), default=256,
-                   help="roots per block: the manager plans one while the previous is rendered")
+                   help="roots per block: the manager plans one while the previous is rendered (the text does not depend on it)")
     g.add_argument("--max-batch", type=int_in(1, MAX_BATCH), default=32, help="--prompts: requests generated at once")
     g.add_argument("--compile", action="store_true",
                    help="torch.compile the manager's decode step (GPU; slow first call)")

@@ -16,7 +16,7 @@ import torch
 
 from . import checkpoint as ckpt
 from .autoregress import ARStream
-from .decoding import DecodeOptions, RenderResult, make_decoder
+from .decoding import DecodeOptions, RenderResult, advance, make_decoder
 from .device import resolve_device, resolve_dtype, synchronize
 from .errors import FractalFloodError
 from .sampling import SamplingConfig
@@ -105,7 +105,8 @@ class TextPipeline:
     def stream(self, prompt: str = "", roots: int = 256, sampling: SamplingConfig | None = None,
                seed: int = 0, block_roots: int = 256, decoder: str | None = None,
                options: DecodeOptions | None = None) -> Iterator[tuple[list, RenderResult]]:
-        """Yield ``(root_ids, render)`` block by block while later blocks are planned."""
+        """Yield ``(root_ids, render)`` block by block while later blocks are planned. The
+        text does not depend on ``block_roots``: item numbers run on across blocks."""
         if int(roots) != roots or roots < 1:
             raise FractalFloodError(f"roots must be a positive integer, got {roots}")
         if block_roots < 1:
@@ -117,6 +118,7 @@ class TextPipeline:
         cuda = self.device.type == "cuda" and self.overlap
         side = torch.cuda.Stream(self.device) if cuda else None
         sizes = [min(block_roots, roots - s) for s in range(0, roots, block_roots)]
+        offsets = [0] * self.renderer.num_levels  # item numbers carry on across blocks
         with torch.no_grad():
             ar.start(start)
             pending = ar.generate(sizes[0])[0]  # (n,) on the device
@@ -130,9 +132,10 @@ class TextPipeline:
                     side.wait_event(block_ready)
                     block.record_stream(side)
                     with torch.cuda.stream(side):
-                        render = decoder.render(block)
+                        render = decoder.render(block, offsets)
                 else:
-                    render = decoder.render(block)
+                    render = decoder.render(block, offsets)
+                offsets = advance(offsets, render.counts)
                 yield block.tolist(), render
 
     def generate(self, prompt: str = "", roots: int = 256, sampling: SamplingConfig | None = None,

@@ -8,7 +8,7 @@ functions (best-of-K, adaptive), ``flood.py`` the one loop over levels, and
 from ..decoder_names import DECODERS
 from .base import DecodeOptions, Decoder
 from .flood import AdaptiveFloodDecoder, FlashFloodDecoder, render
-from .result import LevelStats, RenderResult
+from .result import LevelStats, RenderResult, advance
 from .sequential import SequentialDecoder
 
 # by name; the names alone live in decoder_names.py, importable without torch (--help)

@@ -48,7 +48,10 @@ class Decoder:
         self.options = (options or DecodeOptions()).validate()
         self.device = next(model.parameters()).device
 
-    def render(self, root_ids) -> RenderResult:
+    def render(self, root_ids, offsets=None) -> RenderResult:
+        """Roots -> text. ``offsets[level]``: how many items of each level this request has
+        rendered before (item numbers, and so draws, continue from there; default 0), so a
+        request cut into blocks renders the text it renders whole."""
         raise NotImplementedError
 
     def _roots_tensor(self, root_ids) -> torch.Tensor:

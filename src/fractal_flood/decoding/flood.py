@@ -19,28 +19,41 @@ from .result import LevelStats, RenderResult
 
 @torch.no_grad()
 def render(model, alphabet: str, roots: torch.Tensor, choose: Callable[..., Choice],
-           threshold: float, seed=0, sizes: Optional[Sequence[int]] = None) -> RenderResult:
+           threshold: float, seed=0, sizes: Optional[Sequence[int]] = None,
+           offsets: Optional[Sequence] = None) -> RenderResult:
     """roots (N,) on the model's device -> text. ``choose(level, cond, items, lengths, seed)``.
 
-    One request: ``seed`` an int, items numbered 0.. per level. Several requests pooled in
-    one flood: ``sizes`` (consecutive roots per request) and ``seed`` one int per request;
-    every item is numbered within its own request and draws with its request's seed, so
-    each request gets exactly the text it gets alone (tested).
+    Items are numbered per level in text order, from ``offsets[level]`` (the items a request
+    has already rendered at that level; default 0), and item ``i`` draws noise keyed on
+    ``(seed, level, i)``: so a request's text does not depend on how its roots are cut into
+    blocks (tested). Several requests pooled in one flood: ``sizes`` (consecutive roots per
+    request), ``seed`` one int per request and ``offsets`` one list per request; every item
+    is numbered within its own request and draws with its request's seed, so each request
+    gets exactly the text it gets alone (tested).
     """
     items, lengths, owner, seeds = roots, None, None, seed
+    n_levels = model.num_levels
     if sizes is not None:
         if len(sizes) != len(seed) or sum(sizes) != roots.shape[0]:
             raise ValueError("sizes must give one count per seed and sum to the number of roots")
         seeds = torch.as_tensor(list(seed), dtype=torch.long, device=roots.device)
         owner = torch.repeat_interleave(torch.arange(len(sizes), device=roots.device),
                                         torch.as_tensor(list(sizes), device=roots.device))
+        offsets = [[0] * n_levels] * len(sizes) if offsets is None else offsets
+    else:
+        offsets = [[0] * n_levels] if offsets is None else [offsets]
+    if len(offsets) != (1 if owner is None else len(sizes)) or any(len(o) != n_levels for o in offsets):
+        raise ValueError(f"offsets must give one start per level ({n_levels}) per request")
+    starts = torch.as_tensor([list(o) for o in offsets], dtype=torch.long, device=roots.device)  # (R, levels)
     counts, level_stats, energies = [], [], []
     for level in range(model.num_levels):
         ids = torch.arange(items.shape[0], device=items.device)
         item_seed = seed
-        if owner is not None:  # number items within their request; each draws with its seed
+        if owner is None:
+            ids = ids + starts[0, level]
+        else:  # number items within their request; each draws with its seed
             per = torch.bincount(owner, minlength=len(sizes))
-            ids = ids - (per.cumsum(0) - per)[owner]
+            ids = ids - (per.cumsum(0) - per)[owner] + starts[owner, level]
             item_seed = seeds[owner]
         ch = choose(level, items, ids, lengths, item_seed)
         keep = ch.tokens != model.pad_id(level)  # (N, L)
@@ -71,17 +84,18 @@ class FlashFloodDecoder(Decoder):
         return best_of_k(self.model, level, cond, items, lengths, o.k, seed, o.temperature,
                          need_energy=o.k > 1 or o.energies, packed=o.packed, max_batch=o.max_batch)
 
-    def render(self, root_ids) -> RenderResult:
+    def render(self, root_ids, offsets=None) -> RenderResult:
         return render(self.model, self.alphabet, self._roots_tensor(root_ids), self.choose,
-                      self.options.threshold, self.options.seed)
+                      self.options.threshold, self.options.seed, offsets=offsets)
 
-    def render_pooled(self, blocks: Sequence[Sequence[int]], seeds: Sequence[int]) -> RenderResult:
-        """Several requests' root blocks in one flood, block i drawn with ``seeds[i]``: the
-        same text per block as ``render`` with that seed (the options' own seed unused).
-        Split the result per block with ``engine.split_render``."""
+    def render_pooled(self, blocks: Sequence[Sequence[int]], seeds: Sequence[int],
+                      offsets: Optional[Sequence] = None) -> RenderResult:
+        """Several requests' root blocks in one flood, block i drawn with ``seeds[i]`` from
+        ``offsets[i]``: the same text per block as ``render`` with that seed and offsets
+        (the options' own seed unused). Split the result with ``engine.split_render``."""
         flat = self._roots_tensor([r for b in blocks for r in b])
         return render(self.model, self.alphabet, flat, self.choose, self.options.threshold,
-                      list(seeds), [len(b) for b in blocks])
+                      list(seeds), [len(b) for b in blocks], offsets)
 
 
 class AdaptiveFloodDecoder(FlashFloodDecoder):

@@ -8,6 +8,12 @@ import numpy as np
 import torch
 
 
+def advance(offsets: list, counts) -> list:
+    """Item numbers after a render: ``offsets`` plus the items it rendered at each level
+    (``counts[level]`` has one entry per item, a tensor or a list)."""
+    return [o + len(c) for o, c in zip(offsets, counts)]
+
+
 @dataclass
 class LevelStats:
     items: int = 0  # conditions expanded at this level

@@ -47,13 +47,15 @@ class SequentialDecoder(Decoder):
         return best.tokens[0].tolist(), child, best_e
 
     @torch.no_grad()
-    def render(self, root_ids) -> RenderResult:
+    def render(self, root_ids, offsets=None) -> RenderResult:
         roots = self._roots_tensor(root_ids).tolist()
         n_levels = self.model.num_levels
         stats = [LevelStats(scored=True) for _ in range(n_levels)]
         counts = [[] for _ in range(n_levels)]
         energies = [[] for _ in range(n_levels)]
-        next_item = [0] * n_levels
+        next_item = [0] * n_levels if offsets is None else [int(o) for o in offsets]
+        if len(next_item) != n_levels:
+            raise ValueError(f"offsets must give one start per level ({n_levels})")
         out: list[int] = []
 
         def visit(level: int, cond: int, length) -> None:
