@@ -11,7 +11,15 @@ gather), and a row that leaves is replaced by the last active row (one row copy)
 
 The window rule is ``ARStream``'s, applied per row, and the draws are the same
 counter-based ones keyed on (seed, step), so a request's tokens equal a batch-1
-``ARStream`` run with the same prompt, seed and settings (tested).
+``ARStream`` run with the same prompt, seed and settings (tested; up to floating-point
+near-ties, below).
+
+Batch invariance: a decode step always computes at least ``MIN_ROWS`` rows (idle rows pad
+it). On the CPU a linear layer over 1-3 rows takes another kernel than over 4 or more and
+rounds differently (~1e-5), while from 4 rows on each row's result does not depend on the
+others (nor does attention's): so a request's logits are bitwise the same alone or among
+31 others (tested), and a near-tie can never send it another way. Measured on x86 CPU
+(MKL); a GPU's kernels make no such promise.
 """
 
 from __future__ import annotations
@@ -22,6 +30,8 @@ import torch.nn.functional as F
 
 from .causal_lm import CausalLM
 from .sampling import RowSampling, SamplingConfig, check_seed, sample
+
+MIN_ROWS = 4  # a decode step's least rows: from 4 on, a row's numbers do not depend on the batch
 
 
 class SlotManager:
@@ -37,10 +47,11 @@ class SlotManager:
         self.context, self.keep = cfg.context, max(1, cfg.context // 2)
         dtype = dtype or model.wte.weight.dtype
         hd = cfg.d_model // cfg.n_heads
-        shape = (slots, cfg.n_heads, cfg.context, hd)
+        S = max(slots, MIN_ROWS)  # buffers hold the padding rows too
+        shape = (S, cfg.n_heads, cfg.context, hd)
         self.k = [torch.zeros(shape, dtype=dtype, device=self.device) for _ in model.blocks]
         self.v = [torch.zeros(shape, dtype=dtype, device=self.device) for _ in model.blocks]
-        S, L = slots, cfg.context
+        L = cfg.context
         self.window = torch.zeros(S, L, dtype=torch.long, device=self.device)  # token per cache slot
         self.tok = torch.zeros(S, dtype=torch.long, device=self.device)  # pending token per row
         self.pos = torch.zeros(S, dtype=torch.long, device=self.device)  # its position
@@ -120,12 +131,22 @@ class SlotManager:
         rows = torch.arange(A, device=self.device)
         pos, tok = self.pos[:A], self.tok[:A]
         self.window[rows, pos] = tok  # pending token takes its slot
-        logits = self._forward(tok[:, None], pos[:, None], A)[:, -1]  # (A, V)
+        logits = self.step_logits(A)
         nxt = sample(logits, self.rows.rows(slice(0, A)), self.seeds[:A], self.steps[:A])
         self.tok[:A] = nxt
         self.pos[:A] += 1
         self.steps[:A] += 1
         return nxt
+
+    def step_logits(self, A: int) -> torch.Tensor:
+        """Logits (A, V) of the pending tokens of active rows 0..A-1, computed over at least
+        ``MIN_ROWS`` rows: idle rows pad the step at position 0 with token 0. (A row's cache
+        entries at or below its position are always its own: a step writes its key and
+        value before attending, and a prefill writes all of them.)"""
+        P = max(A, MIN_ROWS)
+        tok, pos = self.tok[:P].clone(), self.pos[:P].clone()
+        tok[A:], pos[A:] = 0, 0
+        return self._forward(tok[:, None], pos[:, None], P)[:A, -1]
 
     def _prefill(self, r: int, tokens: torch.Tensor) -> None:
         """Write ``tokens`` (T,) into row r's cache slots 0..T-1 (logits unused)."""
