@@ -47,7 +47,10 @@ def start_server(args) -> tuple[subprocess.Popen, str]:
            "--block", str(args.block), "--log-level", "warning"]
     if args.model:
         cmd += ["--model", args.model]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    env = dict(os.environ)
+    if args.server_threads:  # the server's torch threads (OMP_NUM_THREADS); default: torch's
+        env["OMP_NUM_THREADS"] = str(args.server_threads)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
@@ -116,6 +119,8 @@ def main() -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--max-batch", type=int, default=32)
     p.add_argument("--block", type=int, default=32)
+    p.add_argument("--server-threads", type=int, help="the server's torch threads (OMP_NUM_THREADS; "
+                   "default: torch's own, one per core)")
     p.add_argument("--json", help="also write the results to this JSON file")
     args = p.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
@@ -141,7 +146,8 @@ def main() -> int:
         proc.wait(30)
     date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     print(f"Load test: {args.requests} requests per level x {args.max_tokens} roots (temperature 0.8), "
-          f"server --max-batch {args.max_batch} --block {args.block} on {args.device}; "
+          f"server --max-batch {args.max_batch} --block {args.block} on {args.device}"
+          f"{f' with {args.server_threads} torch thread(s)' if args.server_threads else ''}; "
           f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, {date}")
     print("| clients | requests | seconds | requests/s | tokens/s | roots/s | chars/s | p50 latency (s) | "
           "p99 latency (s) | text equal to solo |")

@@ -393,8 +393,13 @@ def test_cpu_targets_compare_with_the_peer_in_the_same_run():
     today = t["issue 8: render-only flood K=1 at R=256 vs today's"]
     assert today["value"] == pytest.approx(5000 / TODAY_CPU_RENDER_R256["tokens_per_s"])
     assert today["status"] == "met" and "only indicative" in today["note"]
-    # a baseline measured in this run replaces the old file's figure
-    rows.append(_row("baseline", "render-only", "single", "flood", 1000, model="baseline"))
+    # a baseline of another model (not today's 6 x 256) does not replace the old figure
+    rows.append({**_row("baseline", "render-only", "single", "flood", 1000, model="baseline"),
+                 "note": "model runs/prev, renderer 1x64"})
+    t = {x["target"]: x for x in compute_targets(rows, "cpu")}
+    assert "only indicative" in t["issue 8: render-only flood K=1 at R=256 vs today's"]["note"]
+    # a baseline of today's model measured in this run replaces the old file's figure
+    rows[-1]["note"] = "model runs/today, renderer 6x256"
     t = {x["target"]: x for x in compute_targets(rows, "cpu")}
     today = t["issue 8: render-only flood K=1 at R=256 vs today's"]
     assert today["value"] == pytest.approx(5.0) and today["status"] == "not met"

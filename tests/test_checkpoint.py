@@ -375,7 +375,13 @@ def test_a_tokenizer_from_another_run_is_refused(model_dir, corpus_text):
 def test_a_part_without_a_tokenizer_hash_is_accepted_as_legacy(model_dir):
     _drop_tokenizer_hash(model_dir)
     load_all(model_dir)
-    assert "tokenizer_sha256" not in ckpt.read_meta(ckpt.default_model_dir(), "renderer")
+    # the shipped model has one such part (the AR peer, trained before parts recorded the
+    # hash, on the same chunk level); its manager and renderer record the shipped tokenizer's
+    shipped = ckpt.default_model_dir()
+    assert "tokenizer_sha256" not in ckpt.read_meta(shipped, "peer")
+    sha = ckpt.file_sha256(shipped / "tokenizer.json")
+    assert ckpt.read_meta(shipped, "renderer")["tokenizer_sha256"] == sha
+    assert ckpt.read_meta(shipped, "manager")["tokenizer_sha256"] == sha
 
 
 # ---------------------------------------------------------------- hostile content
@@ -494,8 +500,9 @@ def test_hostile_tokenizer_json(model_dir, edit, fragment):
 def test_shipped_tokenizer_passes_the_structure_check():
     from fractal_flood.bpe_json import check_bpe_json
     data = json.loads((ckpt.default_model_dir() / "tokenizer.json").read_text(encoding="utf-8"))
-    check_bpe_json(data["chunk_bpe"], "chunk_bpe")
-    check_bpe_json(data["root_bpe"], "root_bpe")
+    assert data["version"] == 2 and [lv["name"] for lv in data["levels"]] == ["roots", "chunks"]
+    for lv in data["levels"]:
+        check_bpe_json(lv["bpe"], lv["name"])
 
 
 # ---------------------------------------------------------------- files as written

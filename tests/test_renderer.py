@@ -196,7 +196,10 @@ def test_preset_sizes(shipped_tokenizer):
     """The seed preset at the default hierarchy is ~6M parameters (the plan's 6 x 256); the
     default (small, 1 x 64) and the tests' tiny preset (2 x 64, a short schedule) are over ten
     times smaller."""
-    levels = [lv.to_dict() for lv in shipped_tokenizer.levels]
+    from fractal_flood.level_specs import default_specs
+    from fractal_flood.levels import Level
+    chars = shipped_tokenizer.levels[-1]  # the alphabet; the BPE levels at the presets' default
+    levels = [lv.to_dict() for lv in default_specs() + [Level(chars.name, chars.size, 0)]]
     size = lambda name: FractalDiffusionModel(RendererConfig(levels=levels, **get_preset(name).renderer)).num_params()
     seed = size("seed")
     assert 5.0e6 < seed < 7.5e6, seed

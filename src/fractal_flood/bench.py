@@ -98,6 +98,11 @@ QUICK = Sizes(name="quick", roots=(4, 16), seq_roots=(4,), ks=(1, 4, 16), e2e_ro
 
 # ---- work of the autoregressive rows ----------------------------------------------------------
 
+def renderer_size(renderer) -> str:
+    """'LAYERS x WIDTH' of a renderer, as bench notes and targets name it."""
+    return f"{renderer.config.n_layers}x{renderer.config.d_model}"
+
+
 def ar_work(prompt_len: int, steps: int, context: int) -> tuple[int, int]:
     """-> (prefill passes, positions computed) per sequence for ``ARStream.start(prompt)`` then
     ``steps`` decode steps, by the window rule in autoregress.py: the prompt's last
@@ -473,7 +478,7 @@ class Bench:
             t, started, name=name, mode="render-only", stream="single", decoder="flood", k=1, model="baseline",
             roots=R, requests=1, tokens=res.num_chunks, chars=len(res.tokens), fidelity=fid, cer=cer,
             heldout_bpc=NA, sample_bpc=NA, flops=res.flops, draws=res.draws, passes=res.passes,
-            manager_steps=0, note=f"model {model_dir}"))
+            manager_steps=0, note=f"model {model_dir}, renderer {renderer_size(renderer)}"))
 
     def baseline_e2e_row(self, model_dir) -> Optional[BenchRow]:
         """Single-stream end-to-end flood K=1 with another model directory (the previous
@@ -500,7 +505,8 @@ class Bench:
             t, started, name=name, mode="end-to-end", stream="single", decoder="flood", k=1, model="baseline",
             roots=len(g.root_ids), requests=1, tokens=g.num_chunks, chars=len(g.text), fidelity=fid, cer=cer,
             heldout_bpc=NA, sample_bpc=NA, flops=flops, draws=sum(r.draws for r in g.renders),
-            passes=sum(r.passes for r in g.renders), manager_steps=g.manager_steps, note=f"model {model_dir}"))
+            passes=sum(r.passes for r in g.renders), manager_steps=g.manager_steps,
+            note=f"model {model_dir}, renderer {renderer_size(m.renderer)}"))
 
     def reference_quality(self) -> dict:
         """Held-out bits per char of each model, and of the peer's own samples, for scale."""

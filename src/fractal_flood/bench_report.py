@@ -34,7 +34,7 @@ EXPLAIN = ("A token is one level-1 chunk. Seconds: median of the timed runs (war
 # runs are not comparable (other load, other machine), so a baseline row measured in the same
 # run (--baseline-model) replaces it whenever the run has one.
 TODAY_CPU_RENDER_R256 = {
-    "tokens_per_s": 413.0768451821532, "row": "render flood k=1 R=256",
+    "tokens_per_s": 413.0768451821532, "row": "render flood k=1 R=256", "renderer": "6x256",
     "source": "docs/bench/cpu_2026-11-27/bench.json (2026-11-27T14:38:02+00:00, CPU (x86_64, 2 threads), "
               "float32, the previous 6 x 256 default model)"}
 
@@ -139,7 +139,10 @@ def _vs_peer_batched(rows, only=None):
 def _vs_today(rows):
     cands, row = _best(rows, lambda r: _render(r) and r["decoder"] == "flood" and r["k"] == 1
                        and r["roots"] == 256)
-    base = [r for r in rows if r.get("model") == "baseline" and r["roots"] == 256]
+    # a same-run baseline counts only if it is today's model (its renderer's size in the note)
+    today = f"renderer {TODAY_CPU_RENDER_R256['renderer']}"
+    base = [r for r in rows if r.get("model") == "baseline" and r["mode"] == "render-only"
+            and r["roots"] == 256 and r.get("note", "").endswith(today)]
     if row is None:
         return cands, None, [], ""
     if base:

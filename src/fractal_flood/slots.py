@@ -18,20 +18,29 @@ Batch invariance: a decode step always computes at least ``MIN_ROWS`` rows (idle
 it). On the CPU a linear layer over 1-3 rows takes another kernel than over 4 or more and
 rounds differently (~1e-5), while from 4 rows on each row's result does not depend on the
 others (nor does attention's): so a request's logits are bitwise the same alone or among
-31 others (tested), and a near-tie can never send it another way. Measured on x86 CPU
-(MKL); a GPU's kernels make no such promise.
+31 others (tested), and a near-tie can never send it another way. Attention is written as
+batched matmuls for the same reason (the fused kernel is not batch-invariant on two CPU
+threads). Measured on x86 CPU (MKL); a GPU's kernels make no such promise.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .causal_lm import CausalLM
 from .sampling import RowSampling, SamplingConfig, check_seed, sample
 
 MIN_ROWS = 4  # a decode step's least rows: from 4 on, a row's numbers do not depend on the batch
+
+
+def batch_invariant_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                              mask: torch.Tensor) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d), masked) v as batched matmuls: each row is its own matrix
+    product, so its result does not depend on the other rows. (The CPU's fused attention
+    splits its work by the batch's size over threads and rounds differently, ~1e-7.)"""
+    att = (q @ k.transpose(-1, -2)) * (1.0 / q.size(-1) ** 0.5)
+    return att.masked_fill(~mask, float("-inf")).softmax(-1) @ v
 
 
 class SlotManager:
@@ -187,7 +196,7 @@ class SlotManager:
             kc.transpose(1, 2)[batch, pos] = k.to(kc.dtype)
             vc.transpose(1, 2)[batch, pos] = v.to(vc.dtype)
             keys, values = kc[row:row + B].to(q.dtype), vc[row:row + B].to(q.dtype)
-            y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
+            y = batch_invariant_attention(q, keys, values, mask)
             x = x + att.c_proj(y.transpose(1, 2).contiguous().view(B, T, C))
             x = x + block.mlp(block.ln_2(x))
         return m.lm_head(m.ln_f(x))  # (B, T, V)
