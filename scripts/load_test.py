@@ -47,10 +47,9 @@ def start_server(args) -> tuple[subprocess.Popen, str]:
            "--block", str(args.block), "--log-level", "warning"]
     if args.model:
         cmd += ["--model", args.model]
-    env = dict(os.environ)
-    if args.server_threads:  # the server's torch threads (OMP_NUM_THREADS); default: torch's
-        env["OMP_NUM_THREADS"] = str(args.server_threads)
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    if args.server_threads:  # the server's torch threads; default: torch's
+        cmd += ["--threads", str(args.server_threads)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
@@ -119,7 +118,7 @@ def main() -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--max-batch", type=int, default=32)
     p.add_argument("--block", type=int, default=32)
-    p.add_argument("--server-threads", type=int, help="the server's torch threads (OMP_NUM_THREADS; "
+    p.add_argument("--server-threads", type=int, help="the server's torch threads (serve --threads; "
                    "default: torch's own, one per core)")
     p.add_argument("--json", help="also write the results to this JSON file")
     args = p.parse_args()

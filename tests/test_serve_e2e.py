@@ -35,11 +35,12 @@ def free_port() -> int:
 def server(tiny_model_dir, tmp_path_factory):
     port = free_port()
     log = tmp_path_factory.mktemp("serve") / "serve.log"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = dict(os.environ)
     with open(log, "w") as out:
         proc = subprocess.Popen([sys.executable, "-m", "fractal_flood", "serve", "--model", str(tiny_model_dir),
                                  "--device", "cpu", "--host", "127.0.0.1", "--port", str(port),
-                                 "--max-batch", "16", "--block", str(BLOCK), "--log-level", "warning"],
+                                 "--max-batch", "16", "--block", str(BLOCK), "--log-level", "warning",
+                                 "--threads", "1"],
                                 stdout=out, stderr=subprocess.STDOUT, env=env)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -53,6 +54,7 @@ def server(tiny_model_dir, tmp_path_factory):
             if proc.poll() is not None or time.monotonic() > deadline:
                 pytest.fail(f"server did not start: {log.read_text()}")
             time.sleep(0.3)
+        assert "1 torch thread(s)" in log.read_text()  # --threads reached torch
         yield base
     finally:
         proc.terminate()

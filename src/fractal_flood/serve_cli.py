@@ -27,6 +27,10 @@ def add_arguments(v) -> None:
     v.add_argument("--model-name", default="fractal-flood", help="the model id clients ask for")
     v.add_argument("--bench-json", metavar="FILE",
                    help="a fractal-flood bench --json file: the page's bench view draws it")
+    v.add_argument("--threads", type=int_in(1, 1024), default=None,
+                   help="torch intra-op threads (default: torch's, one per core). On a small CPU "
+                        "one thread can be faster: the server's other threads need a core too "
+                        "(RESULTS.md, 'Serving')")
     v.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
 
 
@@ -40,15 +44,20 @@ def run(args) -> int:
         raise FractalFloodError(f"--bench-json: no such file {args.bench_json}")
     if args.max_queue < 0:
         raise FractalFloodError(f"--max-queue must be >= 0, got {args.max_queue}")
+    import torch
+
     from .openai_schema import Limits
     from .pipeline import load_pipeline
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     from .server import create_app
     pipe = load_pipeline(args.model, args.device, args.dtype, args.decoder)
     limits = Limits(max_tokens=args.max_tokens_limit)
     app = create_app(pipe, args.max_batch, args.max_queue, args.block, limits, args.model_name,
                      Path(args.bench_json) if args.bench_json else None)
     print(f"fractal-flood serve: {args.model or 'shipped model'} on {pipe.device}, "
-          f"http://{args.host}:{args.port}/ ({args.max_batch} slots, queue {args.max_queue})",
+          f"http://{args.host}:{args.port}/ ({args.max_batch} slots, queue {args.max_queue}, "
+          f"{torch.get_num_threads()} torch thread(s))",
           file=sys.stderr, flush=True)
     try:
         uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
