@@ -246,12 +246,12 @@ def test_bad_input_is_one_line(tmp_path, capsys):
 @pytest.mark.parametrize("prompt_len,steps,context", [(1, 30, 8), (3, 30, 8), (12, 5, 8), (2, 9, 3), (1, 4, 1)])
 def test_ar_work_matches_the_stream(prompt_len, steps, context):
     """``ar_work`` follows the window rule: its prefill passes and positions are what an
-    ``ARStream`` does (forward_cached counted on the model itself)."""
+    ``ARStream`` does (hidden_cached, its cached forward, counted on the model itself)."""
     torch.manual_seed(0)
     model = CausalLM(CausalLMConfig(vocab_size=11, n_layers=1, d_model=16, n_heads=2, context=context)).eval()
     positions = []
-    forward = model.forward_cached
-    model.forward_cached = lambda idx, pos: positions.append(idx.size(1)) or forward(idx, pos)
+    forward = model.hidden_cached
+    model.hidden_cached = lambda idx, pos: positions.append(idx.size(1)) or forward(idx, pos)
     ar = ARStream(model, 2, SamplingConfig(temperature=1.0), "cpu")
     ar.start(torch.arange(prompt_len) % 11)
     ar.generate(steps)

@@ -108,6 +108,29 @@ def test_tied_manager_head_survives(tmp_path):
     assert loaded.lm_head.weight.data_ptr() == loaded.wte.weight.data_ptr()
 
 
+def test_class_factored_manager_round_trip(tmp_path):
+    torch.manual_seed(0)
+    model = CausalLM(CausalLMConfig(vocab_size=64, n_layers=1, d_model=16, n_heads=2, context=8,
+                                    head_classes=8)).eval()
+    ckpt.save_part(tmp_path, "manager", model, dtype=torch.float32)
+    loaded, meta = ckpt.load_part(tmp_path, "manager")
+    assert meta["config"]["head_classes"] == 8 and loaded.config.head_classes == 8
+    assert torch.equal(loaded.class_head.weight, model.class_head.weight)
+    idx = torch.randint(0, 64, (2, 8))
+    assert torch.equal(loaded(idx), model(idx))
+
+
+@pytest.mark.parametrize("classes", [3, 1, -1, 64, "many"])
+def test_bad_head_classes_in_a_config(tmp_path, classes):
+    model = manager()
+    ckpt.save_part(tmp_path, "manager", model)
+    meta = json.loads((tmp_path / "manager.json").read_text())
+    meta["config"]["head_classes"] = classes
+    (tmp_path / "manager.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="head_classes"):
+        ckpt.load_part(tmp_path, "manager")
+
+
 def test_trained_dir_round_trip(tiny_model_dir, tiny_trained_tokenizer, tmp_path):
     """A trained directory re-saved and re-loaded gives the same outputs and tokenizer."""
     r, _ = ckpt.load_renderer(tiny_model_dir, tiny_trained_tokenizer)

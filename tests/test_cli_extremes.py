@@ -31,6 +31,7 @@ FLOAT_BAD = {
     "positive_float": ["nan", "inf", "0", "-1", "abc", ""],
     "unit_float": ["nan", "inf", "0", "1.5", "-1", "abc"],
     "dropout_rate": ["nan", "inf", "1", "-0.1", "abc", ""],
+    "class_count": ["1", "-2", "1.5", "abc", "", "nan", str(1 << 30)],
 }
 # Options whose bad values are only found when the command runs: hand-written cases,
 # (command, option, value, a fragment of the one line).
@@ -76,6 +77,8 @@ RUNTIME = [
     ("stats", "--levels", "roots:2048:4,chunks:9999999:16", "--levels"),
     ("train", "--levels", "roots:abc:4", "--levels"),
     ("train", "--levels", "chars:100:4", "--levels"),
+    ("train", "--head-classes", "7", "--head-classes"),  # 2,048 roots: not a divisor
+    ("train", "--head-classes", "2048", "--head-classes"),
 ]
 # Any text is a value of these: --prompt's bad case is an unknown character (above); --stop
 # and --model-name are free text; a --host that cannot be bound is the serve tests' concern.

@@ -9,9 +9,10 @@ from fractal_flood.sampling import SamplingConfig
 from fractal_flood.slots import MIN_ROWS, SlotManager
 
 
-def model():
+def model(classes=0):
     torch.manual_seed(0)
-    return CausalLM(CausalLMConfig(vocab_size=512, n_layers=2, d_model=64, n_heads=4, context=32)).eval()
+    return CausalLM(CausalLMConfig(vocab_size=512, n_layers=2, d_model=64, n_heads=4, context=32,
+                                   head_classes=classes)).eval()
 
 
 @pytest.fixture(params=[1, 2])
@@ -22,12 +23,13 @@ def threads(request):
     torch.set_num_threads(before)
 
 
+@pytest.mark.parametrize("classes", [0, 16], ids=["softmax", "classes"])
 @pytest.mark.parametrize("others", [0, 1, 2, 5, 11])
-def test_a_rows_logits_are_bitwise_the_same_alone_or_batched(others, threads):
+def test_a_rows_logits_are_bitwise_the_same_alone_or_batched(others, classes, threads):
     """The premise of 'every request's text equals its solo run' without luck: the step
     pads to MIN_ROWS rows, the size from which a CPU linear layer's rows are independent,
     and attention is batched matmuls (the fused kernel is not invariant on 2 threads)."""
-    m = model()
+    m = model(classes)
     prompt = [5, 9, 2, 7, 7, 1]
     alone = SlotManager(m, 1, "cpu")
     alone.add("me", prompt, SamplingConfig(0.9), seed=3)
@@ -43,14 +45,14 @@ def test_a_rows_logits_are_bitwise_the_same_alone_or_batched(others, threads):
     seen = {"alone": [], "together": []}
 
     def recording(name, inner, r):
-        def step_logits(A):
-            logits = inner(A)
-            seen[name].append(logits[r].clone())
-            return logits
-        return step_logits
+        def step_hidden(A):
+            hidden = inner(A)
+            seen[name].append(hidden[r].clone())
+            return hidden
+        return step_hidden
 
-    alone.step_logits = recording("alone", alone.step_logits, 0)
-    together.step_logits = recording("together", together.step_logits, row)
+    alone.step_hidden = recording("alone", alone.step_hidden, 0)
+    together.step_hidden = recording("together", together.step_hidden, row)
     a, b = alone.generate(40)[0], together.generate(40)[row]  # past the context: slides included
     assert torch.equal(a, b)
     assert len(seen["alone"]) == len(seen["together"]) == 40

@@ -21,7 +21,7 @@ import torch
 
 from .causal_lm import CausalLM
 from .errors import DeviceError
-from .sampling import RowSampling, SamplingConfig, check_seed, sample
+from .sampling import RowSampling, SamplingConfig, check_seed
 
 
 def _as_batch(prompt: torch.Tensor, batch: Optional[int]) -> torch.Tensor:
@@ -82,8 +82,8 @@ class ARStream:
         self.prefills = 0
         # torch.compile fuses the step's small kernels (layer norms, bias, GELU, residuals);
         # only the T = 1 decode step is compiled, prefill stays eager (one shape, one compile)
-        self._step_forward = (torch.compile(model.forward_cached, dynamic=False)
-                              if compile else model.forward_cached)
+        self._step_forward = (torch.compile(model.hidden_cached, dynamic=False)
+                              if compile else model.hidden_cached)
         self._graph = self._capture() if cuda_graph else None
 
     @property
@@ -131,16 +131,12 @@ class ARStream:
     def _step(self) -> None:
         """One decode step on static buffers only: the body of the CUDA graph."""
         self._window.index_copy_(1, self._pos, self._tok)  # pending token takes its slot
-        logits = self._step_forward(self._tok, self._pos)  # (B, 1, V)
-        nxt = self._sample(logits[:, -1])  # (B,)
+        hidden = self._step_forward(self._tok, self._pos)  # (B, 1, C)
+        rows = self.sampling if self.sampling.greedy else self._rows  # greedy: a plain argmax
+        nxt = self.model.draw(hidden[:, -1], rows, self._seeds, self._steps)  # (B,)
         self._tok.copy_(nxt[:, None])
         self._pos.add_(1)
         self._steps.add_(1)
-
-    def _sample(self, logits: torch.Tensor) -> torch.Tensor:
-        if self.sampling.greedy:
-            return logits.argmax(-1)
-        return sample(logits, self._rows, self._seeds, self._steps)
 
     def _prefill(self, tokens: torch.Tensor) -> None:
         """Write tokens (B, T) into cache slots 0..T-1 (logits unused)."""
@@ -148,7 +144,7 @@ class ARStream:
         if T == 0:
             return
         self._window[:, :T] = tokens
-        self.model.forward_cached(tokens, torch.arange(T, device=self.device))
+        self.model.hidden_cached(tokens, torch.arange(T, device=self.device))
         self.prefills += 1
 
     def _slide(self) -> None:
@@ -194,7 +190,7 @@ def generate_reference(model: CausalLM, prompt: torch.Tensor, n: int,
         if window.size(1) > context:
             window = window[:, -keep:]
         steps = torch.full((B,), i, dtype=torch.long, device=window.device)
-        nxt = sample(model(window)[:, -1], sampling, seeds, steps)  # (B,)
+        nxt = model.reference_draw(model.hidden(window)[:, -1], sampling, seeds, steps)  # (B,)
         out[:, i] = nxt
         window = torch.cat([window, nxt[:, None]], dim=1)
     return out

@@ -8,6 +8,13 @@ Two forward paths over the same weights:
   decode step therefore has the same shapes and touches the same memory, so it can be
   captured once in a CUDA graph and replayed (``autoregress.ARStream``).
 
+The output layer is one softmax over the vocabulary, or (``config.head_classes`` = K > 0)
+P(class) x P(token | class) over K classes of consecutive ids (``class_head.py``), which a
+decoder samples from K + V/K scores instead of V. ``forward`` returns scores whose softmax
+is the model's distribution either way (for the factored head, the log-probabilities), so
+training, evaluation and the reference decoders read it alike; decoders draw the next token
+from the last hidden state with ``draw`` (``reference_draw``: the plain path).
+
 Dropout (``config.dropout``: embeddings, attention, residual branches) acts in training mode
 only; evaluation and decoding are unchanged by it.
 
@@ -23,8 +30,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import class_head
 from .config import DECAY_MODES, CausalLMConfig
 from .layers import Block, KVCache, init_weights
+from .sampling import sample
 
 
 class CausalLM(nn.Module):
@@ -38,6 +47,9 @@ class CausalLM(nn.Module):
         self.ln_f = nn.LayerNorm(C)
         self.lm_head = nn.Linear(C, V, bias=False)
         self.lm_head.weight = self.wte.weight  # tied, as GPT-2
+        # class-factored head: the class scores' own matrix (token scores stay tied to wte)
+        self.class_head = (nn.Linear(C, config.head_classes, bias=False)
+                           if config.head_classes else None)
         init_weights(self, config.n_layers)
         self.kv_caches: Optional[nn.ModuleList] = None  # made by setup_cache
 
@@ -78,17 +90,47 @@ class CausalLM(nn.Module):
     # ---- full causal path (training, reference) -------------------------------------------
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        """idx (B, T) token ids -> logits (B, T, V), causal over the T positions."""
+        """idx (B, T) token ids -> scores (B, T, V), causal over the T positions."""
+        return self.head(self.hidden(idx))
+
+    def hidden(self, idx: torch.Tensor) -> torch.Tensor:
+        """idx (B, T) token ids -> final hidden states (B, T, C), causal."""
         B, T = idx.shape
         if T > self.config.context:
             raise ValueError(f"sequence of {T} tokens exceeds the context of {self.config.context}")
         x = self._embed(idx, torch.arange(T, device=idx.device))  # (B, T, C)
         for block in self.blocks:
             x = block(x, is_causal=True)
-        return self.lm_head(self.ln_f(x))  # (B, T, V)
+        return self.ln_f(x)
+
+    def head(self, h: torch.Tensor) -> torch.Tensor:
+        """Final hidden states (..., C) -> (..., V) scores whose softmax is the model's
+        distribution: logits, or the class-factored head's log-probabilities."""
+        if self.class_head is None:
+            return self.lm_head(h)
+        return class_head.class_log_probs(self.class_head(h), self.lm_head(h))
+
+    def draw(self, h: torch.Tensor, rows, seeds: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
+        """(B, C) final hidden states -> (B,) next tokens (``sampling.sample``'s contract:
+        row b's draw depends only on (seeds[b], steps[b]) and its own settings)."""
+        if self.class_head is None:
+            return sample(self.lm_head(h), rows, seeds, steps)
+        return class_head.draw(h, self.class_head.weight, self.wte.weight, rows, seeds, steps)
+
+    def reference_draw(self, h: torch.Tensor, rows, seeds: torch.Tensor,
+                       steps: torch.Tensor) -> torch.Tensor:
+        """``draw`` by the plain path: the whole output table, then one inversion over it."""
+        if self.class_head is None:
+            return sample(self.lm_head(h), rows, seeds, steps)
+        return class_head.reference_draw(h, self.class_head.weight, self.wte.weight, rows, seeds, steps)
 
     def loss(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Mean next-token cross-entropy; ``targets`` (B, T) is usually ``idx`` shifted by one."""
+        """Mean next-token cross-entropy; ``targets`` (B, T) is usually ``idx`` shifted by one.
+        A class-factored head scores only each target's class (``class_head.class_nll``)."""
+        if self.class_head is not None:
+            h = self.hidden(idx)
+            return class_head.class_nll(h.reshape(-1, h.size(-1)), self.class_head.weight,
+                                        self.wte.weight, targets.reshape(-1)).mean()
         logits = self(idx)
         return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1))
 
@@ -114,7 +156,11 @@ class CausalLM(nn.Module):
         self.register_buffer("cache_mask", mask, persistent=False)
 
     def forward_cached(self, idx: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
-        """idx (B, T) at positions input_pos (T,) long -> logits (B, T, V).
+        """``hidden_cached`` followed by the output layer: (B, T, V) scores."""
+        return self.head(self.hidden_cached(idx, input_pos))
+
+    def hidden_cached(self, idx: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+        """idx (B, T) at positions input_pos (T,) long -> final hidden states (B, T, C).
 
         Writes keys/values of these positions into the cache in place, then each query
         attends to every cache slot at or before its own position. Shapes depend only on
@@ -126,4 +172,4 @@ class CausalLM(nn.Module):
         mask = self.cache_mask[input_pos][None, None]  # (1, 1, T, L), broadcast over B, nh
         for block, cache in zip(self.blocks, self.kv_caches):
             x = block(x, attn_mask=mask, cache=cache, input_pos=input_pos)
-        return self.lm_head(self.ln_f(x))  # (B, T, V)
+        return self.ln_f(x)  # (B, T, C)

@@ -101,6 +101,19 @@ def dropout_rate(s: str) -> float:
     return v
 
 
+def class_count(s: str):
+    """--head-classes: "auto", 0 (one softmax) or a class count >= 2."""
+    if s.strip() == "auto":
+        return "auto"
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be auto, 0 or an integer >= 2, got {s!r}") from None
+    if v < 0 or v == 1 or v > 1 << 24:
+        raise argparse.ArgumentTypeError(f"must be auto, 0 or an integer in 2 .. {1 << 24}, got {v}")
+    return v
+
+
 def unit_float(s: str) -> float:
     v = finite_float(s)
     if not 0 < v <= 1:
@@ -225,6 +238,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "to its share after timing steps 10-40")
     t.add_argument("--dropout", type=dropout_rate,
                    help="language models' dropout in training (default: the preset's)")
+    t.add_argument("--head-classes", type=class_count,
+                   help="the manager's output layer: 0 = one softmax over the roots; K = "
+                        "P(class) x P(root | class) over K classes of consecutive ids, which "
+                        "decoding samples from K + roots/K scores; auto = K near the square root "
+                        "of the roots from 4,096 roots on (default: the preset's, auto)")
     t.add_argument("--weight-decay", type=nonneg_float,
                    help="language models' AdamW weight decay (default: the preset's)")
     t.add_argument("--decay", choices=DECAY_MODES,
@@ -369,6 +387,7 @@ def _train(args) -> int:
                               overwrite=args.overwrite,
                               seed=args.seed, eval_every=args.eval_every, save_every=args.save_every,
                               progress=not args.no_progress, dropout=args.dropout,
+                              head_classes=args.head_classes,
                               weight_decay=args.weight_decay, decay=args.decay))
     return 0
 

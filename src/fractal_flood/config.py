@@ -37,10 +37,17 @@ class CausalLMConfig:
     n_heads: int = 4
     context: int = 256  # attention window in tokens
     dropout: float = 0.0  # training only; absent from older checkpoints, which load as 0
+    # output layer: 0 = one softmax over the vocabulary; K = P(class) x P(token | class) over
+    # K classes of consecutive ids (class_head.py); "auto" picks K from the vocabulary
+    # (auto_classes). Absent from older checkpoints: 0.
+    head_classes: int = 0
 
     def __post_init__(self):
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.head_classes == "auto":
+            self.head_classes = auto_classes(self.vocab_size)
+        check_classes(self.vocab_size, self.head_classes)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -48,6 +55,25 @@ class CausalLMConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "CausalLMConfig":
         return cls(**_known(cls, d))
+
+
+def auto_classes(vocab_size: int, least_vocab: int = 4096) -> int:
+    """The class count ``head_classes="auto"`` picks (class_head.py): the divisor of
+    ``vocab_size`` nearest its square root, so both factors are small; 0 (one softmax)
+    below ``least_vocab`` or when only 1 and ``vocab_size`` divide it."""
+    if vocab_size < least_vocab:
+        return 0
+    root = vocab_size ** 0.5
+    divisors = [k for k in range(2, vocab_size) if vocab_size % k == 0]
+    return min(divisors, key=lambda k: (abs(k - root), k)) if divisors else 0
+
+
+def check_classes(vocab_size: int, classes) -> None:
+    """``head_classes`` is 0 or a proper divisor of the vocabulary size (ValueError)."""
+    if type(classes) is not int or classes < 0 or classes == 1 or classes >= max(vocab_size, 2) \
+            or (classes and vocab_size % classes):
+        raise ValueError(f"head_classes is {classes!r}; expected 0 (one softmax) or a divisor of "
+                         f"the vocabulary size {vocab_size} in 2 .. {vocab_size - 1}")
 
 
 # which language-model parameters AdamW decays (CausalLM.optimizer_groups); here, without
@@ -101,7 +127,7 @@ PRESETS: dict[str, Preset] = {
     "small": Preset(
         name="small",
         renderer=dict(n_layers=1, d_model=64, n_heads=4),
-        manager=dict(n_layers=4, d_model=128, n_heads=4, context=256),
+        manager=dict(n_layers=4, d_model=128, n_heads=4, context=256, head_classes="auto"),
         peer=dict(n_layers=4, d_model=128, n_heads=4, context=256),
         renderer_steps=3000, renderer_batch=512, renderer_lr=2e-3,
     ),
@@ -109,7 +135,7 @@ PRESETS: dict[str, Preset] = {
     "seed": Preset(
         name="seed",
         renderer=dict(n_layers=6, d_model=256, n_heads=8),
-        manager=dict(n_layers=4, d_model=128, n_heads=4, context=256),
+        manager=dict(n_layers=4, d_model=128, n_heads=4, context=256, head_classes="auto"),
         peer=dict(n_layers=6, d_model=256, n_heads=8, context=256),
     ),
 }

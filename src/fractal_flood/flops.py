@@ -39,4 +39,12 @@ def causal_lm_flops(config, batch: int, positions: int) -> int:
     it), so that is what it costs."""
     d = config.d_model
     f = block_flops(d, config.n_layers, batch * positions, batch * positions * config.context)
-    return f + 2 * d * config.vocab_size * batch * positions  # the LM head (tied to wte)
+    return f + 2 * d * output_scores(config) * batch * positions  # the LM head (tied to wte)
+
+
+def output_scores(config) -> int:
+    """Scores a decode step's output layer computes per row: the vocabulary, or for a
+    class-factored head (``head_classes``) the classes plus one class's tokens (the
+    whole table again when a row asks for top-k / top-p, not counted here)."""
+    K = getattr(config, "head_classes", 0)
+    return K + config.vocab_size // K if K else config.vocab_size

@@ -24,9 +24,13 @@ def _import_transformers():
 @torch.no_grad()
 def to_hf_gpt2(model: CausalLM):
     """A ``transformers.GPT2LMHeadModel`` on the model's device and dtype, in eval mode,
-    that gives the same logits as ``model(idx)``."""
-    transformers = _import_transformers()
+    that gives the same logits as ``model(idx)``. A class-factored output layer
+    (``head_classes``) has no GPT-2 equivalent: ValueError."""
     cfg = model.config
+    if cfg.head_classes:
+        raise ValueError(f"this model's output layer is class-factored ({cfg.head_classes} classes): "
+                         "GPT2LMHeadModel has one softmax over the vocabulary, so it cannot hold it")
+    transformers = _import_transformers()
     hf_cfg = transformers.GPT2Config(
         vocab_size=cfg.vocab_size, n_positions=cfg.context, n_embd=cfg.d_model,
         n_layer=cfg.n_layers, n_head=cfg.n_heads, n_inner=None,  # 4 * n_embd, as our MLP

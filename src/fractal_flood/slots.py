@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from .causal_lm import CausalLM
-from .sampling import RowSampling, SamplingConfig, check_seed, sample
+from .sampling import RowSampling, SamplingConfig, check_seed
 
 MIN_ROWS = 4  # a decode step's least rows: from 4 on, a row's numbers do not depend on the batch
 
@@ -140,22 +140,23 @@ class SlotManager:
         rows = torch.arange(A, device=self.device)
         pos, tok = self.pos[:A], self.tok[:A]
         self.window[rows, pos] = tok  # pending token takes its slot
-        logits = self.step_logits(A)
-        nxt = sample(logits, self.rows.rows(slice(0, A)), self.seeds[:A], self.steps[:A])
+        P = max(A, MIN_ROWS)  # the draw's layers, too, see at least MIN_ROWS rows
+        nxt = self.model.draw(self.step_hidden(A), self.rows.rows(slice(0, P)), self.seeds[:P],
+                              self.steps[:P])[:A]
         self.tok[:A] = nxt
         self.pos[:A] += 1
         self.steps[:A] += 1
         return nxt
 
-    def step_logits(self, A: int) -> torch.Tensor:
-        """Logits (A, V) of the pending tokens of active rows 0..A-1, computed over at least
-        ``MIN_ROWS`` rows: idle rows pad the step at position 0 with token 0. (A row's cache
+    def step_hidden(self, A: int) -> torch.Tensor:
+        """Final hidden states (P, C) of the pending tokens of rows 0..P-1, P = max(A,
+        ``MIN_ROWS``): idle rows pad the step at position 0 with token 0. (A row's cache
         entries at or below its position are always its own: a step writes its key and
         value before attending, and a prefill writes all of them.)"""
         P = max(A, MIN_ROWS)
         tok, pos = self.tok[:P].clone(), self.pos[:P].clone()
         tok[A:], pos[A:] = 0, 0
-        return self._forward(tok[:, None], pos[:, None], P)[:A, -1]
+        return self._forward(tok[:, None], pos[:, None], P)[:, -1]
 
     def _prefill(self, r: int, tokens: torch.Tensor) -> None:
         """Write ``tokens`` (T,) into row r's cache slots 0..T-1 (logits unused)."""
@@ -174,10 +175,12 @@ class SlotManager:
         self.pos[r] = self.host_pos[r] = self.keep - 1
 
     def _forward(self, idx: torch.Tensor, pos: torch.Tensor, B: int, row: int = 0) -> torch.Tensor:
-        """idx, pos (B, T) -> logits (B, T, V) for cache rows row .. row+B-1.
+        """idx, pos (B, T) -> final hidden states (B, T, C) for cache rows row .. row+B-1.
 
         ``CausalLM.forward_cached`` with per-row positions: the same ops in the same order,
-        so one row gives the same numbers as a batch-1 stream.
+        so one row gives the same numbers as a batch-1 stream. Attention reads the whole
+        cache: reading only up to the longest row's position would change a row's numbers
+        with the others' positions (tried 2026-12-02: the bitwise test fails).
         """
         m = self.model
         x = m.wte(idx) + m.wpe(pos)  # (B, T, C)
@@ -199,4 +202,4 @@ class SlotManager:
             y = batch_invariant_attention(q, keys, values, mask)
             x = x + att.c_proj(y.transpose(1, 2).contiguous().view(B, T, C))
             x = x + block.mlp(block.ln_2(x))
-        return m.lm_head(m.ln_f(x))  # (B, T, V)
+        return m.ln_f(x)  # (B, T, C)

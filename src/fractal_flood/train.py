@@ -33,11 +33,12 @@ from . import checkpoint as ckpt
 from . import distributed
 from . import shards as shards_mod
 from .causal_lm import DECAY_MODES, CausalLM
-from .config import TOKENIZER_SAMPLE_CHARS, CausalLMConfig, Preset, RendererConfig, get_preset
+from .config import (TOKENIZER_SAMPLE_CHARS, CausalLMConfig, Preset, RendererConfig, check_classes,
+                     get_preset)
 from .corpus import open_corpus
 from .dir_lock import DirectoryLock
 from .errors import FractalFloodError, UnknownCharacterError
-from .level_specs import format_specs
+from .level_specs import default_specs, format_specs
 from .lm_task import LMTask, lm_optimizer
 from .pairs import TokenStream
 from .renderer import FractalDiffusionModel
@@ -71,6 +72,7 @@ class TrainOptions:
     log: Callable[[str], None] = field(default=print)
     # the language models' regularisation for this run (None: the preset's)
     dropout: float | None = None
+    head_classes: int | str | None = None  # the manager's output layer (None: the preset's)
     weight_decay: float | None = None
     decay: str | None = None
 
@@ -127,6 +129,14 @@ def _check_options(opts: TrainOptions) -> None:
         raise FractalFloodError("--resume continues the model in --out, --overwrite replaces it: choose one")
     if opts.dropout is not None and not 0 <= opts.dropout < 1:
         raise FractalFloodError(f"--dropout must be in [0, 1), got {opts.dropout}")
+    if opts.head_classes not in (None, "auto"):
+        preset = get_preset(opts.preset)
+        top = (opts.levels or default_specs(preset.num_chunks, preset.num_roots))[0]
+        size = top.size if hasattr(top, "size") else top[1]
+        try:
+            check_classes(size, opts.head_classes)
+        except ValueError as e:
+            raise FractalFloodError(f"--head-classes: {e}") from None
     if opts.weight_decay is not None and not 0 <= opts.weight_decay < float("inf"):
         raise FractalFloodError(f"--weight-decay must be a finite number >= 0, got {opts.weight_decay}")
     if opts.decay is not None and opts.decay not in DECAY_MODES:
@@ -291,7 +301,13 @@ def _build_part(part, tokenizer, shards, preset: Preset, opts: TrainOptions, dev
             lengths = [len(tokenizer.spell(i)) for i in range(tokenizer.num_chunks)]
         if opts.dropout is not None:
             extra = {**extra, "dropout": opts.dropout}
-        model = CausalLM(CausalLMConfig(vocab_size=vocab, **extra))
+        if part == "manager" and opts.head_classes is not None:
+            extra = {**extra, "head_classes": opts.head_classes}
+        try:
+            config = CausalLMConfig(vocab_size=vocab, **extra)
+        except ValueError as e:  # a --head-classes that does not divide the roots the BPE learned
+            raise FractalFloodError(f"--head-classes: {e}") from None
+        model = CausalLM(config)
         stream = _lm_stream(part, shards)
         # bits per char of the held-out text itself
         val_chars = shards_mod.token_chars(stream.val, torch.tensor(lengths))
@@ -306,8 +322,10 @@ def _build_part(part, tokenizer, shards, preset: Preset, opts: TrainOptions, dev
         optim.update({k: v for k, v in (("weight_decay", opts.weight_decay), ("decay", opts.decay))
                       if v is not None})
         opt = lm_optimizer(model, lr, **optim)
+        K = model.config.head_classes
+        head = f"{K} classes x {model.config.vocab_size // K}" if K else "one softmax"
         opts.log(f"{part}: dropout {model.config.dropout:g}, weight decay {optim['weight_decay']:g} "
-                 f"on {optim['decay']}")
+                 f"on {optim['decay']}, output layer {head}")
     return PartRun(part, model, task, opt, gen, steps, lr)
 
 
