@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import torch
 
-from .sampling import RowSampling, SamplingConfig, row_uniform, sample
+from .sampling import RowSampling, SamplingConfig, invert_cdf, row_uniform, sample
 
 
 def _temperatures(rows: RowSampling) -> torch.Tensor:
@@ -49,6 +49,11 @@ def class_log_probs(class_logits: torch.Tensor, token_logits: torch.Tensor,
     return (within + zc.log_softmax(-1).unsqueeze(-1)).flatten(-2)
 
 
+def _class_block(token_weight: torch.Tensor, K: int, c: torch.Tensor) -> torch.Tensor:
+    """(V, C) token rows, (N,) classes -> (N, V/K, C): each row's class's token rows."""
+    return token_weight.view(K, token_weight.size(0) // K, -1).index_select(0, c)
+
+
 def class_nll(h: torch.Tensor, class_weight: torch.Tensor, token_weight: torch.Tensor,
               targets: torch.Tensor) -> torch.Tensor:
     """(N, C) hidden states, (N,) targets -> (N,) -log P(target), from the target's class
@@ -58,8 +63,7 @@ def class_nll(h: torch.Tensor, class_weight: torch.Tensor, token_weight: torch.T
     S = token_weight.size(0) // K
     c = targets // S
     zc = (h @ class_weight.t()).float()  # (N, K)
-    ids = c[:, None] * S + torch.arange(S, device=h.device)  # (N, S)
-    zt = torch.bmm(token_weight[ids], h[:, :, None])[:, :, 0].float()  # (N, S)
+    zt = torch.bmm(_class_block(token_weight, K, c), h[:, :, None])[:, :, 0].float()  # (N, S)
     own = zt.gather(1, (targets - c * S)[:, None])[:, 0]
     class_lp = zc.log_softmax(-1).gather(1, c[:, None])[:, 0]
     return -(class_lp + own - zt.logsumexp(-1))
@@ -89,31 +93,26 @@ def reference_draw(h: torch.Tensor, class_weight: torch.Tensor, token_weight: to
 def draw(h: torch.Tensor, class_weight: torch.Tensor, token_weight: torch.Tensor,
          rows: RowSampling | SamplingConfig, seeds: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
     """(B, C) hidden states -> (B,) ids: a class, then a token within it (K + S scores a row)."""
+    K = class_weight.size(0)
+    S = token_weight.size(0) // K
+    if isinstance(rows, SamplingConfig) and rows.greedy:  # no tensors made: CUDA-graph safe
+        c = (h @ class_weight.t()).argmax(-1)
+        return c * S + torch.bmm(_class_block(token_weight, K, c), h[:, :, None])[:, :, 0].argmax(-1)
     rows = _as_rows(rows, h.size(0), h.device)
     if rows.filters:  # top-k / top-p rank tokens across classes: the whole table
         return reference_draw(h, class_weight, token_weight, rows, seeds, steps)
-    K = class_weight.size(0)
-    S = token_weight.size(0) // K
     temp = _temperatures(rows)[:, None]
     zc = (h @ class_weight.t()).float()  # (B, K)
     pc = (zc / temp).softmax(-1)
     u = row_uniform(seeds, steps)
     sampled = rows.temperature > 0
     cdf = pc.cumsum(-1)
-    c = torch.where(sampled, _invert(cdf, u), zc.argmax(-1))  # (B,)
+    c = torch.where(sampled, invert_cdf(cdf, u), zc.argmax(-1))  # (B,)
     # u's place inside the chosen class's slice of the cumulative distribution, in (0, 1)
     hi = cdf.gather(1, c[:, None])[:, 0]
     lo = hi - pc.gather(1, c[:, None])[:, 0]
     inner = ((u * cdf[:, -1] - lo) / (hi - lo)).clamp(0.0, 1.0)
-    block = token_weight.view(K, S, -1).index_select(0, c)  # (B, S, C): the class's tokens
-    zt = torch.bmm(block, h[:, :, None])[:, :, 0].float()  # (B, S)
-    j = torch.where(sampled, _invert((zt / temp).softmax(-1).cumsum(-1), inner), zt.argmax(-1))
+    zt = torch.bmm(_class_block(token_weight, K, c), h[:, :, None])[:, :, 0].float()  # (B, S)
+    j = torch.where(sampled, invert_cdf((zt / temp).softmax(-1).cumsum(-1), inner), zt.argmax(-1))
     return c * S + j
 
-
-def _invert(cdf: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """``sampling.inverse_cdf`` from a cumulative sum already taken (same rule: the target
-    stays strictly below the total, so an empty slice is never drawn)."""
-    total = cdf[:, -1:]
-    target = torch.minimum(u[:, None] * total, torch.nextafter(total, torch.zeros_like(total)))
-    return torch.searchsorted(cdf, target, right=True)[:, 0]

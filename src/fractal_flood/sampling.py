@@ -115,7 +115,11 @@ def inverse_cdf(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     strictly below the total, and ``searchsorted(right=True)`` returns the first token
     whose cumulative sum exceeds it.
     """
-    cdf = probs.cumsum(-1)  # non-decreasing: adding non-negative floats never lowers a sum
+    return invert_cdf(probs.cumsum(-1), u)  # non-decreasing: adding non-negative floats never lowers a sum
+
+
+def invert_cdf(cdf: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """``inverse_cdf`` from a cumulative sum already taken: (B, V) cdf, (B,) u -> (B,) ids."""
     total = cdf[:, -1:]
     target = torch.minimum(u[:, None] * total, torch.nextafter(total, torch.zeros_like(total)))
     return torch.searchsorted(cdf, target, right=True)[:, 0]

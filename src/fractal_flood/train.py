@@ -38,7 +38,7 @@ from .config import (TOKENIZER_SAMPLE_CHARS, CausalLMConfig, Preset, RendererCon
 from .corpus import open_corpus
 from .dir_lock import DirectoryLock
 from .errors import FractalFloodError, UnknownCharacterError
-from .level_specs import default_specs, format_specs
+from .level_specs import check_specs, default_specs, format_specs
 from .lm_task import LMTask, lm_optimizer
 from .pairs import TokenStream
 from .renderer import FractalDiffusionModel
@@ -131,10 +131,9 @@ def _check_options(opts: TrainOptions) -> None:
         raise FractalFloodError(f"--dropout must be in [0, 1), got {opts.dropout}")
     if opts.head_classes not in (None, "auto"):
         preset = get_preset(opts.preset)
-        top = (opts.levels or default_specs(preset.num_chunks, preset.num_roots))[0]
-        size = top.size if hasattr(top, "size") else top[1]
+        top = (check_specs(opts.levels) if opts.levels else default_specs(preset.num_chunks, preset.num_roots))[0]
         try:
-            check_classes(size, opts.head_classes)
+            check_classes(top.size, opts.head_classes)
         except ValueError as e:
             raise FractalFloodError(f"--head-classes: {e}") from None
     if opts.weight_decay is not None and not 0 <= opts.weight_decay < float("inf"):
