@@ -1,0 +1,104 @@
+"""What one manager decode step costs, per model directory, and where a batched engine round goes.
+
+For each model directory: the mean time of one ``ARStream`` step at batch 1 (temperature
+0.8) and of its draw alone (the output layer and sampling, from a fixed hidden state).
+With ``--engine B``: one engine round of B requests (``--roots`` each) on the first
+directory, profiled (cProfile), split into the manager's steps (the slot step's layers and
+its draw) and the pooled flood. CPU timings: compare rows of one run only.
+
+Usage: PYTHONPATH=src python scripts/manager_step_cost.py [DIR ...] [--engine 16]
+(no DIR: the shipped model).
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import pstats
+import time
+
+import torch
+
+from fractal_flood import checkpoint as ckpt
+from fractal_flood.autoregress import ARStream
+from fractal_flood.decoding import DecodeOptions
+from fractal_flood.device import describe
+from fractal_flood.engine import Engine, Request
+from fractal_flood.pipeline import TextPipeline
+from fractal_flood.sampling import SamplingConfig
+
+
+def us_per_call(fn, n: int) -> float:
+    for _ in range(20):
+        fn()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        fn()
+    return (time.perf_counter() - t0) / n * 1e6
+
+
+def step_cost(model_dir, n: int) -> None:
+    md = ckpt.load_model_dir(model_dir, torch.device("cpu"), torch.float32)
+    m = md.manager
+    stream = ARStream(m, 1, SamplingConfig(temperature=0.8), "cpu", seed=1)
+    prompt = torch.tensor([1, 2, 3])
+    stream.start(prompt)
+
+    def step():
+        if stream.pos >= m.config.context - 1:
+            stream.start(prompt)
+        stream.generate(1)
+
+    h = torch.randn(1, m.config.d_model)
+    draw = us_per_call(lambda: m.draw(h, stream._rows, stream._seeds, stream._steps), n)
+    K = m.config.head_classes
+    head = f"{K} classes x {m.config.vocab_size // K}" if K else f"one softmax over {m.config.vocab_size}"
+    print(f"{str(model_dir or 'shipped'):<40} {head:<28} step {us_per_call(step, n):8.0f} us   draw {draw:6.0f} us")
+
+
+def engine_split(model_dir, B: int, roots: int) -> None:
+    md = ckpt.load_model_dir(model_dir, torch.device("cpu"), torch.float32)
+    pipe = TextPipeline(md.tokenizer, md.manager, md.renderer, torch.device("cpu"), torch.float32,
+                        "flood", DecodeOptions())
+    engine = Engine(pipe, max_batch=B, block_roots=roots, pooled_render=True)
+    sampling = SamplingConfig(temperature=0.8)
+
+    def run():
+        return engine.run([Request("", roots=roots, sampling=sampling, seed=i) for i in range(B)],
+                          lambda job, block: None)
+
+    run()
+    prof = cProfile.Profile()
+    t0 = time.perf_counter()
+    prof.runcall(run)
+    wall = time.perf_counter() - t0
+    cum = {}
+    for (file, _, name), (_, _, _, ct, _) in pstats.Stats(prof).stats.items():
+        cum[(file.rsplit("/", 1)[-1], name)] = ct
+    n = max(1, roots)  # decode steps in the round: one per root
+    print(f"engine round, B={B} x {roots} roots (profiled, wall {wall * 1e3:.0f} ms): "
+          f"manager steps {cum.get(('slots.py', 'generate'), 0) * 1e3:.0f} ms "
+          f"(per step: layers {cum.get(('slots.py', '_forward'), 0) / n * 1e3:.2f} ms, "
+          f"attention {cum.get(('slots.py', 'batch_invariant_attention'), 0) / n * 1e3:.2f} ms, "
+          f"draw {cum.get(('causal_lm.py', 'draw'), 0) / n * 1e3:.2f} ms), "
+          f"pooled flood {cum.get(('flood.py', 'render_pooled'), 0) * 1e3:.0f} ms")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("dirs", nargs="*", help="model directories (default: the shipped model)")
+    ap.add_argument("--n", type=int, default=300, help="timed calls per figure")
+    ap.add_argument("--engine", type=int, default=0, metavar="B", help="also split one engine round of B requests")
+    ap.add_argument("--roots", type=int, default=32, help="roots per request in the engine round")
+    args = ap.parse_args()
+    print(f"manager step cost on {describe(torch.device('cpu'))}, float32, torch {torch.__version__}, "
+          f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}")
+    dirs = args.dirs or [None]
+    for d in dirs:
+        step_cost(d, args.n)
+    if args.engine:
+        engine_split(dirs[0], args.engine, args.roots)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,23 @@
+"""scripts/manager_step_cost.py (RESULTS.md's step, draw and engine-split figures) runs on a
+tiny trained model directory and prints one line per directory and the engine split."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "manager_step_cost.py"
+
+
+def test_prints_step_draw_and_engine_split(tiny_model_dir):
+    env = {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(SCRIPT.parents[1] / "src"),
+           "PATH": "/usr/bin:/bin"}
+    out = subprocess.run([sys.executable, str(SCRIPT), str(tiny_model_dir), "--n", "3", "--engine", "2",
+                          "--roots", "4"], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.strip().splitlines()
+    assert "step" in lines[1] and "draw" in lines[1] and "one softmax" in lines[1]
+    assert lines[2].startswith("engine round, B=2 x 4 roots") and "pooled flood" in lines[2]
