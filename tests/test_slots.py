@@ -6,13 +6,13 @@ import torch
 from fractal_flood.causal_lm import CausalLM
 from fractal_flood.config import CausalLMConfig
 from fractal_flood.sampling import SamplingConfig
-from fractal_flood.slots import MIN_ROWS, SlotManager
+from fractal_flood.slots import MIN_ROWS, SlotManager, batch_invariant_attention, span_step
 
 
-def model(classes=0):
+def model(classes=0, heads=4, context=32):
     torch.manual_seed(0)
-    return CausalLM(CausalLMConfig(vocab_size=512, n_layers=2, d_model=64, n_heads=4, context=32,
-                                   head_classes=classes)).eval()
+    return CausalLM(CausalLMConfig(vocab_size=512, n_layers=2, d_model=64, n_heads=heads,
+                                   context=context, head_classes=classes)).eval()
 
 
 @pytest.fixture(params=[1, 2])
@@ -23,13 +23,21 @@ def threads(request):
     torch.set_num_threads(before)
 
 
-@pytest.mark.parametrize("classes", [0, 16], ids=["softmax", "classes"])
+SHAPES = {  # (classes, heads, context, others' prompt lengths): spans of 1-2 steps, then 2-5
+    "softmax": (0, 4, 32, 1), "classes": (16, 4, 32, 1),
+    "span-hd16": (0, 4, 80, 9), "span-hd32": (16, 2, 80, 9)}
+
+
+@pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("others", [0, 1, 2, 5, 11])
-def test_a_rows_logits_are_bitwise_the_same_alone_or_batched(others, classes, threads):
+def test_a_rows_logits_are_bitwise_the_same_alone_or_batched(others, shape, threads):
     """The premise of 'every request's text equals its solo run' without luck: the step
     pads to MIN_ROWS rows, the size from which a CPU linear layer's rows are independent,
-    and attention is batched matmuls (the fused kernel is not invariant on 2 threads)."""
-    m = model(classes)
+    attention is batched matmuls (the fused kernel is not invariant on 2 threads), and the
+    cache span it reads depends on the longest row (here others are 9 i + 1 tokens long,
+    so ours reads 32 slots alone and up to 80 among others: span_step)."""
+    classes, heads, context, stride = SHAPES[shape]
+    m = model(classes, heads, context)
     prompt = [5, 9, 2, 7, 7, 1]
     alone = SlotManager(m, 1, "cpu")
     alone.add("me", prompt, SamplingConfig(0.9), seed=3)
@@ -38,7 +46,8 @@ def test_a_rows_logits_are_bitwise_the_same_alone_or_batched(others, classes, th
     for i in range(others):  # other requests at other positions, before and after ours
         if i == others // 2:
             together.add("me", prompt, SamplingConfig(0.9), seed=3)
-        together.add(i, torch.randint(0, 512, (1 + i,), generator=g).tolist(), SamplingConfig(1.0), seed=i)
+        ids = torch.randint(0, 512, (1 + stride * i,), generator=g).tolist()
+        together.add(i, ids, SamplingConfig(1.0), seed=i)
     if "me" not in together.owner:
         together.add("me", prompt, SamplingConfig(0.9), seed=3)
     row = together.owner.index("me")
@@ -53,9 +62,10 @@ def test_a_rows_logits_are_bitwise_the_same_alone_or_batched(others, classes, th
 
     alone.step_hidden = recording("alone", alone.step_hidden, 0)
     together.step_hidden = recording("together", together.step_hidden, row)
-    a, b = alone.generate(40)[0], together.generate(40)[row]  # past the context: slides included
+    n = context + 8  # past the context: slides included
+    a, b = alone.generate(n)[0], together.generate(n)[row]
     assert torch.equal(a, b)
-    assert len(seen["alone"]) == len(seen["together"]) == 40
+    assert len(seen["alone"]) == len(seen["together"]) == n
     for x, y in zip(seen["alone"], seen["together"]):
         assert torch.equal(x, y)
 
@@ -68,3 +78,26 @@ def test_fewer_slots_than_min_rows_still_pad():
     assert s.free == 0
     with pytest.raises(RuntimeError, match="no free slot"):
         s.add("b", [1], SamplingConfig(), seed=0)
+
+
+@pytest.mark.parametrize("head_dim", [8, 16, 24, 32, 64])
+def test_attention_over_a_longer_span_gives_the_same_bits(head_dim, threads):
+    """span_step's claim on its own: masked slots past a row's position change nothing, to
+    the bit, once the span is a multiple of the step; and the span-limited result is the
+    whole cache's attention (up to rounding)."""
+    step = span_step(head_dim)
+    assert step % 16 == 0 and step * head_dim >= 400
+    g = torch.Generator().manual_seed(head_dim)
+    B, H, L = 6, 2, 8 * step
+    q = torch.randn(B, H, 1, head_dim, generator=g)
+    k, v = torch.randn(B, H, L, head_dim, generator=g), torch.randn(B, H, L, head_dim, generator=g)
+    pos = torch.randint(0, 2 * step, (B,), generator=g)
+
+    def attend(S):
+        mask = (torch.arange(S)[None, None] <= pos[:, None, None])[:, None]
+        return batch_invariant_attention(q, k[:, :, :S], v[:, :, :S], mask)
+
+    shortest = attend(2 * step)
+    for S in range(3 * step, L + 1, step):
+        assert torch.equal(attend(S), shortest)
+    torch.testing.assert_close(shortest, attend(L))

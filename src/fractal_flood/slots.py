@@ -20,7 +20,9 @@ rounds differently (~1e-5), while from 4 rows on each row's result does not depe
 others (nor does attention's): so a request's logits are bitwise the same alone or among
 31 others (tested), and a near-tie can never send it another way. Attention is written as
 batched matmuls for the same reason (the fused kernel is not batch-invariant on two CPU
-threads). Measured on x86 CPU (MKL); a GPU's kernels make no such promise.
+threads), and reads the cache only as far as the step's longest row needs, in steps of
+``span_step`` slots, a length at which extra masked slots change no bit. Measured on x86
+CPU (MKL); a GPU's kernels make no such promise.
 """
 
 from __future__ import annotations
@@ -32,6 +34,21 @@ from .causal_lm import CausalLM
 from .sampling import RowSampling, SamplingConfig, check_seed
 
 MIN_ROWS = 4  # a decode step's least rows: from 4 on, a row's numbers do not depend on the batch
+BLAS_MIN_MACS = 512  # a CPU matmul under 400 multiply-adds per matrix runs a plain loop instead
+
+
+def span_step(head_dim: int) -> int:
+    """The granularity of the cache span attention reads: a multiple of 16 slots with at
+    least ``BLAS_MIN_MACS`` multiply-adds per (1 x head_dim) @ (head_dim x span) product.
+
+    Measured on x86 CPU (MKL, 1 and 2 threads, head dims 8-64): once every product runs the
+    BLAS kernel, a row's attention output is bitwise the same whether the span ends at its
+    own position's step or further (masked slots add exact zeros); below 400 multiply-adds
+    the matmul takes a plain loop and a span of 16 rounds differently from one of 32."""
+    step = 16
+    while step * head_dim < BLAS_MIN_MACS:
+        step += 16
+    return step
 
 
 def batch_invariant_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -71,6 +88,7 @@ class SlotManager:
         self.host_filters = np.zeros(S, dtype=bool)  # row asks for top-k / top-p (a sort per step)
         self.owner: list = []  # owner[i]: who holds active row i (rows 0..n-1)
         self.steps_run = 0  # decode steps (each over all active rows)
+        self.row_steps = 0  # active rows summed over decode steps (/ steps_run: the mean batch)
         self.prefills = 0
 
     @property
@@ -129,6 +147,7 @@ class SlotManager:
             out[:, i] = self._step(A)
             self.host_pos[:A] += 1
             self.steps_run += 1
+            self.row_steps += A
         return out
 
     # ---- internals ------------------------------------------------------------------------
@@ -156,7 +175,7 @@ class SlotManager:
         P = max(A, MIN_ROWS)
         tok, pos = self.tok[:P].clone(), self.pos[:P].clone()
         tok[A:], pos[A:] = 0, 0
-        return self._forward(tok[:, None], pos[:, None], P)[:, -1]
+        return self._forward(tok[:, None], pos[:, None], P, last=int(self.host_pos[:A].max(initial=0)))[:, -1]
 
     def _prefill(self, r: int, tokens: torch.Tensor) -> None:
         """Write ``tokens`` (T,) into row r's cache slots 0..T-1 (logits unused)."""
@@ -165,7 +184,7 @@ class SlotManager:
             return
         self.window[r, :T] = tokens
         pos = torch.arange(T, device=self.device)
-        self._forward(tokens[None], pos[None], 1, row=r)
+        self._forward(tokens[None], pos[None], 1, row=r, last=T - 1)
         self.prefills += 1
 
     def _slide(self, r: int) -> None:
@@ -174,19 +193,23 @@ class SlotManager:
         self._prefill(r, kept)
         self.pos[r] = self.host_pos[r] = self.keep - 1
 
-    def _forward(self, idx: torch.Tensor, pos: torch.Tensor, B: int, row: int = 0) -> torch.Tensor:
-        """idx, pos (B, T) -> final hidden states (B, T, C) for cache rows row .. row+B-1.
+    def _forward(self, idx: torch.Tensor, pos: torch.Tensor, B: int, last: int,
+                 row: int = 0) -> torch.Tensor:
+        """idx, pos (B, T) -> final hidden states (B, T, C) for cache rows row .. row+B-1;
+        ``last`` is the largest position in ``pos`` (known on the host).
 
-        ``CausalLM.forward_cached`` with per-row positions: the same ops in the same order,
-        so one row gives the same numbers as a batch-1 stream. Attention reads the whole
-        cache: reading only up to the longest row's position would change a row's numbers
-        with the others' positions (tried 2026-12-02: the bitwise test fails).
+        ``CausalLM.forward_cached`` with per-row positions: the same ops in the same order.
+        Attention reads the cache up to ``last`` rounded up to ``span_step`` slots, not the
+        whole context: the rows' positions decide how far, and a row's numbers stay the same
+        whatever the others' positions are (see ``span_step``; tested bitwise).
         """
         m = self.model
         x = m.wte(idx) + m.wpe(pos)  # (B, T, C)
         B_, T, C = x.shape
+        step = span_step(C // m.config.n_heads)
+        S = min(self.context, -(-(last + 1) // step) * step)
         # mask[b, t, j]: the query at pos[b, t] may see cache slot j <= pos[b, t]
-        mask = torch.arange(self.context, device=self.device)[None, None] <= pos[:, :, None]
+        mask = torch.arange(S, device=self.device)[None, None] <= pos[:, :, None]
         mask = mask[:, None]  # (B, 1, T, L)
         batch = torch.arange(row, row + B, device=self.device)[:, None]  # (B, 1)
         for block, kc, vc in zip(m.blocks, self.k, self.v):
@@ -198,7 +221,7 @@ class SlotManager:
             v = v.view(B, T, att.n_heads, att.head_dim)
             kc.transpose(1, 2)[batch, pos] = k.to(kc.dtype)
             vc.transpose(1, 2)[batch, pos] = v.to(vc.dtype)
-            keys, values = kc[row:row + B].to(q.dtype), vc[row:row + B].to(q.dtype)
+            keys, values = kc[row:row + B, :, :S].to(q.dtype), vc[row:row + B, :, :S].to(q.dtype)
             y = batch_invariant_attention(q, keys, values, mask)
             x = x + att.c_proj(y.transpose(1, 2).contiguous().view(B, T, C))
             x = x + block.mlp(block.ln_2(x))
