@@ -114,6 +114,10 @@ def test_models_health_metrics(client):
     assert 'fractal_flood_requests_total{endpoint="/v1/completions",status="200"}' in text
     assert "fractal_flood_completion_tokens_total" in text and "fractal_flood_queue_length 0" in text
     assert 'fractal_flood_request_seconds_bucket{le="+Inf"}' in text
+    values = {line.split()[0]: float(line.split()[1]) for line in text.splitlines() if not line.startswith("#")}
+    steps, rows = values["fractal_flood_manager_steps_total"], values["fractal_flood_manager_row_steps_total"]
+    assert steps >= 3 and steps <= rows <= 4 * steps  # every step had 1 to 4 (the slots) rows
+    assert values["fractal_flood_engine_rounds_total"] >= 1 and values["fractal_flood_engine_busy_seconds_total"] > 0
 
 
 BAD = [

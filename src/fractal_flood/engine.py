@@ -164,7 +164,9 @@ class Engine:
         self._lock = threading.Condition()
         self._thread: Optional[threading.Thread] = None
         self._stopping = False
+        self._round: dict = {}  # the running round's jobs (some may have left their slots)
         self.rounds = 0
+        self.busy_s = 0.0  # seconds spent in rounds
         self.draws = self.passes = self.flops = 0  # renderer work, over all renders
         self.on_round: Optional[Callable[[int, int, float], None]] = None  # (active, waiting, seconds)
 
@@ -226,8 +228,9 @@ class Engine:
     @torch.no_grad()
     def step(self) -> bool:
         """One round: up to ``block_roots`` manager steps for every active request, waiting
-        requests joining every ``join_every`` steps; then every request's new roots are
-        rendered (one pooled flood) and streamed. Returns False when there was nothing to do.
+        requests joining every ``join_every`` steps (into the slots of requests whose roots
+        are all drawn, too); then every request's new roots are rendered (one pooled flood)
+        and streamed. Returns False when there was nothing to do.
 
         A request that joins mid-round gets a shorter first block; its text is the same,
         since item numbers run on across blocks (``Job.offsets``)."""
@@ -235,7 +238,7 @@ class Engine:
         self._admit(cancel=True)
         if not self.slots.owner:
             return False
-        new: dict = {job: [] for job in self.slots.owner}
+        new = self._round = {job: [] for job in self.slots.owner}  # job -> its roots this round
         n = min(self.block_roots, max(j.remaining for j in self.slots.owner))
         done = 0
         while done < n:
@@ -246,14 +249,17 @@ class Engine:
                 got.extend(row[:max(0, job.remaining - len(got))])
             done += k
             if done < n:
+                for job in [j for j in self.slots.owner if len(new[j]) >= j.remaining]:
+                    self.slots.remove(job)  # all its roots are drawn: its slot takes a waiting one
                 self._admit(cancel=False)
         manager_s = time.perf_counter() - t0
-        jobs = [j for j in self.slots.owner if new.get(j)]
+        jobs = [j for j in new if new[j]]
         blocks = [new[j] for j in jobs]
         renders = self._render(jobs, blocks)
         for job, block, (render, flood_s) in zip(jobs, blocks, renders):
             self._deliver(job, block, render, manager_s, flood_s)
         self.rounds += 1
+        self.busy_s += time.perf_counter() - t0
         if self.on_round is not None:
             self.on_round(len(jobs), len(self._waiting), time.perf_counter() - t0)
         return True
@@ -303,7 +309,7 @@ class Engine:
         job.flood_s += flood_s
         last = job.remaining == 0
         text = job.limit.feed("".join(root_texts), last)
-        if job.limit.finish_reason is not None:
+        if job.limit.finish_reason is not None and job in self.slots.owner:
             self.slots.remove(job)
         if job.on_block is not None:
             job.on_block(job, Block(block, root_texts, text, render, energies, counts, manager_s, flood_s))
@@ -352,6 +358,7 @@ class Engine:
     def _fail_all(self, error: Exception) -> None:
         with self._lock:
             jobs = list(self._waiting) + list(self.slots.owner)
+            jobs += [j for j in self._round if j not in jobs and j.completion is None]
             self._waiting.clear()
             for job in list(self.slots.owner):
                 self.slots.remove(job)

@@ -33,7 +33,9 @@ class ServerMetrics:
             self.latency_sum += seconds
             self.latency_n += 1
 
-    def render(self, queued: int, active: int, slots: int) -> str:
+    def render(self, engine) -> str:
+        """The counters, and the engine's gauges and work counters (``engine.Engine``)."""
+        queued, active, slots = engine.queued, engine.active, engine.max_batch
         with self._lock:
             out = ["# HELP fractal_flood_requests_total HTTP requests answered, by endpoint and status.",
                    "# TYPE fractal_flood_requests_total counter"]
@@ -51,6 +53,14 @@ class ServerMetrics:
                                       ("slots", slots, "Requests generated at once, at most.")):
                 out += [f"# HELP fractal_flood_{name} {text}", f"# TYPE fractal_flood_{name} gauge",
                         f"fractal_flood_{name} {value}"]
+            for name, value, text in (
+                    ("engine_rounds", engine.rounds, "Engine rounds (manager steps for a block, then a flood)."),
+                    ("engine_busy_seconds", round(engine.busy_s, 6), "Seconds the engine spent in rounds."),
+                    ("manager_steps", engine.slots.steps_run, "Batched manager decode steps."),
+                    ("manager_row_steps", engine.slots.row_steps,
+                     "Rows in those steps, summed (divided by manager_steps: the mean batch).")):
+                out += [f"# HELP fractal_flood_{name}_total {text}", f"# TYPE fractal_flood_{name}_total counter",
+                        f"fractal_flood_{name}_total {value}"]
             out += ["# HELP fractal_flood_request_seconds Completion latency, from arrival to the last text.",
                     "# TYPE fractal_flood_request_seconds histogram"]
             for bound, n in zip(LATENCY_BUCKETS, self.latency_counts):

@@ -111,7 +111,7 @@ def create_app(pipe, max_batch: int = 32, max_queue: int = 64, block_roots: int 
 
     @app.get("/metrics")
     async def prometheus():
-        return PlainTextResponse(metrics.render(engine.queued, engine.active, max_batch),
+        return PlainTextResponse(metrics.render(engine),
                                  media_type="text/plain; version=0.0.4")
 
     async def read_body(request: HttpRequest) -> dict:
