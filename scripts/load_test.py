@@ -123,7 +123,9 @@ def run_level(base: str, reqs: list[dict], concurrency: int, time_limit: float) 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--levels", default="1,4,16,32", help="comma list of concurrency levels")
-    p.add_argument("--requests", type=int, default=64, help="requests per level (the same set each time)")
+    p.add_argument("--requests", type=int, default=256,
+                   help="requests per level (the same set each time; 256 = 8 waves of 32: a steady state, "
+                        "where 64 would mostly measure the first and last wave)")
     p.add_argument("--max-tokens", type=int, default=64, help="roots per request")
     p.add_argument("--time-limit", type=float, default=300, help="seconds per level: no new requests after")
     p.add_argument("--model", help="model directory (default: the shipped model)")

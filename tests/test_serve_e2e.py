@@ -136,3 +136,21 @@ def test_disconnect_frees_the_slot(server):
         time.sleep(0.2)
     metrics = httpx.get(server + "/metrics").text
     assert "fractal_flood_active_requests 0" in metrics
+
+
+def test_load_test_script_runs_and_checks_texts(tiny_model_dir, tmp_path):
+    """scripts/load_test.py end to end on the tiny model: its own server, two levels, every
+    text compared with the solo run (exit 0 only if all equal), the engine's counters read."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = tmp_path / "load.json"
+    env = {**os.environ, "PYTHONPATH": os.path.join(root, "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    run = subprocess.run([sys.executable, os.path.join(root, "scripts", "load_test.py"), "--model", str(tiny_model_dir),
+                          "--levels", "1,4", "--requests", "8", "--max-tokens", "6", "--block", "4",
+                          "--server-threads", "1", "--json", str(out)],
+                         capture_output=True, text=True, timeout=300, env=env)
+    assert run.returncode == 0, run.stderr
+    assert "| 8/8 |" in run.stdout and "4 clients vs 1:" in run.stdout
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["concurrency"] for r in rows] == [1, 4] and all(r["equal_to_solo"] == 8 for r in rows)
+    assert rows[0]["mean_batch"] == 1.0  # one client: one row per manager step
+    assert 1.0 <= rows[1]["mean_batch"] <= 4.0 and all(0 < r["engine_busy"] <= 1.05 for r in rows)
