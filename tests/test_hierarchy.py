@@ -158,3 +158,24 @@ def test_train_levels_must_match_the_directory(trained, small_corpus_file, capsy
                             "--levels", FOUR, "--steps", "1", "--no-progress", "--resume"], capsys)
     assert "not roots:320:2" in one_line_error(rc, err)
     assert format_specs(ckpt.load_tokenizer(trained[3]).levels) == THREE  # untouched
+
+
+@pytest.mark.parametrize("depth", [3, 4])
+def test_flood_endpoint_describes_chunks_at_any_depth(trained, depth):
+    """/v1/flood's chunks are the level-1 items with every character under them, however
+    many levels lie below (it once read the level-2 counts as characters)."""
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from fractal_flood.pipeline import load_pipeline
+    from fractal_flood.server import create_app
+
+    with TestClient(create_app(load_pipeline(trained[depth], device="cpu"), max_batch=2, block_roots=5)) as c:
+        r = c.post("/v1/flood", json={"prompt": "", "max_tokens": 12, "seed": 3})
+    assert r.status_code == 200, r.text
+    events = [json.loads(line[6:]) for line in r.text.splitlines() if line.startswith("data: {")]
+    roots = [root for e in events[:-1] for root in e["roots"]]
+    assert len(roots) == 12 and sum(len(root["chunks"]) for root in roots) == events[-1]["chunks"]
+    for root in roots:
+        assert root["text"] == "".join(ch["text"] for ch in root["chunks"])
+        assert all(ch["text"] for ch in root["chunks"])  # every level-1 item writes something

@@ -247,3 +247,13 @@ def test_bench_json_is_served(pipe, tmp_path):
     path.write_text(json.dumps(data))
     with TestClient(create_app(pipe, max_batch=1, bench_json=path)) as c:
         assert c.get("/bench.json").json() == data
+
+
+def test_chars_under_folds_the_counts_of_every_level_below():
+    from fractal_flood.server import chars_under
+
+    # 1 root -> 2 level-1 items -> (1, 2) level-2 items -> (3, 1, 2) characters
+    counts = [[2], [1, 2], [3, 1, 2]]
+    assert chars_under(counts, 2) == [3, 1, 2]
+    assert chars_under(counts, 1) == [3, 3]
+    assert chars_under([[2, 1], [4, 1, 2]], 1) == [4, 1, 2]  # two levels: level 1's own counts

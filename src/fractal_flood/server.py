@@ -39,15 +39,34 @@ KNOWN_PATHS = {"/", "/health", "/metrics", "/v1/models", "/v1/completions", "/v1
                "/v1/flood", "/bench.json"} | {f"/static/{name}" for name in STATIC_FILES}
 
 
+def chars_under(counts: list, level: int) -> list:
+    """Per item of ``level`` (>= 1), how many characters its subtree holds, from
+    ``counts[l][i]``, the children of item i of level l (the bottom level's children are
+    characters; level 0's items are the roots)."""
+    under = None
+    for lv in range(len(counts) - 1, level - 1, -1):
+        if under is None:  # the bottom level: its children are characters
+            under = list(counts[lv])
+            continue
+        folded, k = [], 0
+        for n in counts[lv]:
+            folded.append(sum(under[k:k + n]))
+            k += n
+        under = folded
+    return under if under is not None else [1] * sum(counts[level - 1])  # level == depth: characters
+
+
 def block_event(block) -> dict:
-    """One block, root by root: its text and energy, and its chunks' characters and energies."""
+    """One block, root by root: its text and energy, and its chunks' (level-1 items')
+    characters and energies, at any depth (a chunk's text is every character under it)."""
     counts, energies = block.chunk_counts, block.energies
+    widths = chars_under(counts, 1)
     roots, chunk, char = [], 0, 0
     text = "".join(block.root_texts)
     for r, (rid, rtext) in enumerate(zip(block.root_ids, block.root_texts)):
         chunks = []
         for _ in range(counts[0][r]):
-            n = counts[1][chunk] if len(counts) > 1 else 0
+            n = widths[chunk]
             chunk_energy = energies[1][chunk] if len(energies) > 1 and energies[1] is not None else None
             chunks.append({"text": text[char:char + n], "energy": chunk_energy})
             char += n
