@@ -18,19 +18,11 @@ from fractal_flood import __version__
 from fractal_flood import checkpoint as ckpt
 from fractal_flood.cli import main
 
+from cli_run import run_main
+
 TIMEOUT = 240
 
 pytestmark = pytest.mark.usefixtures("single_thread")  # the in-process tests
-
-
-def run_main(argv, capsys):
-    """``fractal-flood ARGV`` in this process -> (exit code, stdout, stderr)."""
-    try:
-        rc = main([str(a) for a in argv])
-    except SystemExit as e:
-        rc = e.code
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,8 @@ import pytest
 from fractal_flood import cli
 from fractal_flood.cli import build_parser, main
 
+from cli_run import run_main
+
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 BASE = {  # what each command needs besides the option under test
@@ -154,15 +156,6 @@ def paths(tmp_path, monkeypatch):
     yield {"tmp": str(tmp_path), "empty": str(empty), "empty_dir": str(tmp_path / "empty_dir"), "binary": str(binary), "one_line": str(one_line),
            "locked": str(locked)}
     locked.chmod(0o700)
-
-
-def run_main(argv, capsys):
-    try:
-        rc = main(argv)
-    except SystemExit as e:
-        rc = e.code
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 def one_line_error(rc, out, err):

@@ -18,20 +18,13 @@ from fractal_flood.level_specs import format_specs, parse_specs
 from fractal_flood.metrics import render_fidelity
 from fractal_flood.train import TrainOptions, run_training
 
+from cli_run import run_main
+
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 THREE = "roots:256:3,words:192:3,chunks:128:8"
 FOUR = "roots:320:2,phrases:256:2,words:192:3,chunks:128:8"
 STEPS = 300
-
-
-def run_cli(argv, capsys):
-    try:
-        rc = main([str(a) for a in argv])
-    except SystemExit as e:
-        rc = e.code
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 def one_line_error(rc, err) -> str:
@@ -45,7 +38,7 @@ def one_line_error(rc, err) -> str:
 
 
 def test_stats_levels_json(small_corpus_file, small_text, capsys):
-    rc, out, err = run_cli(["stats", "--json", "--corpus", small_corpus_file, "--levels", FOUR], capsys)
+    rc, out, err = run_main(["stats", "--json", "--corpus", small_corpus_file, "--levels", FOUR], capsys)
     assert rc == 0, err
     d = json.loads(out)
     assert d["depth"] == 4 and parse_specs(d["levels"]) == parse_specs(FOUR)  # sizes reached
@@ -59,7 +52,7 @@ def test_stats_levels_json(small_corpus_file, small_text, capsys):
 
 
 def test_stats_levels_text(small_corpus_file, capsys):
-    rc, out, err = run_cli(["stats", "--corpus", small_corpus_file, "--levels", "roots:200:4"], capsys)
+    rc, out, err = run_main(["stats", "--corpus", small_corpus_file, "--levels", "roots:200:4"], capsys)
     assert rc == 0, err
     rows = dict(line.split(": ", 1) for line in out.strip().splitlines())
     assert {k.strip() for k in rows} >= {"depth", "levels", "roots.chars_per_token", "chars_per_manager_step"}
@@ -81,13 +74,13 @@ def test_bad_levels_one_line(command, levels, says, small_corpus_file, tmp_path,
     argv = [command, "--corpus", small_corpus_file, "--levels", levels]
     if command == "train":
         argv += ["--preset", "tiny", "--out", out_dir, "--no-progress"]
-    rc, out, err = run_cli(argv, capsys)
+    rc, out, err = run_main(argv, capsys)
     assert says in one_line_error(rc, err)
     assert not out_dir.exists()  # nothing written
 
 
 def test_stats_levels_with_chunks_is_refused(small_corpus_file, capsys):
-    rc, out, err = run_cli(["stats", "--corpus", small_corpus_file, "--levels", THREE, "--chunks", "128"], capsys)
+    rc, out, err = run_main(["stats", "--corpus", small_corpus_file, "--levels", THREE, "--chunks", "128"], capsys)
     assert "--levels replaces" in one_line_error(rc, err)
 
 
@@ -154,7 +147,7 @@ def test_deep_hierarchy_evaluation_reports_every_level(trained, small_corpus_fil
 
 
 def test_train_levels_must_match_the_directory(trained, small_corpus_file, capsys):
-    rc, out, err = run_cli(["train", "--preset", "tiny", "--corpus", small_corpus_file, "--out", trained[3],
+    rc, out, err = run_main(["train", "--preset", "tiny", "--corpus", small_corpus_file, "--out", trained[3],
                             "--levels", FOUR, "--steps", "1", "--no-progress", "--resume"], capsys)
     assert "not roots:320:2" in one_line_error(rc, err)
     assert format_specs(ckpt.load_tokenizer(trained[3]).levels) == THREE  # untouched

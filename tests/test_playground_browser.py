@@ -11,9 +11,6 @@ screenshot uses the shipped model: ``=shipped``).
 
 import os
 import shutil
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -30,7 +27,7 @@ from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
-from test_serve_e2e import free_port  # noqa: E402
+from serve_process import serve  # noqa: E402
 
 BENCH_JSON = Path(__file__).resolve().parents[1] / "docs" / "bench" / "cpu" / "bench.json"
 WAIT_S = 180
@@ -39,32 +36,14 @@ WAIT_S = 180
 @pytest.fixture(scope="module")
 def server(tiny_model_dir, tmp_path_factory):
     model = os.environ.get("FRACTAL_FLOOD_PLAYGROUND_MODEL", str(tiny_model_dir))
-    port = free_port()
-    cmd = [sys.executable, "-m", "fractal_flood", "serve", "--device", "cpu", "--host", "127.0.0.1",
-           "--port", str(port), "--block", "16", "--log-level", "warning"]
+    args = ["--device", "cpu", "--block", "16", "--log-level", "warning"]
     if model != "shipped":
-        cmd += ["--model", model]
+        args += ["--model", model]
     if BENCH_JSON.is_file():
-        cmd += ["--bench-json", str(BENCH_JSON)]
+        args += ["--bench-json", str(BENCH_JSON)]
     log = tmp_path_factory.mktemp("playground") / "serve.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(base + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"server did not start: {log.read_text()}")
-            time.sleep(0.3)
+    with serve(args, log, {**os.environ, "OMP_NUM_THREADS": "1"}) as base:
         yield base
-    finally:
-        proc.terminate()
-        proc.wait(30)
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ clients, and by a client that hangs up mid-stream."""
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -19,49 +18,20 @@ pytest.importorskip("uvicorn")
 from fractal_flood.engine import Request, generate_solo  # noqa: E402
 from fractal_flood.pipeline import load_pipeline  # noqa: E402
 from fractal_flood.sampling import SamplingConfig  # noqa: E402
+from serve_process import serve  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 BLOCK = 8
 STARTUP_S = 120
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tiny_model_dir, tmp_path_factory):
-    port = free_port()
     log = tmp_path_factory.mktemp("serve") / "serve.log"
-    env = dict(os.environ)
-    with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "fractal_flood", "serve", "--model", str(tiny_model_dir),
-                                 "--device", "cpu", "--host", "127.0.0.1", "--port", str(port),
-                                 "--max-batch", "16", "--block", str(BLOCK), "--log-level", "warning",
-                                 "--threads", "1"],
-                                stdout=out, stderr=subprocess.STDOUT, env=env)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + STARTUP_S
-        while True:
-            try:
-                if httpx.get(base + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"server did not start: {log.read_text()}")
-            time.sleep(0.3)
+    with serve(["--model", str(tiny_model_dir), "--device", "cpu", "--max-batch", "16", "--block", str(BLOCK),
+                "--log-level", "warning", "--threads", "1"], log, dict(os.environ), STARTUP_S) as base:
         assert "1 torch thread(s)" in log.read_text()  # --threads reached torch
         yield base
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 @pytest.fixture(scope="module")
