@@ -7,8 +7,9 @@ import torch
 
 from fractal_flood.causal_lm import CausalLM
 from fractal_flood.config import CausalLMConfig
-from fractal_flood.sampling import (RowSampling, SamplingConfig, filter_logits, inverse_cdf,
-                                    sample, scaled_logits)
+from fractal_flood.sampling import (SEED_LIMIT, RowSampling, SamplingConfig, _row_uniform_host,
+                                    _row_uniform_tensor, filter_logits, inverse_cdf, row_uniform, sample,
+                                    scaled_logits)
 from fractal_flood.slots import SlotManager
 
 
@@ -31,10 +32,13 @@ def test_unfiltered_rows_skip_the_sort_and_give_the_same_tokens():
 
 def test_inverse_cdf_never_draws_a_zero_probability_token():
     probs = torch.tensor([[0.0, 0.25, 0.0, 0.75, 0.0, 0.0]]).repeat(6, 1)
-    top = 1.0 - 2.0 ** -25  # the largest uniform row_uniform makes
-    u = torch.tensor([2.0 ** -25, 0.1, 0.25, 0.2500001, 0.9, top])
+    top = 1.0  # the largest uniform row_uniform makes (once in 2**24 draws)
+    u = torch.tensor([2.0 ** -25, 0.1, 0.25, 0.2500001, 1.0 - 2.0 ** -24, top])
     got = inverse_cdf(probs, u)
     assert got.tolist() == [1, 1, 3, 3, 3, 3]
+    assert float(row_uniform(torch.tensor([0]), torch.tensor([0]))) < 1.0
+    x = torch.tensor([2 ** 24 - 1])  # the top 24 bits, as row_uniform turns them into a float
+    assert float((x.float() + 0.5) * (1.0 / (1 << 24))) == top
     # unnormalised rows and a one-hot row
     assert inverse_cdf(torch.tensor([[0.0, 0.0, 5.0]]), torch.tensor([top])).tolist() == [2]
     assert inverse_cdf(torch.tensor([[2.0, 2.0]]), torch.tensor([0.49])).tolist() == [0]
@@ -67,3 +71,19 @@ def test_slot_rows_track_whether_any_active_request_filters():
     assert not slots.rows.filters
     out = slots.generate(3)  # the rows left still decode
     assert out.shape == (1, 3)
+
+
+def test_the_cpu_uniforms_are_the_tensor_hash_bit_for_bit():
+    """row_uniform's integer path (small CPU batches) against the tensor ops (the reference):
+    random 63-bit seeds and steps, the edges of both halves, and strided views."""
+    g = torch.Generator().manual_seed(5)
+    edges = torch.tensor([0, 1, 2 ** 31, 2 ** 32 - 1, 2 ** 32, 2 ** 32 + 1, 2 ** 62, SEED_LIMIT - 1])
+    seeds = torch.cat([torch.randint(0, 2 ** 62, (4000,), generator=g) * 2 + 1, edges, edges])
+    steps = torch.cat([torch.randint(0, 2 ** 40, (4000,), generator=g), edges, edges.flip(0)])
+    ref = _row_uniform_tensor(seeds, steps)
+    got = _row_uniform_host(seeds, steps)
+    assert got.dtype == ref.dtype == torch.float32 and torch.equal(got, ref)
+    assert torch.equal(row_uniform(seeds[:64], steps[:64]), ref[:64])  # the CPU's small batches
+    assert torch.equal(row_uniform(seeds, steps), ref)  # and big ones (the tensor ops)
+    assert torch.equal(_row_uniform_host(seeds[::3], steps[1::3]), _row_uniform_tensor(seeds[::3], steps[1::3]))
+    assert 0 < float(ref.min()) and float(ref.max()) < 1 and len(set(ref.tolist())) > 3990
