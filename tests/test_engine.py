@@ -201,12 +201,15 @@ def test_join_every_bounds_the_wait_of_a_new_request(pipe):
 
 
 def test_a_request_whose_roots_are_drawn_gives_its_slot_to_a_waiting_one_mid_round(pipe):
-    """Two slots, a 30-root round: the 4-root request leaves after 4 steps, the waiting one
-    takes its slot at once and finishes in the same round; every text is still its solo."""
+    """Two slots, a 30-root round: the 4-root request is answered after 4 steps, the
+    waiting one takes its slot at once and is answered after 14; every text is its solo."""
     engine = Engine(pipe, max_batch=2, block_roots=30, join_every=2)
     reqs = [Request("KING", roots=30, seed=1), Request("", roots=4, seed=2), Request("a", roots=10, seed=3)]
-    jobs = [engine.submit(r) for r in reqs]
+    answered_at = {}
+    jobs = [engine.submit(r, on_done=lambda j: answered_at.setdefault(j.request.seed, engine.slots.steps_run))
+            for r in reqs]
     assert engine.step() and engine.rounds == 1
+    assert answered_at == {2: 4, 3: 14, 1: 30}  # mid-round, not at the round's end
     assert all(j.completion is not None for j in jobs)
     assert [j.completion.blocks for j in jobs] == [1, 1, 1]
     for job, req in zip(jobs, reqs):

@@ -228,9 +228,10 @@ class Engine:
     @torch.no_grad()
     def step(self) -> bool:
         """One round: up to ``block_roots`` manager steps for every active request, waiting
-        requests joining every ``join_every`` steps (into the slots of requests whose roots
-        are all drawn, too); then every request's new roots are rendered (one pooled flood)
-        and streamed. Returns False when there was nothing to do.
+        requests joining every ``join_every`` steps; then every request's new roots are
+        rendered (one pooled flood) and streamed. A request whose roots are all drawn at a
+        join point is rendered and answered there, and its slot goes to a waiting one.
+        Returns False when there was nothing to do.
 
         A request that joins mid-round gets a shorter first block; its text is the same,
         since item numbers run on across blocks (``Job.offsets``)."""
@@ -249,20 +250,24 @@ class Engine:
                 got.extend(row[:max(0, job.remaining - len(got))])
             done += k
             if done < n:
-                for job in [j for j in self.slots.owner if len(new[j]) >= j.remaining]:
-                    self.slots.remove(job)  # all its roots are drawn: its slot takes a waiting one
+                drawn = [j for j in self.slots.owner if len(new[j]) >= j.remaining]
+                if drawn:  # all their roots are drawn: render and answer them now, and their
+                    for job in drawn:  # slots take waiting requests (their clients may send
+                        self.slots.remove(job)  # the next one while this round goes on)
+                    self._flush(drawn, [new.pop(j) for j in drawn], time.perf_counter() - t0)
                 self._admit(cancel=False)
-        manager_s = time.perf_counter() - t0
         jobs = [j for j in new if new[j]]
-        blocks = [new[j] for j in jobs]
-        renders = self._render(jobs, blocks)
-        for job, block, (render, flood_s) in zip(jobs, blocks, renders):
-            self._deliver(job, block, render, manager_s, flood_s)
+        self._flush(jobs, [new[j] for j in jobs], time.perf_counter() - t0)
         self.rounds += 1
         self.busy_s += time.perf_counter() - t0
         if self.on_round is not None:
             self.on_round(len(jobs), len(self._waiting), time.perf_counter() - t0)
         return True
+
+    def _flush(self, jobs: list, blocks: list, manager_s: float) -> None:
+        """Render ``jobs``' new roots (pooled) and deliver each its block."""
+        for job, block, (render, flood_s) in zip(jobs, blocks, self._render(jobs, blocks)):
+            self._deliver(job, block, render, manager_s, flood_s)
 
     def _render(self, jobs, blocks):
         """-> per job (its render, or its slice of a pooled render; seconds)."""
