@@ -133,7 +133,7 @@ def main() -> int:
     p.add_argument("--max-batch", type=int, default=32)
     p.add_argument("--block", type=int, default=32)
     p.add_argument("--server-threads", type=int, help="the server's torch threads (serve --threads; "
-                   "default: torch's own, one per core)")
+                   "default: serve's own, half the cores on a CPU)")
     p.add_argument("--json", help="also write the results to this JSON file")
     args = p.parse_args()
     levels = [int(x) for x in args.levels.split(",")]

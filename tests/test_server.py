@@ -257,3 +257,14 @@ def test_chars_under_folds_the_counts_of_every_level_below():
     assert chars_under(counts, 2) == [3, 1, 2]
     assert chars_under(counts, 1) == [3, 3]
     assert chars_under([[2, 1], [4, 1, 2]], 1) == [4, 1, 2]  # two levels: level 1's own counts
+
+
+def test_serve_takes_half_the_cores_on_a_cpu_and_torchs_threads_on_a_gpu():
+    import os
+
+    import torch
+
+    from fractal_flood.serve_cli import default_threads
+
+    assert default_threads(torch.device("cpu")) == max(1, (os.cpu_count() or 1) // 2)
+    assert default_threads(torch.device("cuda")) is None
