@@ -72,7 +72,7 @@ def bodies(n: int, max_tokens: int) -> list[dict]:
 def engine_counters(base: str) -> dict:
     """The server's engine counters from /metrics (rounds, busy seconds, manager steps, rows)."""
     text = httpx.get(base + "/metrics", timeout=10).text
-    names = ("engine_busy_seconds", "manager_steps", "manager_row_steps")
+    names = ("engine_busy_seconds", "engine_flood_seconds", "manager_steps", "manager_row_steps")
     values = dict(line.split() for line in text.splitlines() if line and not line.startswith("#") and "{" not in line)
     return {n: float(values[f"fractal_flood_{n}_total"]) for n in names}
 
@@ -116,6 +116,7 @@ def run_level(base: str, reqs: list[dict], concurrency: int, time_limit: float) 
             "chars_per_s": sum(e["chars"] for e in ext) / seconds,
             "mean_batch": work["manager_row_steps"] / max(1, work["manager_steps"]),
             "engine_busy": work["engine_busy_seconds"] / seconds,
+            "flood_share": work["engine_flood_seconds"] / max(1e-9, work["engine_busy_seconds"]),
             "p50_s": statistics.median(lat), "p99_s": lat[min(len(lat) - 1, int(0.99 * len(lat)))],
             "texts": {i: v[1] for i, v in results.items()}}
 
@@ -163,15 +164,16 @@ def main() -> int:
           f"{f' with {args.server_threads} torch thread(s)' if args.server_threads else ''}; "
           f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, {date}")
     print("| clients | requests | seconds | requests/s | tokens/s | roots/s | chars/s | p50 latency (s) | "
-          "p99 latency (s) | mean batch | engine busy | text equal to solo |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "p99 latency (s) | mean batch | engine busy | flood share | text equal to solo |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(f"| {r['concurrency']} | {r['requests']} | {r['seconds']:.1f} | {r['requests_per_s']:.2f} | "
               f"{r['tokens_per_s']:.0f} | {r['roots_per_s']:.0f} | {r['chars_per_s']:.0f} | {r['p50_s']:.2f} | "
-              f"{r['p99_s']:.2f} | {r['mean_batch']:.1f} | {r['engine_busy']:.0%} | "
+              f"{r['p99_s']:.2f} | {r['mean_batch']:.1f} | {r['engine_busy']:.0%} | {r['flood_share']:.0%} | "
               f"{r['equal_to_solo']}/{r['compared']} |")
     print("mean batch: rows per manager step; engine busy: the share of the level's wall time the "
-          "server's engine spent in rounds (the rest it waited for requests)")
+          "server's engine spent in rounds (the rest it waited for requests); flood share: the share "
+          "of those rounds spent rendering")
     top = rows[-1]
     print(f"{top['concurrency']} clients vs 1: {top['tokens_per_s'] / rows[0]['tokens_per_s']:.2f}x tokens/s")
     if args.json:

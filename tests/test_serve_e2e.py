@@ -124,3 +124,4 @@ def test_load_test_script_runs_and_checks_texts(tiny_model_dir, tmp_path):
     assert [r["concurrency"] for r in rows] == [1, 4] and all(r["equal_to_solo"] == 8 for r in rows)
     assert rows[0]["mean_batch"] == 1.0  # one client: one row per manager step
     assert 1.0 <= rows[1]["mean_batch"] <= 4.0 and all(0 < r["engine_busy"] <= 1.05 for r in rows)
+    assert all(0 < r["flood_share"] < 1 for r in rows)

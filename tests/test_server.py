@@ -118,6 +118,7 @@ def test_models_health_metrics(client):
     steps, rows = values["fractal_flood_manager_steps_total"], values["fractal_flood_manager_row_steps_total"]
     assert steps >= 3 and steps <= rows <= 4 * steps  # every step had 1 to 4 (the slots) rows
     assert values["fractal_flood_engine_rounds_total"] >= 1 and values["fractal_flood_engine_busy_seconds_total"] > 0
+    assert 0 < values["fractal_flood_engine_flood_seconds_total"] < values["fractal_flood_engine_busy_seconds_total"]
 
 
 BAD = [

@@ -167,6 +167,7 @@ class Engine:
         self._round: dict = {}  # the running round's jobs (some may have left their slots)
         self.rounds = 0
         self.busy_s = 0.0  # seconds spent in rounds
+        self.flood_s = 0.0  # of which in renders (floods)
         self.draws = self.passes = self.flops = 0  # renderer work, over all renders
         self.on_round: Optional[Callable[[int, int, float], None]] = None  # (active, waiting, seconds)
 
@@ -291,6 +292,7 @@ class Engine:
             self.draws, self.passes = self.draws + render.draws, self.passes + render.passes
             self.flops += render.flops
             seconds = time.perf_counter() - t
+            self.flood_s += seconds
             if len(idx) == 1:
                 out[idx[0]] = (render, seconds)
             else:

@@ -56,6 +56,8 @@ class ServerMetrics:
             for name, value, text in (
                     ("engine_rounds", engine.rounds, "Engine rounds (manager steps for a block, then a flood)."),
                     ("engine_busy_seconds", round(engine.busy_s, 6), "Seconds the engine spent in rounds."),
+                    ("engine_flood_seconds", round(engine.flood_s, 6),
+                     "Of those, seconds in renders (the rest: the manager's steps and bookkeeping)."),
                     ("manager_steps", engine.slots.steps_run, "Batched manager decode steps."),
                     ("manager_row_steps", engine.slots.row_steps,
                      "Rows in those steps, summed (divided by manager_steps: the mean batch).")):
