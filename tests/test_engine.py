@@ -216,3 +216,20 @@ def test_a_request_whose_roots_are_drawn_gives_its_slot_to_a_waiting_one_mid_rou
         ref = generate_solo(pipe, req, 30)
         assert job.completion.text == ref.text and job.completion.root_ids == ref.root_ids
     assert engine.slots.active == 0 and engine.slots.steps_run == 30
+
+
+def test_a_render_that_fails_mid_round_answers_every_request_with_an_error(pipe):
+    """The early answer takes a request out of its slot before rendering it: if that render
+    fails, the request must still be finished (with "error"), never left waiting."""
+    engine = Engine(pipe, max_batch=2, block_roots=30, join_every=2)
+    jobs = [engine.submit(Request("KING", roots=30, seed=1)), engine.submit(Request("", roots=4, seed=2))]
+
+    def broken(jobs, blocks):
+        raise RuntimeError("render failed")
+
+    engine._render = broken
+    with pytest.raises(RuntimeError):
+        engine.step()  # the 4-root request's early answer is the first render
+    engine._fail_all(RuntimeError("render failed"))
+    assert all(j.done.is_set() and j.completion.finish_reason == "error" for j in jobs)
+    assert engine.slots.active == 0 and engine.queued == 0

@@ -255,7 +255,9 @@ class Engine:
                 if drawn:  # all their roots are drawn: render and answer them now, and their
                     for job in drawn:  # slots take waiting requests (their clients may send
                         self.slots.remove(job)  # the next one while this round goes on)
-                    self._flush(drawn, [new.pop(j) for j in drawn], time.perf_counter() - t0)
+                    self._flush(drawn, [new[j] for j in drawn], time.perf_counter() - t0)
+                    for job in drawn:  # answered (until then a failure finds them in _round)
+                        del new[job]
                 self._admit(cancel=False)
         jobs = [j for j in new if new[j]]
         self._flush(jobs, [new[j] for j in jobs], time.perf_counter() - t0)
