@@ -243,6 +243,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "P(class) x P(root | class) over K classes of consecutive ids, which "
                         "decoding samples from K + roots/K scores; auto = K near the square root "
                         "of the roots from 4,096 roots on (default: the preset's, auto)")
+    t.add_argument("--top-lengths", action="store_true",
+                   help="the renderer also predicts each root's number of children (a small head on "
+                        "the root's embedding), so the top level's canvases are packed like the "
+                        "others instead of padded to the most children a root has")
     t.add_argument("--weight-decay", type=nonneg_float,
                    help="language models' AdamW weight decay (default: the preset's)")
     t.add_argument("--decay", choices=DECAY_MODES,
@@ -387,7 +391,7 @@ def _train(args) -> int:
                               overwrite=args.overwrite,
                               seed=args.seed, eval_every=args.eval_every, save_every=args.save_every,
                               progress=not args.no_progress, dropout=args.dropout,
-                              head_classes=args.head_classes,
+                              head_classes=args.head_classes, top_lengths=args.top_lengths,
                               weight_decay=args.weight_decay, decay=args.decay))
     return 0
 

@@ -18,6 +18,9 @@ class RendererConfig:
     d_model: int = 256
     n_heads: int = 8
     timesteps: int = 100  # T of the discrete noise process
+    # a length for each top-level item (root) from its embedding, so the top level's canvases
+    # are packed like the others; absent from older checkpoints, which pad the top level
+    top_lengths: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)

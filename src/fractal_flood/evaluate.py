@@ -50,7 +50,7 @@ def evaluate(model_dir=None, corpus=None, device="auto", k: int = 1, max_roots: 
     # --- render fidelity, per level given the right condition (and its true length), then
     # the whole flood
     opts = DecodeOptions(k=k, threshold=threshold, seed=seed)
-    tables = [t.to(dev) for t in level_tables(tok)]
+    tables = [t.to(dev) for t in level_tables(tok, renderer.has_top_lengths)]
     items = held.to(dev)
     levels = []
     g = torch.Generator(device=dev).manual_seed(seed)
@@ -62,6 +62,8 @@ def evaluate(model_dir=None, corpus=None, device="auto", k: int = 1, max_roots: 
         ok = ch.tokens == right
         if ch.child_lengths is not None:  # the length head's answer is part of the level's output
             ok &= ch.child_lengths == table.child_lengths[items]
+        if level == 0 and renderer.has_top_lengths:  # and so are the roots' lengths
+            ok &= (renderer.top_lengths(items) == lengths)[:, None]
         first = ch.energy if k == 1 else score(renderer, level, items, draw(
             renderer, level, items, ids, torch.zeros_like(ids), lengths, seed, 0.0).tokens, lengths)
         e_right = renderer.energy(level, items, right, lengths)

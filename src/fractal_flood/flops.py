@@ -33,6 +33,12 @@ def renderer_pass_flops(config, level: int, batch: int, canvas: int, energy: boo
     return f
 
 
+def top_length_flops(config, roots: int) -> int:
+    """The top-length head on ``roots`` roots (``RendererConfig.top_lengths``): two linears."""
+    d = config.d_model
+    return 2 * roots * (d * d + d * (config.levels[0]["max_children"] + 1))
+
+
 def causal_lm_flops(config, batch: int, positions: int) -> int:
     """Decoding ``positions`` tokens per sequence with the static KV cache: every step's
     query attends over all ``context`` cache slots (masked, static shapes, as ARStream runs

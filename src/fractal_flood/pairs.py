@@ -24,7 +24,7 @@ class LevelTable:
     targets: torch.Tensor
     lengths: torch.Tensor
     pad_id: int
-    packed: bool  # canvases hold exactly ``lengths`` slots (every level below the top)
+    packed: bool  # canvases hold exactly ``lengths`` slots (below the top; the top too with top lengths)
     child_lengths: torch.Tensor | None = None
 
     @property
@@ -40,8 +40,10 @@ class LevelTable:
         return LevelTable(self.targets.to(device), self.lengths.to(device), self.pad_id, self.packed, cl)
 
 
-def level_tables(tokenizer) -> list[LevelTable]:
-    """One table per expanding level of ``tokenizer.levels``, top to bottom."""
+def level_tables(tokenizer, top_packed: bool = False) -> list[LevelTable]:
+    """One table per expanding level of ``tokenizer.levels``, top to bottom. ``top_packed``:
+    the top level's canvases hold exactly its items' children too (a renderer with
+    ``top_lengths``)."""
     levels = tokenizer.levels
     raw = [tokenizer.expansion_table(i) for i in range(len(levels) - 1)]
     out = []
@@ -51,7 +53,7 @@ def level_tables(tokenizer) -> list[LevelTable]:
         if i + 1 < len(raw):  # the children expand too: their lengths, pads -> 0
             below = torch.cat([raw[i + 1][1], torch.zeros(1, dtype=torch.long)])  # pad id -> 0
             child_lengths = below[targets]
-        out.append(LevelTable(targets, lengths, child.pad_id, i > 0, child_lengths))
+        out.append(LevelTable(targets, lengths, child.pad_id, i > 0 or top_packed, child_lengths))
     return out
 
 

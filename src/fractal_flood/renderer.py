@@ -53,6 +53,10 @@ class FractalDiffusionModel(nn.Module):
             str(l): nn.Linear(d, self.levels[l + 1].max_children + 1)
             for l in range(self.num_levels) if self.levels[l + 1].max_children > 0})
         self.energy_head = nn.Sequential(nn.Linear(d, d), nn.GELU(approximate="tanh"), nn.Linear(d, 1))
+        # the top level's lengths (children per root), read off the root's own embedding: no
+        # level above predicts them, and with them the top canvas is packed like the others
+        self.top_length_head = nn.Sequential(nn.Linear(d, d), nn.GELU(approximate="tanh"),
+                                             nn.Linear(d, self.max_lens[0] + 1)) if config.top_lengths else None
         init_weights(self, config.n_layers)
 
     @property
@@ -69,8 +73,21 @@ class FractalDiffusionModel(nn.Module):
         return self.levels[level + 1].pad_id
 
     def packed(self, level: int) -> bool:
-        """Below the top, canvases hold exactly the children the parent level predicted."""
-        return level > 0
+        """Below the top, canvases hold exactly the children the parent level predicted; at
+        the top too when the model predicts the roots' lengths (``top_lengths``)."""
+        return level > 0 or self.has_top_lengths
+
+    @property
+    def has_top_lengths(self) -> bool:
+        return self.top_length_head is not None
+
+    def top_length_logits(self, roots: torch.Tensor) -> torch.Tensor:
+        """(N,) root ids -> (N, max_children + 1) scores of each root's number of children."""
+        return self.top_length_head(self.wte(roots + self.vocab.offset(0)))
+
+    def top_lengths(self, roots: torch.Tensor) -> torch.Tensor:
+        """(N,) root ids -> (N,) children per root, at least one (class 0 is never chosen)."""
+        return self.top_length_logits(roots)[..., 1:].argmax(-1) + 1
 
     def has_length_head(self, level: int) -> bool:
         return str(level) in self.length_heads

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 
 from .distributed import piece_slice
 from .losses import diffusion_loss, energy_loss
@@ -47,7 +48,7 @@ class RendererTask:
 
     def __init__(self, model, tokenizer, batch, energy_weight, device, gen):
         self.model, self.device, self.gen = model, device, gen
-        self.tables = [t.to(device) for t in level_tables(tokenizer)]
+        self.tables = [t.to(device) for t in level_tables(tokenizer, model.has_top_lengths)]
         self.per_level = max(2, batch // len(self.tables))
         self.energy_weight = energy_weight
         self.T = model.config.timesteps
@@ -106,6 +107,11 @@ class RendererTask:
             if ln is not None:
                 total = total + ln
                 logs[f"len{level}"] = ln.detach()
+            if level == 0 and self.model.has_top_lengths:  # each root's number of children
+                top = F.cross_entropy(self.model.top_length_logits(cond).float(), b.lengths[d],
+                                      reduction="sum") / (len(b.cond) / pieces)
+                total = total + top
+                logs["len_top"] = top.detach()
         return total, logs
 
     def _packed(self, level, cond, tgt, t, lengths, right, child, n):
@@ -149,8 +155,10 @@ class RendererTask:
             ok = logits.argmax(-1) == right
             if len_logits is not None:
                 ok &= len_logits.argmax(-1) == table.child_lengths[cond]
-            if lengths is not None:  # only the real slots exist below the top
+            if lengths is not None:  # only the real slots exist on packed levels
                 ok |= ~_slots_mask(lengths, right.shape[1])
+            if level == 0 and self.model.has_top_lengths:  # and the roots' lengths are predicted
+                ok &= (self.model.top_lengths(cond) == lengths)[:, None]
             out[f"exact{level}"] = ok.all(-1).float().mean().item()
             e_right = self.model.energy(level, cond, right, lengths)
             wrong, wrong_len = wrong_pairs(table, cond, g)

@@ -73,6 +73,7 @@ class TrainOptions:
     # the language models' regularisation for this run (None: the preset's)
     dropout: float | None = None
     head_classes: int | str | None = None  # the manager's output layer (None: the preset's)
+    top_lengths: bool = False  # the renderer predicts each root's children: a packed top level
     weight_decay: float | None = None
     decay: str | None = None
 
@@ -285,7 +286,7 @@ def _build_part(part, tokenizer, shards, preset: Preset, opts: TrainOptions, dev
     torch.manual_seed(opts.seed + ALL_PARTS.index(part))  # weight init: same seed, same model
     if part == "renderer":
         cfg = RendererConfig(levels=[lv.to_dict() for lv in tokenizer.levels],
-                             **preset.renderer)
+                             **{**preset.renderer, "top_lengths": opts.top_lengths})
         model = FractalDiffusionModel(cfg)
         task = RendererTask(model, tokenizer, opts.batch or preset.renderer_batch, preset.energy_weight, device, gen)
         steps = opts.steps or preset.renderer_steps

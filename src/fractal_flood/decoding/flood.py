@@ -12,6 +12,7 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
+from ..flops import top_length_flops
 from .base import Decoder
 from .choose import Choice, adaptive, best_of_k
 from .result import LevelStats, RenderResult
@@ -55,11 +56,15 @@ def render(model, alphabet: str, roots: torch.Tensor, choose: Callable[..., Choi
             per = torch.bincount(owner, minlength=len(sizes))
             ids = ids - (per.cumsum(0) - per)[owner] + starts[owner, level]
             item_seed = seeds[owner]
+        top = level == 0 and model.has_top_lengths
+        if top:  # the roots' lengths: the top canvas is packed like the others
+            lengths = model.top_lengths(items)
         ch = choose(level, items, ids, lengths, item_seed)
         keep = ch.tokens != model.pad_id(level)  # (N, L)
         counts.append(keep.sum(dim=1).cpu())
         st = LevelStats(items=items.shape[0], draws=ch.work.draws, passes=ch.work.passes,
-                        rounds=ch.rounds, positions=ch.work.positions, flops=ch.work.flops)
+                        rounds=ch.rounds, positions=ch.work.positions,
+                        flops=ch.work.flops + (top_length_flops(model.config, items.shape[0]) if top else 0))
         if ch.energy is not None:
             st.accepted = int((ch.energy < threshold).sum())
             st.energy_sum = float(ch.energy.sum())

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from ..flops import top_length_flops
 from .base import Decoder
 from .canvas import Work, draw, score
 from .result import LevelStats, RenderResult
@@ -71,8 +72,12 @@ class SequentialDecoder(Decoder):
                 for i in keep:
                     visit(level + 1, sel[i], None if child is None else child[i])
 
-        for r in roots:
-            visit(0, r, None)
+        top = [None] * len(roots)
+        if self.model.has_top_lengths and roots:  # the roots' lengths, as the flood reads them
+            top = self.model.top_lengths(torch.tensor(roots, device=self.device)).tolist()
+            stats[0].flops += top_length_flops(self.model.config, len(roots))
+        for r, length in zip(roots, top):
+            visit(0, r, length)
         for s in stats:
             s.rounds = s.items
         return RenderResult(torch.tensor(out, dtype=torch.long),
