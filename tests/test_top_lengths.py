@@ -91,3 +91,13 @@ def test_evaluate_and_the_engine(top_dir, small_corpus_file):
     got = Engine(pipe, max_batch=2, block_roots=4).run(reqs)
     for c, req in zip(got, reqs):
         assert c.text == generate_solo(pipe, req, 4).text
+
+
+def test_resuming_with_the_other_choice_says_which_flag(top_dir, small_corpus_file, capsys):
+    from cli_run import run_main
+
+    rc, out, err = run_main(["train", "--preset", "tiny", "--corpus", small_corpus_file, "--out", top_dir,
+                             "--parts", "renderer", "--steps", str(STEPS + 10), "--no-progress", "--resume"], capsys)
+    lines = err.strip().splitlines()
+    assert rc == 2 and len(lines) == 1 and "Traceback" not in err, err
+    assert "trained with --top-lengths, pass it again" in lines[0]

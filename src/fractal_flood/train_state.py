@@ -129,7 +129,12 @@ def _load_model(model, tensors: dict, where: str) -> None:
     saved = {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
     missing, unexpected = set(expected) - set(saved), set(saved) - set(expected)
     if missing or unexpected:
-        raise CheckpointError(f"{where}: the weights do not match the model (missing {sorted(missing)[:3]}, "
+        hint = ""
+        if any(k.startswith("top_length_head.") for k in unexpected):
+            hint = ": it was trained with --top-lengths, pass it again"
+        elif any(k.startswith("top_length_head.") for k in missing):
+            hint = ": it was trained without --top-lengths, leave it out"
+        raise CheckpointError(f"{where}: the weights do not match the model{hint} (missing {sorted(missing)[:3]}, "
                               f"unexpected {sorted(unexpected)[:3]})")
     model.load_state_dict({k: _checked(f"weight {k}", v, expected[k].shape, where) for k, v in saved.items()})
 
