@@ -32,9 +32,13 @@ from fractal_flood.pipeline import TextPipeline
 from fractal_flood.sampling import SamplingConfig
 
 
-def generator(model_dir, roots: int, sampling: SamplingConfig):
+def load(model_dir):
+    """A model directory on the CPU in fp32, with its AR peer when it has one."""
+    return ckpt.load_model_dir(model_dir, torch.device("cpu"), torch.float32, optional=("peer",))
+
+
+def generator(m, roots: int, sampling: SamplingConfig):
     """-> run() returning (tokens, characters, manager steps) of one end-to-end generate."""
-    m = ckpt.load_model_dir(model_dir, torch.device("cpu"), torch.float32)
     pipe = TextPipeline(m.tokenizer, m.manager, m.renderer, torch.device("cpu"), torch.float32, "flood",
                         DecodeOptions(k=1))
 
@@ -45,8 +49,7 @@ def generator(model_dir, roots: int, sampling: SamplingConfig):
     return run
 
 
-def peer(model_dir, n: int, sampling: SamplingConfig):
-    m = ckpt.load_model_dir(model_dir, torch.device("cpu"), torch.float32, parts=("peer",))
+def peer(m, n: int, sampling: SamplingConfig):
     stream = ARStream(m.peer, 1, sampling, "cpu", seed=0)
     prompt = torch.tensor(m.tokenizer.encode_chunks("\n"))
 
@@ -74,11 +77,12 @@ def main() -> None:
     if args.rounds < 1:
         ap.error("--rounds must be >= 1")
     sampling = SamplingConfig(temperature=TEMPERATURE)
-    runs = {"ours": generator(args.model, args.roots, sampling)}
-    if ckpt.load_model_dir(args.model, "cpu", parts=(), optional=("peer",)).peer is not None:
-        runs["peer"] = peer(args.model, args.peer_tokens, sampling)
+    ours = load(args.model)
+    runs = {"ours": generator(ours, args.roots, sampling)}
+    if ours.peer is not None:
+        runs["peer"] = peer(ours, args.peer_tokens, sampling)
     if args.baseline_model:
-        runs["baseline"] = generator(args.baseline_model, args.roots, sampling)
+        runs["baseline"] = generator(load(args.baseline_model), args.roots, sampling)
     print(f"paired single-stream ratios on {describe(torch.device('cpu'))}, float32, torch {torch.__version__}, "
           f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}")
     names = list(runs)

@@ -18,8 +18,9 @@ NOISE_STREAM = 0  # the corrupted input the renderer denoises
 GUMBEL_STREAM = 1  # temperature sampling of its output
 
 
-def _fmix(h: torch.Tensor) -> torch.Tensor:
-    # murmur3 fmix32; h holds values in [0, 2^32) in int64, products wrap in the low 32 bits
+def _fmix(h):
+    # murmur3 fmix32 on int64 tensors or Python ints holding values in [0, 2^32): products
+    # wrap (tensors) or grow (ints), and the mask keeps the same low 32 bits either way
     h = h ^ (h >> 16)
     h = (h * 0x85EBCA6B) & MASK32
     h = h ^ (h >> 13)

@@ -110,30 +110,23 @@ def row_uniform(seeds: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
     return _row_uniform_tensor(seeds, steps)
 
 
-def _row_uniform_tensor(seeds: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
+def _row_hash(seeds, steps):
+    """The 32-bit hash of (seed, step): tensors of int64 or Python ints alike (``_fmix``
+    keeps the low 32 bits of every product, which wrapping int64 and exact ints share)."""
     h = _fmix(((seeds >> 32) & MASK32) ^ MANAGER_STREAM)
     h = _fmix((h + (seeds & MASK32) * 0x9E3779B1) & MASK32)
-    h = _fmix((h + (steps & MASK32) * 0x27D4EB2F) & MASK32)
-    return ((h >> 8).float() + 0.5) * (1.0 / (1 << 24))
+    return _fmix((h + (steps & MASK32) * 0x27D4EB2F) & MASK32)
 
 
-def _fmix_int(h: int) -> int:
-    # draws._fmix on a Python int: the same low 32 bits as int64's wrapping products
-    h ^= h >> 16
-    h = (h * 0x85EBCA6B) & MASK32
-    h ^= h >> 13
-    h = (h * 0xC2B2AE35) & MASK32
-    return h ^ (h >> 16)
+def _row_uniform_tensor(seeds: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
+    return ((_row_hash(seeds, steps) >> 8).float() + 0.5) * (1.0 / (1 << 24))
 
 
 def _row_uniform_host(seeds: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
-    out = []
-    for s, t in zip(seeds.tolist(), steps.tolist()):  # seeds are non-negative: the same bits
-        h = _fmix_int(((s >> 32) & MASK32) ^ MANAGER_STREAM)
-        h = _fmix_int((h + (s & MASK32) * 0x9E3779B1) & MASK32)
-        h = _fmix_int((h + (t & MASK32) * 0x27D4EB2F) & MASK32)
-        out.append(((h >> 8) + 0.5) * (1.0 / (1 << 24)))  # exact in float64, rounded once to float32
-    return torch.tensor(out, dtype=torch.float32)
+    # seeds are non-negative: the same bits as Python ints; the float is exact in float64
+    # and rounded once to float32, as the tensor path's float32 sum rounds it
+    return torch.tensor([((_row_hash(s, t) >> 8) + 0.5) * (1.0 / (1 << 24))
+                         for s, t in zip(seeds.tolist(), steps.tolist())], dtype=torch.float32)
 
 
 def scaled_logits(logits: torch.Tensor, rows: RowSampling) -> torch.Tensor:
