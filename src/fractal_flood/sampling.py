@@ -102,7 +102,8 @@ def row_uniform(seeds: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
     target below the total, so no draw falls off the end).
 
     Small CPU batches hash with Python integers (``_row_uniform_host``): the ~20 tiny
-    tensor ops cost ~75 us a draw at batch 1, a tenth of a manager step, the integers ~4.
+    tensor ops were most of a batch-1 draw (the manager's draw fell from 189 to 108 us
+    without them, RESULTS.md).
     Bit for bit the same numbers (tested); elsewhere (a GPU, a CUDA graph, big batches)
     the tensor ops run."""
     if seeds.device.type == "cpu" and steps.device.type == "cpu" and seeds.numel() <= HOST_HASH_ROWS:

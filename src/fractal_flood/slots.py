@@ -73,6 +73,7 @@ class SlotManager:
         self.context, self.keep = cfg.context, max(1, cfg.context // 2)
         dtype = dtype or model.wte.weight.dtype
         hd = cfg.d_model // cfg.n_heads
+        self.span_step = span_step(hd)  # attention reads the cache in steps of this many slots
         S = max(slots, MIN_ROWS)  # buffers hold the padding rows too
         shape = (S, cfg.n_heads, cfg.context, hd)
         self.k = [torch.zeros(shape, dtype=dtype, device=self.device) for _ in model.blocks]
@@ -206,8 +207,7 @@ class SlotManager:
         m = self.model
         x = m.wte(idx) + m.wpe(pos)  # (B, T, C)
         B_, T, C = x.shape
-        step = span_step(C // m.config.n_heads)
-        S = min(self.context, -(-(last + 1) // step) * step)
+        S = min(self.context, -(-(last + 1) // self.span_step) * self.span_step)
         # mask[b, t, j]: the query at pos[b, t] may see cache slot j <= pos[b, t]
         mask = torch.arange(S, device=self.device)[None, None] <= pos[:, :, None]
         mask = mask[:, None]  # (B, 1, T, L)
