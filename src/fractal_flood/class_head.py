@@ -15,7 +15,9 @@ That is the distribution both paths here sample, and what top-k / top-p filter:
 - ``draw`` (decoding): one uniform ``u`` per row; the class is the one whose slice of the
   class distribution holds ``u``, and ``u``'s place inside that slice, rescaled to (0, 1),
   picks the token within the class. Both are inversions of the same ``u``, so the pair is
-  the token whose slice of the *whole* distribution (ids in order) holds ``u``.
+  the token whose slice of the *whole* distribution (ids in order) holds ``u``. On the
+  CPU, up to ``sampling.HOST_DRAW_ROWS`` rows (a single stream) invert on the host
+  (``host_inversion``): the same ids bit for bit, ~30 fewer operator calls a step.
 - ``reference_draw``: the whole ``(B, V)`` log-probability table, then ``sampling.sample``
   at temperature 1 over it: the plain path ``draw`` is tested against.
 
@@ -28,7 +30,9 @@ from __future__ import annotations
 
 import torch
 
-from .sampling import RowSampling, SamplingConfig, invert_cdf, row_uniform, sample
+from . import host_inversion
+from .sampling import (RowSampling, SamplingConfig, host_uniforms, invert_target, on_host, row_uniform,
+                       sample)
 
 
 def _temperatures(rows: RowSampling) -> torch.Tensor:
@@ -101,18 +105,46 @@ def draw(h: torch.Tensor, class_weight: torch.Tensor, token_weight: torch.Tensor
     rows = _as_rows(rows, h.size(0), h.device)
     if rows.filters:  # top-k / top-p rank tokens across classes: the whole table
         return reference_draw(h, class_weight, token_weight, rows, seeds, steps)
+    if on_host(h):
+        return _draw_host(h, class_weight, token_weight, rows, seeds, steps)
     temp = _temperatures(rows)[:, None]
     zc = (h @ class_weight.t()).float()  # (B, K)
     pc = (zc / temp).softmax(-1)
-    u = row_uniform(seeds, steps)
-    sampled = rows.temperature > 0
     cdf = pc.cumsum(-1)
-    c = torch.where(sampled, invert_cdf(cdf, u), zc.argmax(-1))  # (B,)
-    # u's place inside the chosen class's slice of the cumulative distribution, in (0, 1)
-    hi = cdf.gather(1, c[:, None])[:, 0]
-    lo = hi - pc.gather(1, c[:, None])[:, 0]
-    inner = ((u * cdf[:, -1] - lo) / (hi - lo)).clamp(0.0, 1.0)
-    zt = torch.bmm(_class_block(token_weight, K, c), h[:, :, None])[:, :, 0].float()  # (B, S)
-    j = torch.where(sampled, invert_cdf((zt / temp).softmax(-1).cumsum(-1), inner), zt.argmax(-1))
-    return c * S + j
+    c, target = invert_target(cdf, row_uniform(seeds, steps))  # (B, 1) each
+    sampled = rows.temperature[:, None] > 0
+    c = torch.where(sampled, c, zc.argmax(-1, keepdim=True))
+    # the target's place inside the chosen class's slice [hi - p, hi) of the cdf, in [0, 1]
+    p = pc.gather(1, c)
+    inner = ((target - (cdf.gather(1, c) - p)) / p).clamp(0.0, 1.0)
+    zt = torch.bmm(_class_block(token_weight, K, c[:, 0]), h[:, :, None])[:, :, 0].float()  # (B, S)
+    j = invert_target((zt / temp).softmax(-1).cumsum(-1), inner[:, 0])[0]
+    j = torch.where(sampled, j, zt.argmax(-1, keepdim=True))
+    return (c * S + j)[:, 0]
 
+
+def _draw_host(h, class_weight, token_weight, rows: RowSampling, seeds, steps) -> torch.Tensor:
+    """``draw``'s sampled path with both inversions on the host (``host_inversion``): the
+    same tensors in, the same ids out, bit for bit, in about half the operator calls."""
+    K = class_weight.size(0)
+    S = token_weight.size(0) // K
+    temps = rows.temperature.tolist()
+    temp = host_inversion.divisors(temps, h.device)
+    zc = (h @ class_weight.t()).float()
+    pc = (zc / temp).softmax(-1)
+    cdf, pcs = host_inversion.host_view(pc.cumsum(-1)), host_inversion.host_view(pc)
+    greedy = not all(t > 0 for t in temps)
+    best = zc.argmax(-1).tolist() if greedy else None
+    u = host_uniforms(seeds, steps)
+    classes, inners = [], []
+    for b, t in enumerate(temps):
+        c, target = host_inversion.invert(cdf[b], u[b])
+        c = c if t > 0 else best[b]
+        classes.append(c)
+        inners.append(host_inversion.place_in_slice(target, cdf[b, c], pcs[b, c]))
+    c = torch.tensor(classes, device=h.device)
+    zt = torch.bmm(_class_block(token_weight, K, c), h[:, :, None])[:, :, 0].float()  # (B, S)
+    cdf = host_inversion.host_view((zt / temp).softmax(-1).cumsum(-1))
+    best = zt.argmax(-1).tolist() if greedy else None
+    return torch.tensor([classes[b] * S + (host_inversion.invert(cdf[b], inners[b])[0] if t > 0 else best[b])
+                         for b, t in enumerate(temps)], dtype=torch.long, device=h.device)

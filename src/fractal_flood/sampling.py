@@ -25,9 +25,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
+import numpy as np
 import torch
 
 from .draws import MASK32, _fmix
+from . import host_inversion
 
 MANAGER_STREAM = 0x5EED0002  # keeps the manager's draws apart from the renderer's streams
 SEED_LIMIT = 1 << 63  # seeds are non-negative 63-bit integers (both halves are hashed)
@@ -124,10 +126,15 @@ def _row_uniform_tensor(seeds: torch.Tensor, steps: torch.Tensor) -> torch.Tenso
 
 
 def _row_uniform_host(seeds: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
+    return torch.from_numpy(host_uniforms(seeds, steps))
+
+
+def host_uniforms(seeds: torch.Tensor, steps: torch.Tensor) -> np.ndarray:
+    """``row_uniform``'s numbers as a float32 NumPy array, for CPU tensors."""
     # seeds are non-negative: the same bits as Python ints; the float is exact in float64
     # and rounded once to float32, as the tensor path's float32 sum rounds it
-    return torch.tensor([((_row_hash(s, t) >> 8) + 0.5) * (1.0 / (1 << 24))
-                         for s, t in zip(seeds.tolist(), steps.tolist())], dtype=torch.float32)
+    return np.array([((_row_hash(s, t) >> 8) + 0.5) * (1.0 / (1 << 24))
+                     for s, t in zip(seeds.tolist(), steps.tolist())], dtype=np.float32)
 
 
 def scaled_logits(logits: torch.Tensor, rows: RowSampling) -> torch.Tensor:
@@ -151,9 +158,16 @@ def inverse_cdf(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
 
 def invert_cdf(cdf: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     """``inverse_cdf`` from a cumulative sum already taken: (B, V) cdf, (B,) u -> (B,) ids."""
+    return invert_target(cdf, u)[0][:, 0]
+
+
+def invert_target(cdf: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, V) cdf, (B,) u -> ((B, 1) ids, (B, 1) targets): the target is ``u`` times the
+    row's total, kept strictly below it, and the id is the first whose cdf exceeds it
+    (``host_inversion.invert`` is one row of this on the host, bit for bit)."""
     total = cdf[:, -1:]
     target = torch.minimum(u[:, None] * total, torch.nextafter(total, torch.zeros_like(total)))
-    return torch.searchsorted(cdf, target, right=True)[:, 0]
+    return torch.searchsorted(cdf, target, right=True), target
 
 
 def filter_logits(logits: torch.Tensor, rows: RowSampling) -> torch.Tensor:
@@ -177,6 +191,15 @@ def filter_logits(logits: torch.Tensor, rows: RowSampling) -> torch.Tensor:
     return logits.masked_fill(drop | (logits < kth), float("-inf"))
 
 
+HOST_DRAW_ROWS = 3  # up to this many CPU rows, a draw inverts its cdf on the host
+
+
+def on_host(x: torch.Tensor) -> bool:
+    """Whether a draw over (B, ...) ``x`` inverts on the host (``host_inversion``): a CPU
+    tensor of at most ``HOST_DRAW_ROWS`` rows (a single stream), the same ids bit for bit."""
+    return x.device.type == "cpu" and x.size(0) <= HOST_DRAW_ROWS
+
+
 def sample(logits: torch.Tensor, rows: RowSampling | SamplingConfig, seeds: torch.Tensor,
            steps: torch.Tensor) -> torch.Tensor:
     """(B, V) logits -> (B,) long ids; row b's draw depends only on (seeds[b], steps[b])."""
@@ -184,6 +207,23 @@ def sample(logits: torch.Tensor, rows: RowSampling | SamplingConfig, seeds: torc
         if rows.greedy:
             return logits.argmax(-1)
         rows = RowSampling.of([rows] * logits.size(0), logits.device)
+    if on_host(logits):
+        return _sample_host(logits, rows, seeds, steps)
     probs = scaled_logits(logits, rows).softmax(-1)  # (B, V), filtered tokens exactly 0
     drawn = inverse_cdf(probs, row_uniform(seeds, steps))
     return torch.where(rows.temperature > 0, drawn, logits.argmax(-1))
+
+
+def _sample_host(logits: torch.Tensor, rows: RowSampling, seeds: torch.Tensor,
+                 steps: torch.Tensor) -> torch.Tensor:
+    """``sample`` with the inversion on the host: the same ids, fewer operator calls."""
+    temps = rows.temperature.tolist()
+    if rows.filters:
+        scaled = filter_logits(logits, rows)
+    else:
+        scaled = logits.float() / host_inversion.divisors(temps, logits.device)
+    cdf = host_inversion.host_view(scaled.softmax(-1).cumsum(-1))
+    best = None if all(t > 0 for t in temps) else logits.argmax(-1).tolist()
+    u = host_uniforms(seeds, steps)
+    return torch.tensor([host_inversion.invert(cdf[b], u[b])[0] if t > 0 else best[b]
+                         for b, t in enumerate(temps)], dtype=torch.long, device=logits.device)
