@@ -402,7 +402,25 @@ def test_training_with_regularisation_options(tmp_path, small_corpus_file):
     assert model.config.dropout == 0.2 and meta["config"]["dropout"] == 0.2
 
 
-@pytest.mark.parametrize("bad", [dict(dropout=1.0), dict(weight_decay=-1.0), dict(decay="some")])
+def test_lm_shape_sets_the_manager_and_the_peer(tmp_path, small_corpus_file):
+    from fractal_flood import checkpoint as ckpt
+    from fractal_flood.train import TrainOptions, run_training
+
+    logs = []
+    run_training(TrainOptions(out_dir=tmp_path / "m", preset="tiny", corpus=str(small_corpus_file),
+                              parts=("manager", "peer"), lm_steps=2, batch=4, eval_every=2, save_every=2,
+                              progress=False, log=logs.append, lm_shape=(1, 48, 3)))
+    tok = ckpt.load_tokenizer(tmp_path / "m")
+    manager, _ = ckpt.load_manager(tmp_path / "m", tok)
+    peer, _ = ckpt.load_peer(tmp_path / "m", tok)
+    for m in (manager, peer):
+        assert (m.config.n_layers, m.config.d_model, m.config.n_heads) == (1, 48, 3)
+        assert len(m.blocks) == 1 and m.wte.weight.shape[1] == 48
+    assert sum("(1 layers x 48 x 3 heads)" in line for line in logs) == 2
+
+
+@pytest.mark.parametrize("bad", [dict(dropout=1.0), dict(weight_decay=-1.0), dict(decay="some"),
+                                 dict(lm_shape=(2, 50, 4)), dict(lm_shape=(0, 64, 4)), dict(lm_shape="2x64x4")])
 def test_bad_regularisation_options_are_clear_errors(tmp_path, small_corpus_file, bad):
     from fractal_flood.errors import FractalFloodError
     from fractal_flood.train import TrainOptions, run_training

@@ -81,6 +81,11 @@ RUNTIME = [
     ("train", "--levels", "chars:100:4", "--levels"),
     ("train", "--head-classes", "7", "--head-classes"),  # 2,048 roots: not a divisor
     ("train", "--head-classes", "2048", "--head-classes"),
+    ("train", "--lm-shape", "2x190x4", "--lm-shape"),  # the width is not a multiple of the heads
+    ("train", "--lm-shape", "0x128x4", "--lm-shape"),
+    ("train", "--lm-shape", "2x128", "--lm-shape"),
+    ("train", "--lm-shape", "2x128x4.5", "--lm-shape"),
+    ("train", "--lm-shape", "", "--lm-shape"),
 ]
 # Any text is a value of these: --prompt's bad case is an unknown character (above); --stop
 # and --model-name are free text; a --host that cannot be bound is the serve tests' concern.

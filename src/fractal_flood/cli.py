@@ -114,6 +114,20 @@ def class_count(s: str):
     return v
 
 
+def lm_shape(s: str) -> tuple:
+    """--lm-shape: LAYERSxWIDTHxHEADS, e.g. 2x192x4."""
+    parts = s.lower().split("x")
+    try:
+        layers, width, heads = (int(p) for p in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be LAYERSxWIDTHxHEADS, e.g. 2x192x4, got {s!r}") from None
+    if not (1 <= layers <= 256 and 1 <= heads <= width <= 1 << 16):
+        raise argparse.ArgumentTypeError(f"needs 1 <= layers <= 256 and 1 <= heads <= width <= 65536, got {s!r}")
+    if width % heads:
+        raise argparse.ArgumentTypeError(f"the width {width} must be a multiple of the heads {heads}, got {s!r}")
+    return layers, width, heads
+
+
 def unit_float(s: str) -> float:
     v = finite_float(s)
     if not 0 < v <= 1:
@@ -243,6 +257,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "P(class) x P(root | class) over K classes of consecutive ids, which "
                         "decoding samples from K + roots/K scores; auto = K near the square root "
                         "of the roots from 4,096 roots on (default: the preset's, auto)")
+    t.add_argument("--lm-shape", type=lm_shape, metavar="LAYERSxWIDTHxHEADS",
+                   help="the language models' transformer, the manager's and the AR peer's alike "
+                        "(the peer is the manager's size), e.g. 2x192x4 (default: the preset's; "
+                        "small and seed: 4x128x4)")
     t.add_argument("--top-lengths", action="store_true",
                    help="the renderer also predicts each root's number of children (a small head on "
                         "the root's embedding), so the top level's canvases are packed like the "
@@ -392,6 +410,7 @@ def _train(args) -> int:
                               seed=args.seed, eval_every=args.eval_every, save_every=args.save_every,
                               progress=not args.no_progress, dropout=args.dropout,
                               head_classes=args.head_classes, top_lengths=args.top_lengths,
+                              lm_shape=args.lm_shape,
                               weight_decay=args.weight_decay, decay=args.decay))
     return 0
 

@@ -74,6 +74,7 @@ class TrainOptions:
     dropout: float | None = None
     head_classes: int | str | None = None  # the manager's output layer (None: the preset's)
     top_lengths: bool = False  # the renderer predicts each root's children: a packed top level
+    lm_shape: tuple | None = None  # (layers, width, heads) of the manager and peer (None: the preset's)
     weight_decay: float | None = None
     decay: str | None = None
 
@@ -137,6 +138,12 @@ def _check_options(opts: TrainOptions) -> None:
             check_classes(top.size, opts.head_classes)
         except ValueError as e:
             raise FractalFloodError(f"--head-classes: {e}") from None
+    if opts.lm_shape is not None:
+        shape = opts.lm_shape
+        if (not isinstance(shape, tuple) or len(shape) != 3 or any(type(v) is not int or v < 1 for v in shape)
+                or shape[1] % shape[2]):
+            raise FractalFloodError(f"--lm-shape must be (layers, width, heads) of integers >= 1 with the "
+                                    f"width a multiple of the heads, got {shape}")
     if opts.weight_decay is not None and not 0 <= opts.weight_decay < float("inf"):
         raise FractalFloodError(f"--weight-decay must be a finite number >= 0, got {opts.weight_decay}")
     if opts.decay is not None and opts.decay not in DECAY_MODES:
@@ -301,6 +308,8 @@ def _build_part(part, tokenizer, shards, preset: Preset, opts: TrainOptions, dev
             lengths = [len(tokenizer.spell(i)) for i in range(tokenizer.num_chunks)]
         if opts.dropout is not None:
             extra = {**extra, "dropout": opts.dropout}
+        if opts.lm_shape is not None:
+            extra = {**extra, **dict(zip(("n_layers", "d_model", "n_heads"), opts.lm_shape))}
         if part == "manager" and opts.head_classes is not None:
             extra = {**extra, "head_classes": opts.head_classes}
         try:
@@ -356,7 +365,9 @@ def _train_loop(run: PartRun, preset: Preset, opts: TrainOptions, ctx) -> dict:
     start, steps, device, accum = run.start, run.steps, ctx.device, opts.grad_accum
     pieces = ctx.world_size * accum  # the global batch is cut into this many equal micro-batches
     loss_of = distributed.data_parallel(ctx, model, task.loss)
-    opts.log(f"{part}: {model.num_params() / 1e6:.2f}M parameters, {steps} steps on {device}, "
+    c = model.config
+    opts.log(f"{part}: {model.num_params() / 1e6:.2f}M parameters ({c.n_layers} layers x {c.d_model} "
+             f"x {c.n_heads} heads), {steps} steps on {device}, "
              f"{ctx.world_size} process(es) x {accum} micro-batch(es) per step")
     use_bf16 = device.type == "cuda"
     bar = tqdm(range(start, steps), desc=part, disable=not opts.progress, initial=start, total=steps,
