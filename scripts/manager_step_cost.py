@@ -1,7 +1,9 @@
 """What one manager decode step costs, per model directory, and where a batched engine round goes.
 
-For each model directory: the mean time of one ``ARStream`` step at batch 1 (temperature
-0.8) and of its draw alone (the output layer and sampling, from a fixed hidden state).
+For each model directory: the time of one ``ARStream`` step at batch 1 (temperature 0.8)
+and of its draw alone (the output layer and sampling, from a fixed hidden state), with the
+host inversion of a 1-row CPU draw and with the tensor ops only; medians of alternated
+rounds.
 With ``--engine B``: one engine round of B requests (``--roots`` each) on the first
 directory, profiled (cProfile), split into the manager's steps (the slot step's layers and
 its draw) and the pooled flood. CPU timings: compare rows of one run only.
@@ -15,11 +17,13 @@ from __future__ import annotations
 import argparse
 import cProfile
 import pstats
+import statistics
 import time
 
 import torch
 
 from fractal_flood import checkpoint as ckpt
+from fractal_flood import sampling
 from fractal_flood.autoregress import ARStream
 from fractal_flood.decoding import DecodeOptions
 from fractal_flood.device import describe
@@ -37,23 +41,45 @@ def us_per_call(fn, n: int) -> float:
     return (time.perf_counter() - t0) / n * 1e6
 
 
-def step_cost(model_dir, n: int) -> None:
-    md = ckpt.load_model_dir(model_dir, torch.device("cpu"), torch.float32)
-    m = md.manager
-    stream = ARStream(m, 1, SamplingConfig(temperature=0.8), "cpu", seed=1)
-    prompt = torch.tensor([1, 2, 3])
-    stream.start(prompt)
+def step_cost(model_dirs, n: int, rounds: int) -> None:
+    """Median over ``rounds`` alternated rounds (each model in turn, so a host's drift hits
+    all alike) of a batch-1 step, its draw, and the draw by the tensor ops alone (a 1-row CPU
+    draw otherwise inverts on the host, ``host_inversion``: the same ids, fewer calls)."""
+    cases = []
+    for model_dir in model_dirs:
+        m = ckpt.load_model_dir(model_dir, torch.device("cpu"), torch.float32).manager
+        stream = ARStream(m, 1, SamplingConfig(temperature=0.8), "cpu", seed=1)
+        prompt = torch.tensor([1, 2, 3])
+        stream.start(prompt)
 
-    def step():
-        if stream.pos >= m.config.context - 1:
-            stream.start(prompt)
-        stream.generate(1)
+        def step(stream=stream, m=m, prompt=prompt):
+            if stream.pos >= m.config.context - 1:
+                stream.start(prompt)
+            stream.generate(1)
 
-    h = torch.randn(1, m.config.d_model)
-    draw = us_per_call(lambda: m.draw(h, stream._rows, stream._seeds, stream._steps), n)
-    K = m.config.head_classes
-    head = f"{K} classes x {m.config.vocab_size // K}" if K else f"one softmax over {m.config.vocab_size}"
-    print(f"{str(model_dir or 'shipped'):<40} {head:<28} step {us_per_call(step, n):8.0f} us   draw {draw:6.0f} us")
+        h = torch.randn(1, m.config.d_model)
+        def draw(m=m, s=stream, h=h):
+            return m.draw(h, s._rows, s._seeds, s._steps)
+
+        cases.append((model_dir, m, step, draw))
+    times = {d: {"step": [], "draw": [], "tensor": []} for d, *_ in cases}
+    with torch.no_grad():
+        for _ in range(rounds):
+            for d, m, step, draw in cases:
+                times[d]["step"].append(us_per_call(step, n))
+                times[d]["draw"].append(us_per_call(draw, n))
+                host_rows, sampling.HOST_DRAW_ROWS = sampling.HOST_DRAW_ROWS, 0
+                try:
+                    times[d]["tensor"].append(us_per_call(draw, n))
+                finally:
+                    sampling.HOST_DRAW_ROWS = host_rows
+    for d, m, _, _ in cases:
+        K = m.config.head_classes
+        head = f"{K} classes x {m.config.vocab_size // K}" if K else f"one softmax over {m.config.vocab_size}"
+        c = m.config
+        med = {k: statistics.median(v) for k, v in times[d].items()}
+        print(f"{str(d or 'shipped'):<40} {c.n_layers}x{c.d_model} {head:<28} step {med['step']:6.0f} us   "
+              f"draw {med['draw']:5.0f} us (tensor ops only: {med['tensor']:5.0f} us)")
 
 
 def engine_split(model_dir, B: int, roots: int) -> None:
@@ -61,10 +87,10 @@ def engine_split(model_dir, B: int, roots: int) -> None:
     pipe = TextPipeline(md.tokenizer, md.manager, md.renderer, torch.device("cpu"), torch.float32,
                         "flood", DecodeOptions())
     engine = Engine(pipe, max_batch=B, block_roots=roots, pooled_render=True)
-    sampling = SamplingConfig(temperature=0.8)
+    config = SamplingConfig(temperature=0.8)
 
     def run():
-        return engine.run([Request("", roots=roots, sampling=sampling, seed=i) for i in range(B)],
+        return engine.run([Request("", roots=roots, sampling=config, seed=i) for i in range(B)],
                           lambda job, block: None)
 
     run()
@@ -88,14 +114,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("dirs", nargs="*", help="model directories (default: the shipped model)")
     ap.add_argument("--n", type=int, default=300, help="timed calls per figure")
+    ap.add_argument("--rounds", type=int, default=7, help="alternated rounds (the medians are printed)")
     ap.add_argument("--engine", type=int, default=0, metavar="B", help="also split one engine round of B requests")
     ap.add_argument("--roots", type=int, default=32, help="roots per request in the engine round")
     args = ap.parse_args()
     print(f"manager step cost on {describe(torch.device('cpu'))}, float32, torch {torch.__version__}, "
           f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}")
     dirs = args.dirs or [None]
-    for d in dirs:
-        step_cost(d, args.n)
+    print(f"medians of {args.rounds} alternated rounds of {args.n} calls each")
+    step_cost(dirs, args.n, args.rounds)
     if args.engine:
         engine_split(dirs[0], args.engine, args.roots)
 

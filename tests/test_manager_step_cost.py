@@ -15,9 +15,10 @@ SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "manager_step_cost.py
 def test_prints_step_draw_and_engine_split(tiny_model_dir):
     env = {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(SCRIPT.parents[1] / "src"),
            "PATH": "/usr/bin:/bin"}
-    out = subprocess.run([sys.executable, str(SCRIPT), str(tiny_model_dir), "--n", "3", "--engine", "2",
-                          "--roots", "4"], capture_output=True, text=True, env=env, timeout=300)
+    out = subprocess.run([sys.executable, str(SCRIPT), str(tiny_model_dir), "--n", "3", "--rounds", "2",
+                          "--engine", "2", "--roots", "4"], capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.strip().splitlines()
-    assert "step" in lines[1] and "draw" in lines[1] and "one softmax" in lines[1]
-    assert lines[2].startswith("engine round, B=2 x 4 roots") and "pooled flood" in lines[2]
+    assert lines[1].startswith("medians of 2 alternated rounds")
+    assert "step" in lines[2] and "draw" in lines[2] and "one softmax" in lines[2] and "tensor ops only" in lines[2]
+    assert lines[3].startswith("engine round, B=2 x 4 roots") and "pooled flood" in lines[3]
