@@ -69,6 +69,29 @@ def test_cached_forward_matches_full():
     torch.testing.assert_close(cached, full, atol=1e-5, rtol=1e-5)
 
 
+@torch.no_grad()
+def test_decode_by_direct_calls_equals_the_modules_bit_for_bit(monkeypatch):
+    """``Block.decode`` (the eval-mode cached path without ``nn.Module`` calls) against the
+    modules' ``forward`` over the same cache: the same hidden states and cache, every bit."""
+    from fractal_flood.layers import Block
+
+    def run():
+        model = tiny(3)
+        model.setup_cache(2)
+        idx = torch.randint(0, V, (2, CTX), generator=torch.Generator().manual_seed(1))
+        out = [model.hidden_cached(idx[:, :9], torch.arange(9))]
+        out += [model.hidden_cached(idx[:, t:t + 1], torch.tensor([t])) for t in range(9, CTX)]
+        return torch.cat(out, 1), [(c.k.clone(), c.v.clone()) for c in model.kv_caches]
+
+    direct, direct_cache = run()
+    with monkeypatch.context() as m:
+        m.setattr(Block, "decode", lambda self, x, mask, cache, pos: self(x, attn_mask=mask, cache=cache,
+                                                                          input_pos=pos))
+        modules, module_cache = run()
+    assert torch.equal(direct, modules)
+    assert all(torch.equal(a, b) for pair in zip(direct_cache, module_cache) for a, b in zip(*pair))
+
+
 @pytest.mark.parametrize("cfg", SAMPLERS, ids=str)
 def test_stream_matches_reference_across_slides(cfg):
     model = tiny()

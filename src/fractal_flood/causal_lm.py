@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from . import class_head
 from .config import DECAY_MODES, CausalLMConfig
-from .layers import Block, KVCache, init_weights
+from .layers import Block, KVCache, init_weights, layer_norm
 from .sampling import sample
 
 
@@ -82,7 +82,7 @@ class CausalLM(nn.Module):
                 {"params": kept, "weight_decay": 0.0}]
 
     def _embed(self, idx: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        x = self.wte(idx) + self.wpe(pos)
+        x = F.embedding(idx, self.wte.weight) + F.embedding(pos, self.wpe.weight)  # no Module call: decode steps
         if self.training and self.config.dropout > 0:
             x = F.dropout(x, self.config.dropout, True)
         return x
@@ -171,5 +171,8 @@ class CausalLM(nn.Module):
         x = self._embed(idx, input_pos)  # (B, T, C)
         mask = self.cache_mask[input_pos][None, None]  # (1, 1, T, L), broadcast over B, nh
         for block, cache in zip(self.blocks, self.kv_caches):
-            x = block(x, attn_mask=mask, cache=cache, input_pos=input_pos)
-        return self.ln_f(x)  # (B, T, C)
+            if self.training:  # dropout: the modules
+                x = block(x, attn_mask=mask, cache=cache, input_pos=input_pos)
+            else:
+                x = block.decode(x, mask, cache, input_pos)
+        return layer_norm(self.ln_f, x)  # (B, T, C)

@@ -35,6 +35,17 @@ class KVCache(nn.Module):
         return self.k, self.v
 
 
+def layer_norm(m: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
+    """``m(x)`` without ``nn.Module.__call__``: the same kernel, ~2 us less per call on a CPU,
+    where a batch-1 decode step makes ~40 such calls (the decode paths use these)."""
+    return F.layer_norm(x, m.normalized_shape, m.weight, m.bias, m.eps)
+
+
+def linear(m: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """``m(x)`` without ``nn.Module.__call__`` (see ``layer_norm``)."""
+    return F.linear(x, m.weight, m.bias)
+
+
 def _dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     # a plain branch, not nn.Dropout: at p = 0 or in eval mode not even a call is added to the
     # decode step
@@ -82,6 +93,10 @@ class MLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return _dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")), self.dropout, self.training)
 
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        """``forward`` in eval mode, by direct calls (no dropout: decoding only)."""
+        return linear(self.c_proj, F.gelu(linear(self.c_fc, x), approximate="tanh"))
+
 
 class Block(nn.Module):
     def __init__(self, d_model: int, n_heads: int, dropout: float = 0.0):
@@ -94,6 +109,22 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor, **attn_kwargs) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x), **attn_kwargs)
         return x + self.mlp(self.ln_2(x))
+
+    def decode(self, x: torch.Tensor, attn_mask: torch.Tensor, cache: KVCache,
+               input_pos: torch.Tensor) -> torch.Tensor:
+        """``forward`` over a KV cache in eval mode, the same ops in the same order by direct
+        calls (``layer_norm``, ``linear``): bitwise the module path (tested), fewer Python
+        layers per step. Training and the reference paths keep the modules."""
+        a = self.attn
+        B, T, C = x.shape
+        q, k, v = linear(a.c_attn, layer_norm(self.ln_1, x)).split(C, dim=2)
+        q = q.view(B, T, a.n_heads, a.head_dim).transpose(1, 2)
+        k = k.view(B, T, a.n_heads, a.head_dim).transpose(1, 2)
+        v = v.view(B, T, a.n_heads, a.head_dim).transpose(1, 2)
+        k, v = cache.update(input_pos, k, v)
+        y = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), attn_mask=attn_mask)
+        x = x + linear(a.c_proj, y.transpose(1, 2).contiguous().view(B, T, C))
+        return x + self.mlp.decode(layer_norm(self.ln_2, x))
 
 
 def init_weights(module: nn.Module, n_layers: int) -> None:

@@ -29,8 +29,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .causal_lm import CausalLM
+from .layers import layer_norm, linear
 from .sampling import RowSampling, SamplingConfig, check_seed
 
 MIN_ROWS = 4  # a decode step's least rows: from 4 on, a row's numbers do not depend on the batch
@@ -205,7 +207,7 @@ class SlotManager:
         whatever the others' positions are (see ``span_step``; tested bitwise).
         """
         m = self.model
-        x = m.wte(idx) + m.wpe(pos)  # (B, T, C)
+        x = F.embedding(idx, m.wte.weight) + F.embedding(pos, m.wpe.weight)  # (B, T, C)
         B_, T, C = x.shape
         S = min(self.context, -(-(last + 1) // self.span_step) * self.span_step)
         # mask[b, t, j]: the query at pos[b, t] may see cache slot j <= pos[b, t]
@@ -214,8 +216,7 @@ class SlotManager:
         batch = torch.arange(row, row + B, device=self.device)[:, None]  # (B, 1)
         for block, kc, vc in zip(m.blocks, self.k, self.v):
             att = block.attn
-            h = block.ln_1(x)
-            q, k, v = att.c_attn(h).split(C, dim=2)
+            q, k, v = linear(att.c_attn, layer_norm(block.ln_1, x)).split(C, dim=2)
             q = q.view(B, T, att.n_heads, att.head_dim).transpose(1, 2)  # (B, nh, T, hd)
             k = k.view(B, T, att.n_heads, att.head_dim)  # (B, T, nh, hd): indexed per (row, pos)
             v = v.view(B, T, att.n_heads, att.head_dim)
@@ -223,6 +224,6 @@ class SlotManager:
             vc.transpose(1, 2)[batch, pos] = v.to(vc.dtype)
             keys, values = kc[row:row + B, :, :S].to(q.dtype), vc[row:row + B, :, :S].to(q.dtype)
             y = batch_invariant_attention(q, keys, values, mask)
-            x = x + att.c_proj(y.transpose(1, 2).contiguous().view(B, T, C))
-            x = x + block.mlp(block.ln_2(x))
-        return m.ln_f(x)  # (B, T, C)
+            x = x + linear(att.c_proj, y.transpose(1, 2).contiguous().view(B, T, C))
+            x = x + block.mlp.decode(layer_norm(block.ln_2, x))
+        return layer_norm(m.ln_f, x)  # (B, T, C)
