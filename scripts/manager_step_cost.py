@@ -1,9 +1,9 @@
 """What one manager decode step costs, per model directory, and where a batched engine round goes.
 
 For each model directory: the time of one ``ARStream`` step at batch 1 (temperature 0.8)
-and of its draw alone (the output layer and sampling, from a fixed hidden state), with the
-host inversion of a 1-row CPU draw and with the tensor ops only; medians of alternated
-rounds.
+(and through ``nn.Module`` calls, the path ``Block.decode`` replaced) and of its draw alone
+(the output layer and sampling, from a fixed hidden state), with the host inversion of a
+1-row CPU draw and with the tensor ops only; medians of alternated rounds.
 With ``--engine B``: one engine round of B requests (``--roots`` each) on the first
 directory, profiled (cProfile), split into the manager's steps (the slot step's layers and
 its draw) and the pooled flood. CPU timings: compare rows of one run only.
@@ -28,6 +28,7 @@ from fractal_flood.autoregress import ARStream
 from fractal_flood.decoding import DecodeOptions
 from fractal_flood.device import describe
 from fractal_flood.engine import Engine, Request
+from fractal_flood.layers import Block
 from fractal_flood.pipeline import TextPipeline
 from fractal_flood.sampling import SamplingConfig
 
@@ -62,11 +63,17 @@ def step_cost(model_dirs, n: int, rounds: int) -> None:
             return m.draw(h, s._rows, s._seeds, s._steps)
 
         cases.append((model_dir, m, step, draw))
-    times = {d: {"step": [], "draw": [], "tensor": []} for d, *_ in cases}
+    times = {d: {"step": [], "modules": [], "draw": [], "tensor": []} for d, *_ in cases}
+    direct = Block.decode
     with torch.no_grad():
         for _ in range(rounds):
             for d, m, step, draw in cases:
                 times[d]["step"].append(us_per_call(step, n))
+                Block.decode = _module_decode
+                try:
+                    times[d]["modules"].append(us_per_call(step, n))
+                finally:
+                    Block.decode = direct
                 times[d]["draw"].append(us_per_call(draw, n))
                 host_rows, sampling.HOST_DRAW_ROWS = sampling.HOST_DRAW_ROWS, 0
                 try:
@@ -78,8 +85,14 @@ def step_cost(model_dirs, n: int, rounds: int) -> None:
         head = f"{K} classes x {m.config.vocab_size // K}" if K else f"one softmax over {m.config.vocab_size}"
         c = m.config
         med = {k: statistics.median(v) for k, v in times[d].items()}
-        print(f"{str(d or 'shipped'):<40} {c.n_layers}x{c.d_model} {head:<28} step {med['step']:6.0f} us   "
+        print(f"{str(d or 'shipped'):<40} {c.n_layers}x{c.d_model} {head:<28} step {med['step']:6.0f} us "
+              f"(through the modules: {med['modules']:4.0f} us)   "
               f"draw {med['draw']:5.0f} us (tensor ops only: {med['tensor']:5.0f} us)")
+
+
+def _module_decode(block, x, mask, cache, pos):
+    """``Block.decode`` by ``nn.Module.__call__`` (the path it replaced, bitwise the same)."""
+    return block(x, attn_mask=mask, cache=cache, input_pos=pos)
 
 
 def engine_split(model_dir, B: int, roots: int) -> None:
