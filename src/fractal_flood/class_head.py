@@ -16,8 +16,8 @@ That is the distribution both paths here sample, and what top-k / top-p filter:
   class distribution holds ``u``, and ``u``'s place inside that slice, rescaled to (0, 1),
   picks the token within the class. Both are inversions of the same ``u``, so the pair is
   the token whose slice of the *whole* distribution (ids in order) holds ``u``. On the
-  CPU, up to ``sampling.HOST_DRAW_ROWS`` rows (a single stream) invert on the host
-  (``host_inversion``): the same ids bit for bit, ~30 fewer operator calls a step.
+  CPU, up to ``sampling.HOST_DRAW_ROWS`` rows invert on the host
+  (``host_inversion``): the same ids bit for bit, ~30 fewer operator calls a step at batch 1.
 - ``reference_draw``: the whole ``(B, V)`` log-probability table, then ``sampling.sample``
   at temperature 1 over it: the plain path ``draw`` is tested against.
 
@@ -28,6 +28,7 @@ reference path; the others keep the factored one.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from . import host_inversion
@@ -132,19 +133,17 @@ def _draw_host(h, class_weight, token_weight, rows: RowSampling, seeds, steps) -
     temp = host_inversion.divisors(temps, h.device)
     zc = (h @ class_weight.t()).float()
     pc = (zc / temp).softmax(-1)
-    cdf, pcs = host_inversion.host_view(pc.cumsum(-1)), host_inversion.host_view(pc)
+    cdf = host_inversion.host_view(pc.cumsum(-1))
+    c, target = host_inversion.invert(cdf, host_uniforms(seeds, steps))
     greedy = not all(t > 0 for t in temps)
-    best = zc.argmax(-1).tolist() if greedy else None
-    u = host_uniforms(seeds, steps)
-    classes, inners = [], []
-    for b, t in enumerate(temps):
-        c, target = host_inversion.invert(cdf[b], u[b])
-        c = c if t > 0 else best[b]
-        classes.append(c)
-        inners.append(host_inversion.place_in_slice(target, cdf[b, c], pcs[b, c]))
-    c = torch.tensor(classes, device=h.device)
-    zt = torch.bmm(_class_block(token_weight, K, c), h[:, :, None])[:, :, 0].float()  # (B, S)
-    cdf = host_inversion.host_view((zt / temp).softmax(-1).cumsum(-1))
-    best = zt.argmax(-1).tolist() if greedy else None
-    return torch.tensor([classes[b] * S + (host_inversion.invert(cdf[b], inners[b])[0] if t > 0 else best[b])
-                         for b, t in enumerate(temps)], dtype=torch.long, device=h.device)
+    sampled = host_inversion.host_view(rows.temperature) > 0
+    if greedy:
+        c = np.where(sampled, c, zc.argmax(-1).numpy())
+    b = np.arange(len(temps))
+    inner = host_inversion.place_in_slice(target, cdf[b, c], host_inversion.host_view(pc)[b, c])
+    ct = torch.from_numpy(c)
+    zt = torch.bmm(_class_block(token_weight, K, ct), h[:, :, None])[:, :, 0].float()  # (B, S)
+    j, _ = host_inversion.invert(host_inversion.host_view((zt / temp).softmax(-1).cumsum(-1)), inner)
+    if greedy:
+        j = np.where(sampled, j, zt.argmax(-1).numpy())
+    return torch.from_numpy(c * S + j)

@@ -1,15 +1,16 @@
-"""Inverse-CDF draws on the host, bit for bit the tensor ops', for the CPU's smallest batches.
+"""Inverse-CDF draws on the host, bit for bit the tensor ops', for the CPU's small batches.
 
 A batch-1 decode step on the CPU is bound by operator dispatch (RESULTS.md: hundreds of
 aten calls of about a microsecond each). A draw inverts a cumulative sum: scale the
 uniform by the total, keep it below the total, search; the class-factored draw does that
 twice, with the slice arithmetic between, and greedy rows add an argmax and a select. On
-the CPU those ~10-25 tiny calls cost more than the arithmetic. Here the cumulative sum is
-viewed as a NumPy array (no copy) and the inversion runs on NumPy float32 scalars: the
-same IEEE float32 operations, one at a time, and ``searchsorted`` with the same side, so
-the ids are the tensor path's, bit for bit (tested), and a row draws the same whichever
-path its batch takes. Every value is an explicit ``np.float32``, so the result does not
-depend on NumPy's promotion rules for Python floats (which changed in NumPy 2).
+the CPU those ~10-25 tiny calls cost more than the arithmetic. Here the cumulative sums
+are viewed as NumPy arrays (no copy) and the inversion runs as a few NumPy calls over all
+rows at once: the same IEEE float32 operations element by element, and ``searchsorted``
+(right side) as the count of entries at or below the target, which is the same index on a
+non-decreasing row. So the ids are the tensor path's, bit for bit (tested), and a row
+draws the same whichever path its batch takes. Every constant is an explicit
+``np.float32``, so nothing depends on NumPy's promotion rules for Python floats.
 """
 
 from __future__ import annotations
@@ -26,19 +27,19 @@ def host_view(x: torch.Tensor) -> np.ndarray:
     return x.detach().numpy()
 
 
-def invert(cdf: np.ndarray, u) -> tuple[int, np.float32]:
-    """One row of ``sampling.invert_target``: a float32 cumulative sum and a uniform (a
-    float32 value) -> (the first index whose cdf exceeds the target, the target), where the
-    target is ``u`` times the total, kept strictly below the total."""
-    total = cdf[-1]
-    target = min(np.float32(u) * total, np.nextafter(total, _ZERO))
-    return int(np.searchsorted(cdf, target, side="right")), target
+def invert(cdf: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``sampling.invert_target`` on the host: (B, V) float32 cumulative sums, (B,) float32
+    uniforms -> ((B,) int64 ids, (B,) float32 targets), where the target is ``u`` times the
+    row's total kept strictly below it, and the id is the first whose cdf exceeds it."""
+    total = cdf[:, -1]
+    target = np.minimum(u * total, np.nextafter(total, _ZERO))
+    return (cdf <= target[:, None]).sum(1), target
 
 
-def place_in_slice(target: np.float32, hi: np.float32, p: np.float32) -> np.float32:
-    """Where ``target`` sits in the slice ``[hi - p, hi)`` of width ``p`` > 0, in [0, 1]:
+def place_in_slice(target: np.ndarray, hi: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """Where each target sits in its slice ``[hi - p, hi)`` of width ``p`` > 0, in [0, 1]:
     ``class_head.draw``'s ``((target - (hi - p)) / p).clamp(0, 1)`` in float32."""
-    return min(max((target - (hi - p)) / p, _ZERO), _ONE)
+    return np.clip((target - (hi - p)) / p, _ZERO, _ONE)
 
 
 def divisors(temperatures: list, device) -> torch.Tensor:

@@ -191,12 +191,12 @@ def filter_logits(logits: torch.Tensor, rows: RowSampling) -> torch.Tensor:
     return logits.masked_fill(drop | (logits < kth), float("-inf"))
 
 
-HOST_DRAW_ROWS = 3  # up to this many CPU rows, a draw inverts its cdf on the host
+HOST_DRAW_ROWS = 32  # up to this many CPU rows, a draw inverts its cdf on the host (measured faster)
 
 
 def on_host(x: torch.Tensor) -> bool:
     """Whether a draw over (B, ...) ``x`` inverts on the host (``host_inversion``): a CPU
-    tensor of at most ``HOST_DRAW_ROWS`` rows (a single stream), the same ids bit for bit."""
+    tensor of at most ``HOST_DRAW_ROWS`` rows (a single stream, a small server batch), the same ids bit for bit."""
     return x.device.type == "cpu" and x.size(0) <= HOST_DRAW_ROWS
 
 
@@ -222,8 +222,8 @@ def _sample_host(logits: torch.Tensor, rows: RowSampling, seeds: torch.Tensor,
         scaled = filter_logits(logits, rows)
     else:
         scaled = logits.float() / host_inversion.divisors(temps, logits.device)
-    cdf = host_inversion.host_view(scaled.softmax(-1).cumsum(-1))
-    best = None if all(t > 0 for t in temps) else logits.argmax(-1).tolist()
-    u = host_uniforms(seeds, steps)
-    return torch.tensor([host_inversion.invert(cdf[b], u[b])[0] if t > 0 else best[b]
-                         for b, t in enumerate(temps)], dtype=torch.long, device=logits.device)
+    ids, _ = host_inversion.invert(host_inversion.host_view(scaled.softmax(-1).cumsum(-1)),
+                                   host_uniforms(seeds, steps))
+    if not all(t > 0 for t in temps):
+        ids = np.where(host_inversion.host_view(rows.temperature) > 0, ids, logits.argmax(-1).numpy())
+    return torch.from_numpy(ids)
