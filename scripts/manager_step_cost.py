@@ -63,7 +63,7 @@ def step_cost(model_dirs, n: int, rounds: int) -> None:
             return m.draw(h, s._rows, s._seeds, s._steps)
 
         cases.append((model_dir, m, step, draw))
-    times = {d: {"step": [], "modules": [], "draw": [], "tensor": []} for d, *_ in cases}
+    times = {d: {"step": [], "modules": [], "tensor_step": [], "draw": [], "tensor": []} for d, *_ in cases}
     direct = Block.decode
     with torch.no_grad():
         for _ in range(rounds):
@@ -77,6 +77,7 @@ def step_cost(model_dirs, n: int, rounds: int) -> None:
                 times[d]["draw"].append(us_per_call(draw, n))
                 host_rows, sampling.HOST_DRAW_ROWS = sampling.HOST_DRAW_ROWS, 0
                 try:
+                    times[d]["tensor_step"].append(us_per_call(step, n))
                     times[d]["tensor"].append(us_per_call(draw, n))
                 finally:
                     sampling.HOST_DRAW_ROWS = host_rows
@@ -86,7 +87,7 @@ def step_cost(model_dirs, n: int, rounds: int) -> None:
         c = m.config
         med = {k: statistics.median(v) for k, v in times[d].items()}
         print(f"{str(d or 'shipped'):<40} {c.n_layers}x{c.d_model} {head:<28} step {med['step']:6.0f} us "
-              f"(through the modules: {med['modules']:4.0f} us)   "
+              f"(through the modules: {med['modules']:4.0f} us, with tensor-op draws: {med['tensor_step']:4.0f} us)   "
               f"draw {med['draw']:5.0f} us (tensor ops only: {med['tensor']:5.0f} us)")
 
 

@@ -20,5 +20,5 @@ def test_prints_step_draw_and_engine_split(tiny_model_dir):
     assert out.returncode == 0, out.stderr
     lines = out.stdout.strip().splitlines()
     assert lines[1].startswith("medians of 2 alternated rounds")
-    assert "step" in lines[2] and "draw" in lines[2] and "one softmax" in lines[2] and "tensor ops only" in lines[2] and "through the modules" in lines[2]
+    assert "step" in lines[2] and "draw" in lines[2] and "one softmax" in lines[2] and "tensor ops only" in lines[2] and "through the modules" in lines[2] and "tensor-op draws" in lines[2]
     assert lines[3].startswith("engine round, B=2 x 4 roots") and "pooled flood" in lines[3]
