@@ -259,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "of the roots from 4,096 roots on (default: the preset's, auto)")
     t.add_argument("--lm-shape", type=lm_shape, metavar="LAYERSxWIDTHxHEADS",
                    help="the language models' transformer, the manager's and the AR peer's alike, "
-                        "e.g. 4x128x4 (default: the preset's: small 2x128x4 for both; seed 4x128x4 "
+                        "e.g. 2x128x4 (default: the preset's: small 4x128x4 for both; seed 4x128x4 "
                         "for the manager, 6x256x8 for the peer)")
     t.add_argument("--top-lengths", action="store_true",
                    help="the renderer also predicts each root's number of children (a small head on "

@@ -125,15 +125,14 @@ PRESETS: dict[str, Preset] = {
     ),
     # The default (RESULTS.md, renderer size sweep): one layer of 64 renders the shipped
     # corpus exactly (held-out fidelity 1.0000 per level, detection >= 99.99%) after about 6
-    # CPU-minutes on one core, and a user's 50 KB corpus in 4 minutes. Manager 2 x 128: on
-    # the shipped corpus as good as the seed's 4 x 128 (held-out 2.334 against 2.326 bits per
-    # character) at 0.63x the batch-1 step (RESULTS.md, "A shallower manager"); the AR peer is
-    # the manager's size.
+    # CPU-minutes on one core, and a user's 50 KB corpus in 4 minutes. Manager as the
+    # seed's (``--lm-shape 2x128x4`` is as good on the shipped corpus at ~0.6x the batch-1
+    # step: RESULTS.md, "A shallower manager"); the AR peer is the manager's size.
     "small": Preset(
         name="small",
         renderer=dict(n_layers=1, d_model=64, n_heads=4),
-        manager=dict(n_layers=2, d_model=128, n_heads=4, context=256, head_classes="auto"),
-        peer=dict(n_layers=2, d_model=128, n_heads=4, context=256),
+        manager=dict(n_layers=4, d_model=128, n_heads=4, context=256, head_classes="auto"),
+        peer=dict(n_layers=4, d_model=128, n_heads=4, context=256),
         renderer_steps=3000, renderer_batch=512, renderer_lr=2e-3,
     ),
     # The seed's sizes (docs/DESIGN.md): renderer 6x256x8, manager 4x128; AR peer = renderer size.
