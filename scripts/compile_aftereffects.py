@@ -28,7 +28,6 @@ import argparse
 import gc
 import json
 import os
-import statistics
 import sys
 import threading
 import time

@@ -12,8 +12,9 @@ number that depends only on ``(seeds[b], steps[b])``, never on the other rows, s
 request gives the same tokens alone or batched with any others (``engine.py``), and every
 row may carry its own temperature, top-k and top-p (:class:`RowSampling`).
 
-Cost: one hash per row (Python integers for a small CPU batch), a softmax, a cumulative
-sum and a binary search. The top-k/top-p
+Cost: one hash per row, a softmax, a cumulative sum and a binary search; for a small CPU
+batch the hash runs on Python integers and the search on NumPy (``host_inversion``), the
+same numbers with fewer operator calls. The top-k/top-p
 filter needs a sort over the vocabulary, the dearest op here, so it runs only when a row
 asks for one (``RowSampling.filters``, a host flag). An earlier version raced one
 exponential per token (V hashes per row) and sorted always: 454 us against 60 us per
@@ -164,7 +165,7 @@ def invert_cdf(cdf: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
 def invert_target(cdf: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, V) cdf, (B,) u -> ((B, 1) ids, (B, 1) targets): the target is ``u`` times the
     row's total, kept strictly below it, and the id is the first whose cdf exceeds it
-    (``host_inversion.invert`` is one row of this on the host, bit for bit)."""
+    (``host_inversion.invert`` is this on the host, bit for bit)."""
     total = cdf[:, -1:]
     target = torch.minimum(u[:, None] * total, torch.nextafter(total, torch.zeros_like(total)))
     return torch.searchsorted(cdf, target, right=True), target
@@ -196,7 +197,8 @@ HOST_DRAW_ROWS = 32  # up to this many CPU rows, a draw inverts its cdf on the h
 
 def on_host(x: torch.Tensor) -> bool:
     """Whether a draw over (B, ...) ``x`` inverts on the host (``host_inversion``): a CPU
-    tensor of at most ``HOST_DRAW_ROWS`` rows (a single stream, a small server batch), the same ids bit for bit."""
+    tensor of at most ``HOST_DRAW_ROWS`` rows (a single stream, a small server batch); the
+    same ids bit for bit."""
     return x.device.type == "cpu" and x.size(0) <= HOST_DRAW_ROWS
 
 
