@@ -30,7 +30,7 @@ from fractal_flood.device import describe
 from fractal_flood.engine import Engine, Request
 from fractal_flood.layers import Block
 from fractal_flood.pipeline import TextPipeline
-from fractal_flood.sampling import SamplingConfig
+from fractal_flood.sampling import RowSampling, SamplingConfig
 
 
 def us_per_call(fn, n: int) -> float:
@@ -124,6 +124,30 @@ def engine_split(model_dir, B: int, roots: int) -> None:
           f"pooled flood {cum.get(('flood.py', 'render_pooled'), 0) * 1e3:.0f} ms")
 
 
+def draw_batches(model_dir, sizes, n: int, rounds: int) -> None:
+    """The first directory's manager's draw alone at several batch sizes, with the host
+    inversion and by the tensor ops only (alternated rounds, medians): where
+    ``sampling.HOST_DRAW_ROWS`` comes from."""
+    m = ckpt.load_model_dir(model_dir, torch.device("cpu"), torch.float32).manager
+    times = {}
+    with torch.no_grad():
+        for _ in range(rounds):
+            for B in sizes:
+                rows = RowSampling.of([SamplingConfig(temperature=0.8)] * B)
+                seeds, steps = torch.arange(B) + 1, torch.arange(B) + 3
+                h = torch.randn(B, m.config.d_model, generator=torch.Generator().manual_seed(B))
+                for host in (True, False):
+                    limit, sampling.HOST_DRAW_ROWS = sampling.HOST_DRAW_ROWS, (1 << 30) if host else 0
+                    try:
+                        t = us_per_call(lambda: m.draw(h, rows, seeds, steps), n)
+                    finally:
+                        sampling.HOST_DRAW_ROWS = limit
+                    times.setdefault((B, host), []).append(t)
+    for B in sizes:
+        host, tensor = statistics.median(times[B, True]), statistics.median(times[B, False])
+        print(f"draw of {B:3d} rows: host inversion {host:6.0f} us, tensor ops only {tensor:6.0f} us")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("dirs", nargs="*", help="model directories (default: the shipped model)")
@@ -131,12 +155,16 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=7, help="alternated rounds (the medians are printed)")
     ap.add_argument("--engine", type=int, default=0, metavar="B", help="also split one engine round of B requests")
     ap.add_argument("--roots", type=int, default=32, help="roots per request in the engine round")
+    ap.add_argument("--draw-batches", default="", metavar="B,B,...",
+                    help="also time the first directory's draw alone at these batch sizes")
     args = ap.parse_args()
     print(f"manager step cost on {describe(torch.device('cpu'))}, float32, torch {torch.__version__}, "
           f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}")
     dirs = args.dirs or [None]
     print(f"medians of {args.rounds} alternated rounds of {args.n} calls each")
     step_cost(dirs, args.n, args.rounds)
+    if args.draw_batches:
+        draw_batches(dirs[0], [int(b) for b in args.draw_batches.split(",")], args.n, args.rounds)
     if args.engine:
         engine_split(dirs[0], args.engine, args.roots)
 

@@ -136,8 +136,8 @@ def _draw_host(h, class_weight, token_weight, rows: RowSampling, seeds, steps) -
     cdf = host_inversion.host_view(pc.cumsum(-1))
     c, target = host_inversion.invert(cdf, host_uniforms(seeds, steps))
     greedy = not all(t > 0 for t in temps)
-    sampled = host_inversion.host_view(rows.temperature) > 0
     if greedy:
+        sampled = host_inversion.host_view(rows.temperature) > 0
         c = np.where(sampled, c, zc.argmax(-1).numpy())
     b = np.arange(len(temps))
     inner = host_inversion.place_in_slice(target, cdf[b, c], host_inversion.host_view(pc)[b, c])
