@@ -1,15 +1,16 @@
 """Profile the manager's decode step at batch 1 with torch.profiler: which kernels (GPU) or
 operators (CPU) one step runs, how often, and how long each takes.
 
-For each mode (eager; on CUDA also the CUDA graph, and with --compile the compiled step in
-the graph) it warms the stream up, then profiles ``--steps`` decode steps and prints:
+For each mode (eager; on CUDA also the CUDA graph, ``compile``: the compiled step in the
+graph, ``fused``: the Triton step of ``fused_step.py`` in the graph) it warms the stream
+up, then profiles ``--steps`` decode steps and prints:
   - a table of kernels (CUDA) or aten operators (CPU), sorted by time: calls per step, time
     per step, time per call, share of the step;
   - per step: wall time, summed kernel time, kernel launches. A kernel sum far below the
     wall time means the step is bound by launches and host work, not by the GPU.
 The last line is JSON with every figure. Runs on the CPU too (``--device cpu``).
 
-Usage: PYTHONPATH=src python3 scripts/profile_step.py [--device cuda] [--modes eager,graph,compile]
+Usage: PYTHONPATH=src python3 scripts/profile_step.py [--device cuda] [--modes eager,graph,compile,fused]
        [--steps 64] [--model DIR] [--tiny] [--rows 25] [--trace DIR]
 """
 
@@ -33,7 +34,7 @@ from fractal_flood.device import describe, resolve_device, resolve_dtype, synchr
 from fractal_flood.errors import FractalFloodError
 from fractal_flood.sampling import SamplingConfig
 
-MODES = ("eager", "graph", "compile")
+MODES = ("eager", "graph", "compile", "fused")
 
 
 def load_model(args, device, dtype) -> tuple[CausalLM, torch.Tensor, str]:
@@ -78,7 +79,7 @@ def kernel_table(prof, steps: int, cuda: bool) -> list[dict]:
 def profile_mode(model, prompt, mode: str, device, steps: int, warmup: int, trace_dir) -> dict:
     cuda = device.type == "cuda"
     stream = ARStream(model, 1, SamplingConfig(temperature=0.8), device, None,
-                      cuda_graph=mode in ("graph", "compile"), seed=0, compile=mode == "compile")
+                      cuda_graph=mode != "eager", seed=0, compile=mode == "compile", fused=mode == "fused")
     stream.start(prompt.to(device))
     # stay inside one window: a slide (re-prefill) would be profiled as part of a step
     room = model.config.context - prompt.numel()
@@ -136,7 +137,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="auto", help="cpu, cuda or auto")
     ap.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16")
-    ap.add_argument("--modes", help="comma list of eager, graph, compile "
+    ap.add_argument("--modes", help="comma list of eager, graph, compile, fused "
                                     "(default: eager,graph on CUDA, eager on the CPU)")
     ap.add_argument("--steps", type=int, default=64, help="decode steps profiled per mode")
     ap.add_argument("--warmup", type=int, default=16, help="decode steps before profiling")
@@ -154,8 +155,8 @@ def main(argv=None) -> int:
             if m not in MODES:
                 raise FractalFloodError(f"unknown mode {m!r} (choose from: {', '.join(MODES)})")
             if m != "eager" and not cuda:
-                raise FractalFloodError(f"mode {m!r} needs a CUDA device (the compiled step is "
-                                        "profiled inside its CUDA graph)")
+                raise FractalFloodError(f"mode {m!r} needs a CUDA device (the compiled and fused "
+                                        "steps are profiled inside their CUDA graphs)")
         if args.steps < 1 or args.warmup < 1:
             raise FractalFloodError("--steps and --warmup must be >= 1")
         model, prompt, source = load_model(args, device, dtype)

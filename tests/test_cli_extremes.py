@@ -193,6 +193,15 @@ def test_huge_values_are_bounded_with_the_limit_named(capsys):
     assert "4,294,967,295" in one_line_error(rc, out, err)
 
 
+def test_fused_step_needs_cuda_and_excludes_compile(capsys, monkeypatch):
+    """--fused-step on a CPU (outside Triton's interpreter) and with --compile: one line each."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    rc, out, err = run_main(["generate", "--device", "cpu", "--fused-step", "--roots", "4"], capsys)
+    assert "runs on a CUDA device" in one_line_error(rc, out, err)
+    rc, out, err = run_main(["generate", "--fused-step", "--compile", "--roots", "4"], capsys)
+    assert "choose one" in one_line_error(rc, out, err)
+
+
 # ---------------------------------------------------------------- --help stays light
 
 

@@ -35,7 +35,7 @@ def test_profiles_a_tiny_step_on_the_cpu(profile_step, capsys):
     assert addmm["calls_per_step"] == pytest.approx(8.0)
 
 
-@pytest.mark.parametrize("argv", [["--modes", "graph"], ["--modes", "fast"], ["--steps", "0"],
+@pytest.mark.parametrize("argv", [["--modes", "graph"], ["--modes", "fused"], ["--modes", "fast"], ["--steps", "0"],
                                   ["--steps", "40"]])  # 40 + warm-up do not fit the tiny context
 def test_bad_input_is_one_line(profile_step, capsys, argv):
     assert profile_step.main(["--device", "cpu", "--tiny", *argv]) == 2

@@ -21,6 +21,7 @@ import torch
 
 from .causal_lm import CausalLM
 from .errors import DeviceError
+from .fused_step import FusedStep
 from .sampling import RowSampling, SamplingConfig, check_seed
 
 
@@ -57,8 +58,10 @@ class ARStream:
 
     def __init__(self, model: CausalLM, batch_size: int, sampling: SamplingConfig,
                  device: torch.device | str, dtype: Optional[torch.dtype] = None,
-                 cuda_graph: bool = False, seed: int = 0, compile: bool = False):
+                 cuda_graph: bool = False, seed: int = 0, compile: bool = False, fused: bool = False):
         self.device = torch.device(device)
+        if compile and fused:
+            raise ValueError("compile=True and fused=True are two ways to fuse the step: choose one")
         if cuda_graph and (self.device.type != "cuda" or not torch.cuda.is_available()):
             raise DeviceError(f"cuda_graph=True needs a CUDA device, got {self.device} "
                               f"(CUDA available: {torch.cuda.is_available()}); use cuda_graph=False")
@@ -84,6 +87,9 @@ class ARStream:
         # only the T = 1 decode step is compiled, prefill stays eager (one shape, one compile)
         self._step_forward = (torch.compile(model.hidden_cached, dynamic=False)
                               if compile else model.hidden_cached)
+        # the Triton step (fused_step.py): a few kernels instead of ~150 (CUDA; tests: the
+        # CPU under TRITON_INTERPRET=1)
+        self._fused = FusedStep(model, batch_size) if fused else None
         self._graph = self._capture() if cuda_graph else None
 
     @property
@@ -131,9 +137,12 @@ class ARStream:
     def _step(self) -> None:
         """One decode step on static buffers only: the body of the CUDA graph."""
         self._window.index_copy_(1, self._pos, self._tok)  # pending token takes its slot
-        hidden = self._step_forward(self._tok, self._pos)  # (B, 1, C)
-        rows = self.sampling if self.sampling.greedy else self._rows  # greedy: a plain argmax
-        nxt = self.model.draw(hidden[:, -1], rows, self._seeds, self._steps)  # (B,)
+        if self._fused is not None:
+            nxt = self._fused.step(self._tok, self._pos, self._rows, self._seeds, self._steps)
+        else:
+            hidden = self._step_forward(self._tok, self._pos)  # (B, 1, C)
+            rows = self.sampling if self.sampling.greedy else self._rows  # greedy: a plain argmax
+            nxt = self.model.draw(hidden[:, -1], rows, self._seeds, self._steps)  # (B,)
         self._tok.copy_(nxt[:, None])
         self._pos.add_(1)
         self._steps.add_(1)

@@ -303,13 +303,15 @@ class Bench:
 
     # -- end-to-end --
 
-    def e2e_single(self, decoder: str, roots: int, note: str = "", compile: bool = False) -> BenchRow:
-        name = f"e2e single {decoder}" + (" k=1" if decoder == "flood" else "") + (" +compile" if compile else "")
+    def e2e_single(self, decoder: str, roots: int, note: str = "", compile: bool = False,
+                   fused: bool = False) -> BenchRow:
+        name = (f"e2e single {decoder}" + (" k=1" if decoder == "flood" else "") + (" +compile" if compile else "")
+                + (" +fused" if fused else ""))
         started = self.start(f"{name} ({roots} roots)")
         # one pipeline per decoder, made here and used only here: the manager owns one KV
         # cache, and a newer stream (or the batched rows) replaces it
         pipe = TextPipeline(self.tok, self.manager, self.renderer, self.dev, self.dt, decoder, self.options(),
-                            compile=compile)
+                            compile=compile, fused=fused)
         t = self.measure(lambda: pipe.generate("", roots, self.sampling, seed=0),
                          lambda: pipe.generate("", 4, self.sampling), decoder == "sequential")
         g = t.result
@@ -375,12 +377,12 @@ class Bench:
 
     # -- the autoregressive peer --
 
-    def peer_row(self, B: int, n: int, graph: bool, compile: bool = False) -> BenchRow:
+    def peer_row(self, B: int, n: int, graph: bool, compile: bool = False, fused: bool = False) -> BenchRow:
         stream = "single" if B == 1 else "batched"
-        kind = ("graph" if graph else "eager") + ("+compile" if compile else "")
+        kind = ("graph" if graph else "eager") + ("+compile" if compile else "") + ("+fused" if fused else "")
         name = f"AR peer {stream} {kind}" + (f" B={B}" if B > 1 else "")
         started = self.start(f"{name} ({n} tokens each)")
-        ar = ARStream(self.peer, B, self.sampling, self.dev, self.dt, graph, 0, compile=compile)
+        ar = ARStream(self.peer, B, self.sampling, self.dev, self.dt, graph, 0, compile=compile, fused=fused)
         prompt = torch.tensor(self.tok.encode_chunks("\n"))
 
         def run(n=n):
@@ -444,6 +446,16 @@ class Bench:
         n = sz.hf_tokens or self.peer.config.context - 1
         for B in sz.hf_batch:
             self.hf_row(B, n)
+
+    def fused_rows(self) -> None:
+        """The decode step as Triton kernels (``fused_step.py``), manager and AR peer alike,
+        in their CUDA graphs; on a GPU only. Skipped with a note when Triton is missing."""
+        if importlib.util.find_spec("triton") is None:
+            self.skipped.append("fused-step rows: triton is not installed")
+            return
+        self.e2e_single("flood", self.sizes.e2e_roots, fused=True)
+        if self.peer is not None:
+            self.peer_row(1, self.sizes.peer_tokens, True, fused=True)
 
     def compiled_rows(self) -> None:
         """torch.compile of the decode step (manager and AR peer alike), on a GPU only: it
@@ -561,6 +573,7 @@ def run_bench(model_dir=None, device: str = "auto", dtype: str = "auto", quick: 
         b.baseline_row(baseline_model)
         b.baseline_e2e_row(baseline_model)
     if b.cuda:  # last: compiling costs the most wall time, and the rows above stand without it
+        b.fused_rows()
         b.compiled_rows()
     return b.report(command)
 

@@ -54,6 +54,9 @@ def add_arguments(g) -> None:
     g.add_argument("--max-batch", type=int_in(1, MAX_BATCH), default=32, help="--prompts: requests generated at once")
     g.add_argument("--compile", action="store_true",
                    help="torch.compile the manager's decode step (GPU; slow first call)")
+    g.add_argument("--fused-step", action="store_true",
+                   help="run the manager's decode step as a few Triton kernels (CUDA, needs triton; "
+                        "the eager step is the reference it is tested against)")
     g.add_argument("--json", action="store_true", help="print text, root ids, energies, timings as JSON")
 
 
@@ -82,7 +85,8 @@ def run(args) -> int:
         raise FractalFloodError("--stop needs a non-empty text")
     jobs = _read_prompts(args.prompts) if args.prompts is not None else None
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
-    pipe = load_pipeline(args.model, args.device, args.dtype, args.decoder, options, compile=args.compile)
+    pipe = load_pipeline(args.model, args.device, args.dtype, args.decoder, options, compile=args.compile,
+                         fused=args.fused_step)
     if jobs is not None:
         return _many(pipe, args, jobs, sampling, seed, stop)
     pipe.tokenizer.check_text(prompt)

@@ -19,6 +19,7 @@ from .autoregress import ARStream
 from .decoding import DecodeOptions, RenderResult, advance, make_decoder
 from .device import resolve_device, resolve_dtype, synchronize
 from .errors import FractalFloodError
+from .fused_step import check_fused_device
 from .sampling import SamplingConfig
 from .text_limit import TextLimit
 
@@ -70,7 +71,7 @@ class TextPipeline:
 
     def __init__(self, tokenizer, manager, renderer, device: torch.device, dtype: torch.dtype,
                  decoder: str = "flood", options: DecodeOptions | None = None, cuda_graph: bool | None = None,
-                 compile: bool = False, overlap: bool = True):
+                 compile: bool = False, overlap: bool = True, fused: bool = False):
         self.tokenizer, self.manager, self.renderer = tokenizer, manager, renderer
         self.device, self.dtype = device, dtype
         self.decoder_name = decoder
@@ -78,6 +79,11 @@ class TextPipeline:
         make_decoder(decoder, renderer, tokenizer.alphabet, self.options)  # validate the name now
         self.cuda_graph = (device.type == "cuda") if cuda_graph is None else cuda_graph
         self.compile = compile
+        self.fused = fused  # the manager's step as Triton kernels (fused_step.py; CUDA)
+        if compile and fused:
+            raise FractalFloodError("compile and the fused step are two ways to fuse the manager's step: choose one")
+        if fused:
+            check_fused_device(device)
         self.overlap = overlap  # render on a second CUDA stream while the manager goes on
         self._streams = {}
 
@@ -92,7 +98,7 @@ class TextPipeline:
         ar = self._streams.get(key)
         if ar is None:
             ar = ARStream(self.manager, 1, sampling, self.device, None, self.cuda_graph, seed,
-                          compile=self.compile)
+                          compile=self.compile, fused=self.fused)
             self._streams = {key: ar}  # the manager owns one cache: keep one stream
         ar.seed = seed
         return ar
@@ -177,10 +183,11 @@ def _record(cuda: bool):
 
 def load_pipeline(model_dir: str | Path | None = None, device: str = "auto", dtype: str = "auto",
                   decoder: str = "flood", options: DecodeOptions | None = None,
-                  cuda_graph: bool | None = None, compile: bool = False) -> TextPipeline:
+                  cuda_graph: bool | None = None, compile: bool = False, fused: bool = False) -> TextPipeline:
     """Load a trained model directory (default: the model shipped with the package)."""
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     # weights held in the compute dtype (bf16 on a GPU): no autocast, no per-call weight casts
     m = ckpt.load_model_dir(model_dir, dev, dt)
-    return TextPipeline(m.tokenizer, m.manager, m.renderer, dev, dt, decoder, options, cuda_graph, compile)
+    return TextPipeline(m.tokenizer, m.manager, m.renderer, dev, dt, decoder, options, cuda_graph, compile,
+                        fused=fused)
