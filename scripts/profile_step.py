@@ -32,6 +32,7 @@ from fractal_flood.causal_lm import CausalLM
 from fractal_flood.config import CausalLMConfig
 from fractal_flood.device import describe, resolve_device, resolve_dtype, synchronize
 from fractal_flood.errors import FractalFloodError
+from fractal_flood import sampling
 from fractal_flood.sampling import SamplingConfig
 
 MODES = ("eager", "graph", "compile", "fused")
@@ -76,6 +77,27 @@ def kernel_table(prof, steps: int, cuda: bool) -> list[dict]:
     return sorted(rows, key=lambda r: -r["us_per_step"])
 
 
+# operators that only make views or metadata (no kernel on a GPU)
+VIEWS = {"aten::view", "aten::_unsafe_view", "aten::_reshape_alias", "aten::reshape", "aten::as_strided",
+         "aten::transpose", "aten::t", "aten::permute", "aten::expand", "aten::select", "aten::slice",
+         "aten::split", "aten::narrow", "aten::unsqueeze", "aten::squeeze", "aten::unflatten", "aten::flatten",
+         "aten::alias", "aten::detach", "aten::empty", "aten::empty_strided", "aten::empty_like",
+         "aten::contiguous", "aten::to", "aten::_to_copy", "aten::lift_fresh", "aten::resolve_conj",
+         "aten::resolve_neg", "aten::result_type", "aten::item", "aten::_local_scalar_dense", "aten::is_nonzero"}
+
+
+def work_operators(prof, steps: int) -> float:
+    """Operators per step that do work themselves (on a GPU: at least one kernel each): aten
+    operators other than views whose own aten calls are views only (a ``linear`` counts
+    through its ``addmm``, not twice)."""
+    n = 0
+    for evt in prof.events():
+        if evt.name.startswith("aten::") and evt.name not in VIEWS and not any(
+                c.name.startswith("aten::") and c.name not in VIEWS for c in evt.cpu_children):
+            n += 1
+    return n / steps
+
+
 def profile_mode(model, prompt, mode: str, device, steps: int, warmup: int, trace_dir) -> dict:
     cuda = device.type == "cuda"
     stream = ARStream(model, 1, SamplingConfig(temperature=0.8), device, None,
@@ -110,13 +132,15 @@ def profile_mode(model, prompt, mode: str, device, steps: int, warmup: int, trac
     return {"mode": mode, "steps": steps, "step_us": plain / steps * 1e6,
             "step_us_profiled": wall / steps * 1e6,
             "kernel_us_per_step": sum(r["us_per_step"] for r in rows) if cuda else None,
-            "kernels_per_step": launches, "rows": rows}
+            "kernels_per_step": launches, "work_ops_per_step": work_operators(prof, steps), "rows": rows}
 
 
 def print_mode(res: dict, cuda: bool, limit: int) -> None:
     what = "kernel" if cuda else "operator (self CPU time)"
     print(f"\n## {res['mode']}: {res['step_us']:.1f} us/step unprofiled, "
           f"{res['step_us_profiled']:.1f} us/step under the profiler", flush=True)
+    print(f"operators doing work per step {res['work_ops_per_step']:.1f} (aten operators other than "
+          "views whose own aten calls are views only)")
     if cuda:
         busy = res["kernel_us_per_step"]
         print(f"kernels per step {res['kernels_per_step']:.1f}, kernel time per step {busy:.1f} us "
@@ -145,6 +169,8 @@ def main(argv=None) -> int:
     ap.add_argument("--tiny", action="store_true", help="a tiny random manager instead (tests)")
     ap.add_argument("--rows", type=int, default=25, help="table rows per mode")
     ap.add_argument("--trace", help="also write a Chrome trace per mode into this folder")
+    ap.add_argument("--tensor-draw", action="store_true",
+                    help="on the CPU, draw by tensor ops as a GPU does (no host inversion or host hash)")
     args = ap.parse_args(argv)
     try:
         device = resolve_device(args.device)
@@ -160,6 +186,8 @@ def main(argv=None) -> int:
         if args.steps < 1 or args.warmup < 1:
             raise FractalFloodError("--steps and --warmup must be >= 1")
         model, prompt, source = load_model(args, device, dtype)
+        if args.tensor_draw:
+            sampling.HOST_DRAW_ROWS = sampling.HOST_HASH_ROWS = 0
         print(f"profile of one manager decode step, batch 1: {source} on {describe(device)}, {dtype}, "
               f"torch {torch.__version__}, {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}", flush=True)
         results = []

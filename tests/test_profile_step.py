@@ -20,6 +20,18 @@ def profile_step():
     return module
 
 
+def test_tensor_draw_takes_the_gpu_path(profile_step, capsys, monkeypatch):
+    """--tensor-draw: the draw by tensor ops (as on a GPU) does more operators than the host's."""
+    from fractal_flood import sampling
+    for name in ("HOST_DRAW_ROWS", "HOST_HASH_ROWS"):  # the option sets them for the process
+        monkeypatch.setattr(sampling, name, getattr(sampling, name))
+    counts = []
+    for extra in ([], ["--tensor-draw"]):
+        assert profile_step.main(["--device", "cpu", "--tiny", "--steps", "4", "--warmup", "2", *extra]) == 0
+        counts.append(json.loads(capsys.readouterr().out.strip().splitlines()[-1])["modes"][0]["work_ops_per_step"])
+    assert counts[1] > counts[0] + 10
+
+
 def test_profiles_a_tiny_step_on_the_cpu(profile_step, capsys):
     assert profile_step.main(["--device", "cpu", "--tiny", "--steps", "4", "--warmup", "2", "--rows", "5"]) == 0
     out = capsys.readouterr().out
@@ -27,6 +39,8 @@ def test_profiles_a_tiny_step_on_the_cpu(profile_step, capsys):
     summary = json.loads(out.strip().splitlines()[-1])
     (mode,) = summary["modes"]
     assert mode["mode"] == "eager" and mode["steps"] == 4 and mode["step_us"] > 0
+    # at least the 8 products, 5 layer norms and 2 attentions of 2 layers do work; views do not count
+    assert 15 <= mode["work_ops_per_step"] < sum(r["calls_per_step"] for r in mode["rows"])
     names = {r["name"] for r in mode["rows"]}
     assert "aten::addmm" in names and "aten::native_layer_norm" in names  # the step's linears, norms
     assert sum(r["share"] for r in mode["rows"]) == pytest.approx(1.0)
