@@ -83,15 +83,18 @@ def _eager_then_fused(model, fused, tok, pos, rows, seeds, steps):
     return h, ids, hf, fused_ids, kv
 
 
-@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("shape,block_v", [(SHAPES[0], None), (SHAPES[0], 16), (SHAPES[1], None),
+                                           (SHAPES[2], None)])
 @torch.no_grad()
-def test_step_matches_eager_step(shape):
+def test_step_matches_eager_step(shape, block_v):
     """Step by step from the same cache: hidden states within 1e-5, the same cache
-    entries, the same tokens (a greedy row, sampled rows at two temperatures)."""
+    entries, the same tokens (a greedy row, sampled rows at two temperatures). ``block_v``
+    16: the one-softmax draw reads its 64 logits in 4 blocks (as a vocabulary over 1,024)."""
     model = model_of(*shape)
     B = 3
     model.setup_cache(B)
     fused = FusedStep(model, B)
+    fused.block_v = block_v or fused.block_v
     rows = RowSampling.of([SamplingConfig(0.8), SamplingConfig(0), SamplingConfig(1.3)], DEV)
     seeds = torch.tensor([1, 2, 2 ** 40 + 3], device=DEV)
     steps = torch.tensor([0, 5, 9], device=DEV)

@@ -251,8 +251,8 @@ def flat_draw_kernel(z_ptr, temp_ptr, seeds_ptr, steps_ptr, out_ptr, V, BLOCK_V:
     div = tl.where(sampled, temp, 1.0)
     u = _row_uniform(seeds_ptr, steps_ptr, row)
     offs = tl.arange(0, BLOCK_V)
-    best = float("-inf")
-    best_at = 0
+    best = tl.full([], float("-inf"), tl.float32)  # loop-carried: typed 0-d tensors
+    best_at = tl.zeros([], tl.int32)
     for start in range(0, V, BLOCK_V):
         m = start + offs < V
         z = tl.load(z_ptr + row * V + start + offs, mask=m, other=float("-inf"))
@@ -262,19 +262,19 @@ def flat_draw_kernel(z_ptr, temp_ptr, seeds_ptr, steps_ptr, out_ptr, V, BLOCK_V:
         best_at = tl.where(better, at, best_at)
         best = tl.where(better, bm, best)
     peak = best / div  # the max of z / div: division by a positive number keeps the order
-    norm = 0.0
+    norm = tl.zeros([], tl.float32)
     for start in range(0, V, BLOCK_V):
         m = start + offs < V
         z = tl.load(z_ptr + row * V + start + offs, mask=m, other=float("-inf"))
         norm += tl.sum(tl.where(m, tl.exp(z / div - peak), 0.0), axis=0)
-    total = 0.0  # the cumulative sum's last entry, block by block
+    total = tl.zeros([], tl.float32)  # the cumulative sum's last entry, block by block
     for start in range(0, V, BLOCK_V):
         m = start + offs < V
         z = tl.load(z_ptr + row * V + start + offs, mask=m, other=float("-inf"))
         total += tl.sum(tl.where(m, tl.exp(z / div - peak) / norm, 0.0), axis=0)
     target = tl.minimum(u * total, _below(total))
-    found = V - 1
-    run = 0.0
+    found = tl.zeros([], tl.int32) + (V - 1)
+    run = tl.zeros([], tl.float32)
     for start in range(0, V, BLOCK_V):
         m = start + offs < V
         z = tl.load(z_ptr + row * V + start + offs, mask=m, other=float("-inf"))

@@ -80,6 +80,7 @@ class FusedStep:
         self.classed = model.class_head is not None
         V = model.wte.weight.size(0)
         self.logits = None if self.classed else torch.zeros(batch, V, **f32)
+        self.block_v = min(1024, _pow2(V))  # a one-softmax draw reads its row this many at a time
 
     def hidden(self, tok: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         """tok (B, 1) at position pos (1,) -> the (B, C) float32 residual stream after the
@@ -125,7 +126,7 @@ class FusedStep:
             self.x, m.ln_f.weight, m.ln_f.bias, m.wte.weight, self.logits, C, V, m.ln_f.eps,
             BLOCK_C=_pow2(C), BLOCK_N=64)
         self.k.flat_draw_kernel[(B,)](self.logits, rows.temperature, seeds, steps, self.ids, V,
-                                      BLOCK_V=min(1024, _pow2(V)))
+                                      BLOCK_V=self.block_v)
         return self.ids
 
     def step(self, tok: torch.Tensor, pos: torch.Tensor, rows: RowSampling, seeds: torch.Tensor,
