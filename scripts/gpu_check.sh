@@ -2,7 +2,8 @@
 # Everything that needs a GPU, in one run of about 7 minutes on one H100 / H200, from the
 # repository root with nothing installed (PYTHONPATH=src, plain python3):
 #   1. the CUDA tests (-m cuda), then the other tests that skip without a GPU or without
-#      transformers (selected by keyword: they are the ones a CPU run could not check);
+#      transformers (selected by keyword: they are the ones a CPU run could not check), and
+#      the fused step's tests with its Triton kernels compiled;
 #   2. the full bench (every row capped in time, the sequential baseline at small sizes);
 #   3. a torch.profiler table of one manager decode step (eager, CUDA graph, compiled in the
 #      graph, the fused Triton step in the graph): scripts/profile_step.py -> profile_step.txt
@@ -34,11 +35,13 @@ step() {  # label, time limit (s), command...: run it, log it, return its status
 step "machine" 60 bash -c 'nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader;
   python3 -c "import sys, torch; print(\"python\", sys.version.split()[0], \"torch\", torch.__version__,
   \"cuda\", torch.version.cuda, torch.cuda.get_device_name() if torch.cuda.is_available() else \"NO GPU\")";
+  python3 -c "import triton; print(\"triton\", triton.__version__)" 2>/dev/null || echo "no triton: the fused rows are skipped";
   date -u' || rc=1
-step "CUDA tests" 120 python3 -m pytest -q -p no:cacheprovider --continue-on-collection-errors -m cuda tests || rc=1
+step "CUDA tests" 150 python3 -m pytest -q -p no:cacheprovider --continue-on-collection-errors -m cuda tests || rc=1
 # exit 5 = nothing selected, which is fine
-step "tests that skip on a CPU" 60 python3 -m pytest -q -p no:cacheprovider --continue-on-collection-errors \
-  -m "not cuda" -k "(cuda or gpu or hf_ or transformers) and not without" tests
+# (and the fused step's tests, which the CPU runs in Triton's interpreter: here compiled)
+step "tests that skip on a CPU" 120 python3 -m pytest -q -p no:cacheprovider --continue-on-collection-errors \
+  -m "not cuda" -k "(cuda or gpu or hf_ or transformers or fused) and not without" tests
 s=$?; [ "$s" -eq 0 ] || [ "$s" -eq 5 ] || rc=1
 step "bench (full)" 330 python3 -m fractal_flood bench --device cuda \
   --json "$OUT/bench.json" --markdown "$OUT/bench.md" --plot "$OUT/bench.png" || rc=1
