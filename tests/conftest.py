@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -11,6 +12,15 @@ from fractal_flood.corpus import load_corpus
 from fractal_flood.tokenizer import HierarchicalTokenizer
 
 SMALL_CHARS = 60_000
+
+# Without a GPU the fused step's Triton kernels run in Triton's interpreter
+# (tests/test_fused_step.py). Triton reads TRITON_INTERPRET when it is first imported, so it
+# is set here, before any test module can import it.
+if "TRITON_INTERPRET" not in os.environ:
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ["TRITON_INTERPRET"] = "1"
 
 
 def pytest_collection_modifyitems(config, items):

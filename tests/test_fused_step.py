@@ -1,7 +1,7 @@
 """The fused (Triton) decode step against the eager step it replaces.
 
-Without a GPU the kernels run in Triton's interpreter (``TRITON_INTERPRET=1``, set here
-before ``fused_kernels`` is first imported), so the CPU checks the kernels' arithmetic:
+Without a GPU the kernels run in Triton's interpreter (``TRITON_INTERPRET=1``, set by
+conftest.py before anything imports Triton), so the CPU checks the kernels' arithmetic:
 the same keys and values in the cache, the same hidden states up to float32 rounding, the
 same uniforms bit for bit, and the same tokens. On a GPU the same tests run the compiled
 kernels (``-m cuda`` adds a CUDA-graph run in fp32 and bf16).
@@ -9,13 +9,9 @@ kernels (``-m cuda`` adds a CUDA-graph run in fp32 and bf16).
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
 pytest.importorskip("triton")
 
 from fractal_flood import sampling  # noqa: E402

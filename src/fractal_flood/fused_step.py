@@ -29,16 +29,20 @@ from .sampling import RowSampling
 
 
 def interpreted() -> bool:
-    """Whether Triton runs kernels in its NumPy interpreter (``TRITON_INTERPRET=1``, read
-    when ``fused_kernels`` is first imported): then CPU tensors are allowed."""
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+    """Whether the fused kernels run in Triton's NumPy interpreter (then CPU tensors are
+    allowed): ``TRITON_INTERPRET=1`` set before Triton was first imported in this process."""
+    if os.environ.get("TRITON_INTERPRET", "0") != "1":
+        return False  # without importing Triton
+    _kernels()  # Triton's own jit'd library (tl.sum, tl.cumsum) is made when Triton is imported
+    import triton.language.standard as std
+    return type(std.cumsum).__name__ == "InterpretedFunction"
 
 
 def check_fused_device(device: torch.device) -> None:
     """DeviceError unless the fused step can run on ``device`` (CUDA, or the interpreter)."""
     if torch.device(device).type != "cuda" and not interpreted():
-        raise DeviceError(f"the fused decode step runs on a CUDA device, got {device} "
-                          "(on the CPU only under TRITON_INTERPRET=1, for tests)")
+        raise DeviceError(f"the fused decode step runs on a CUDA device, got {device} (on the CPU only "
+                          "under TRITON_INTERPRET=1 set before Triton is imported, for tests)")
 
 
 def _kernels():
@@ -60,6 +64,14 @@ class FusedStep:
     it allocates nothing and never reads a value back to the host."""
 
     BLOCK_N = 32  # output rows per program of a matrix-vector kernel
+
+    @staticmethod
+    def warps(tile: int) -> int:
+        """Warps for a program whose largest tile has ``tile`` elements: 4 (Triton's
+        default) up to 4,096, 8 above, so a 256 x 32 or 128 x 128 tile is 64 values a
+        thread, not 128 (for sm_90 the attention kernel compiles to 242-254 registers a
+        thread at 4 warps, 112-116 at 8; no kernel spills: ``scripts/compile_kernels.py``)."""
+        return 4 if tile <= 4096 else 8
 
     def __init__(self, model, batch: int):
         if model.kv_caches is None:
@@ -93,17 +105,18 @@ class FusedStep:
             k.qkv_kernel[(B, triton_cdiv(3 * C, BN))](
                 self.x, tok, pos, m.wte.weight, m.wpe.weight, block.ln_1.weight, block.ln_1.bias,
                 a.c_attn.weight, a.c_attn.bias, self.q, cache.k, cache.v, C, H, D, L,
-                block.ln_1.eps, EMBED=i == 0, BLOCK_C=BC, BLOCK_N=BN)
+                block.ln_1.eps, EMBED=i == 0, BLOCK_C=BC, BLOCK_N=BN, num_warps=self.warps(BC * BN))
             k.attention_kernel[(B, H)](self.q, cache.k, cache.v, self.o, pos, C, H, D, L, D ** -0.5,
-                                       BLOCK_L=_pow2(L), BLOCK_D=_pow2(D))
+                                       BLOCK_L=_pow2(L), BLOCK_D=_pow2(D), num_warps=self.warps(_pow2(L) * _pow2(D)))
             k.residual_kernel[(B, triton_cdiv(C, BN))](self.o, a.c_proj.weight, a.c_proj.bias, self.x,
-                                                       C, C, BLOCK_IN=BC, BLOCK_N=BN)
+                                                       C, C, BLOCK_IN=BC, BLOCK_N=BN, num_warps=self.warps(BC * BN))
             mlp = block.mlp
             k.mlp_in_kernel[(B, triton_cdiv(4 * C, BN))](
                 self.x, block.ln_2.weight, block.ln_2.bias, mlp.c_fc.weight, mlp.c_fc.bias, self.h,
-                C, 4 * C, block.ln_2.eps, BLOCK_C=BC, BLOCK_N=BN)
+                C, 4 * C, block.ln_2.eps, BLOCK_C=BC, BLOCK_N=BN, num_warps=self.warps(BC * BN))
             k.residual_kernel[(B, triton_cdiv(C, BN))](self.h, mlp.c_proj.weight, mlp.c_proj.bias, self.x,
-                                                       4 * C, C, BLOCK_IN=_pow2(4 * C), BLOCK_N=BN)
+                                                       4 * C, C, BLOCK_IN=_pow2(4 * C), BLOCK_N=BN,
+                                                       num_warps=self.warps(_pow2(4 * C) * BN))
         return self.x
 
     def draw(self, rows: RowSampling, seeds: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
@@ -119,14 +132,15 @@ class FusedStep:
             self.k.class_draw_kernel[(B,)](
                 self.x, m.ln_f.weight, m.ln_f.bias, m.class_head.weight, m.wte.weight, rows.temperature,
                 seeds, steps, self.ids, C, K, S, m.ln_f.eps,
-                BLOCK_C=_pow2(C), BLOCK_K=_pow2(K), BLOCK_S=_pow2(S))
+                BLOCK_C=_pow2(C), BLOCK_K=_pow2(K), BLOCK_S=_pow2(S),
+                num_warps=self.warps(_pow2(C) * max(_pow2(K), _pow2(S))))
             return self.ids
         V = self.logits.size(1)
         self.k.logits_kernel[(B, triton_cdiv(V, 64))](
             self.x, m.ln_f.weight, m.ln_f.bias, m.wte.weight, self.logits, C, V, m.ln_f.eps,
-            BLOCK_C=_pow2(C), BLOCK_N=64)
+            BLOCK_C=_pow2(C), BLOCK_N=64, num_warps=self.warps(_pow2(C) * 64))
         self.k.flat_draw_kernel[(B,)](self.logits, rows.temperature, seeds, steps, self.ids, V,
-                                      BLOCK_V=self.block_v)
+                                      BLOCK_V=self.block_v, num_warps=self.warps(self.block_v))
         return self.ids
 
     def step(self, tok: torch.Tensor, pos: torch.Tensor, rows: RowSampling, seeds: torch.Tensor,
