@@ -11,7 +11,7 @@ tile too large for the registers shows before a GPU is lent.
 Exit status 1 if any kernel fails to compile. Run without ``TRITON_INTERPRET=1``.
 
 Usage: PYTHONPATH=src python scripts/compile_kernels.py [--model DIR] [--arch 90]
-       [--dtypes fp32,bf16,fp16]
+       [--dtypes fp32,bf16,fp16] [--warps N]
 """
 
 from __future__ import annotations
@@ -100,6 +100,8 @@ def main(argv=None) -> int:
     ap.add_argument("--model", help="model directory (default: the shipped model)")
     ap.add_argument("--arch", type=int, default=90, help="CUDA compute capability x 10 (90: H100 / H200)")
     ap.add_argument("--dtypes", default="fp32,bf16,fp16", help="weight dtypes, comma separated")
+    ap.add_argument("--warps", type=int, choices=(1, 2, 4, 8, 16, 32),
+                    help="compile every kernel with this many warps instead of FusedStep's choice")
     args = ap.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
         print("compile_kernels: error: unset TRITON_INTERPRET (interpreted kernels do not compile)",
@@ -119,13 +121,13 @@ def main(argv=None) -> int:
             sig = {n: (f"*{dt}" if t == W else t) for n, t in sig.items()}
             try:
                 compiled = triton.compile(ASTSource(kernel, sig, consts), target=target,
-                                          options={"num_warps": warps})
+                                          options={"num_warps": args.warps or warps})
                 regs, spill = resource_usage(compiled.asm["cubin"])
-                print(f"| {label} | {dt} | {warps} | {regs} | {spill} | ok |", flush=True)
+                print(f"| {label} | {dt} | {args.warps or warps} | {regs} | {spill} | ok |", flush=True)
             except Exception as e:  # report every kernel, then fail
                 failed += 1
                 first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-                print(f"| {label} | {dt} | {warps} | | | FAILED: {first[:120]} |", flush=True)
+                print(f"| {label} | {dt} | {args.warps or warps} | | | FAILED: {first[:120]} |", flush=True)
     print(f"{failed} failed" if failed else "all compiled")
     return 1 if failed else 0
 
