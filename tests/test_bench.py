@@ -356,6 +356,22 @@ def test_targets_count_only_faithful_rows():
     assert {x["target"]: x for x in compute_targets(rows, "gpu")}["render-only"]["value"] is None
 
 
+def test_issue9_gpu_target_reads_the_default_row_only():
+    """The opt-in steps' rows count for the plain single-stream target, not for issue 9's
+    'with the default command'."""
+    name = "issue 9: single-stream end-to-end with the default command (no --compile, no --fused-step)"
+    rows = [_row("e2e single flood k=1", "end-to-end", "single", "flood", 9_000),
+            _row("e2e single flood k=1 +fused", "end-to-end", "single", "flood", 12_000),
+            _row("e2e single flood k=1 +compile", "end-to-end", "single", "flood", 11_000)]
+    t = {x["target"]: x for x in compute_targets(rows, "gpu")}
+    assert t["single-stream end-to-end"]["status"] == "met"
+    assert t["single-stream end-to-end"]["rows"] == ["e2e single flood k=1 +fused"]
+    assert t[name]["status"] == "not met" and t[name]["value"] == 9_000
+    assert t[name]["rows"] == ["e2e single flood k=1"]
+    rows[0]["tokens_per_s"] = 10_500
+    assert {x["target"]: x for x in compute_targets(rows, "gpu")}[name]["status"] == "met"
+
+
 def test_issue9_target_divides_the_speed_up_by_the_plan_ratio():
     ours = {**_row("e2e single flood k=1", "end-to-end", "single", "flood", 300), "chars": 500, "manager_steps": 100}
     base = {**_row("baseline e2e single flood k=1", "end-to-end", "single", "flood", 200, model="baseline"),

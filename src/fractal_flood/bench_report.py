@@ -85,6 +85,12 @@ def _e2e_single(r):
     return r["mode"] == "end-to-end" and r["stream"] == "single" and r["decoder"] in FLOOD and _ours(r)
 
 
+def _default_single(r):
+    """The row of the default command: ``generate`` with no opt-in step (``+compile``,
+    ``+fused`` rows are the opt-ins)."""
+    return _e2e_single(r) and r["name"] == "e2e single flood k=1"
+
+
 def _vs_previous_plan(rows):
     """Issue 9 (CPU): single-stream end-to-end over the --baseline-model's, divided by the
     characters-per-manager-step ratio of the two runs (>= 1: speed grew at least as much as
@@ -170,6 +176,8 @@ TARGETS = (
     ("issue 8: render-only flood K=1 at R=256 vs today's", "cpu", 10, "x", _vs_today),
     ("issue 9: single-stream speed-up over the previous default / its chars-per-step ratio", "cpu", 1, "x",
      _vs_previous_plan),
+    ("issue 9: single-stream end-to-end with the default command (no --compile, no --fused-step)", "gpu",
+     10_000, "tokens/s", lambda rows: _absolute(rows, _default_single)),
 )
 
 
