@@ -36,12 +36,6 @@ from .sampling import (RowSampling, SamplingConfig, host_uniforms, invert_target
                        sample)
 
 
-def _temperatures(rows: RowSampling) -> torch.Tensor:
-    """(B,) divisors: a row's temperature, 1 for greedy rows (their draw is argmax anyway)."""
-    t = rows.temperature
-    return torch.where(t > 0, t, torch.ones_like(t))
-
-
 def class_log_probs(class_logits: torch.Tensor, token_logits: torch.Tensor,
                     temperature: torch.Tensor | float = 1.0) -> torch.Tensor:
     """(..., K) class scores, (..., V) token scores -> (..., V) log P_T(token), ids in order.
@@ -85,7 +79,7 @@ def reference_draw(h: torch.Tensor, class_weight: torch.Tensor, token_weight: to
     rows = _as_rows(rows, h.size(0), h.device)
     zc, zt = h @ class_weight.t(), h @ token_weight.t()  # (B, K), (B, V)
     K, V = zc.size(-1), zt.size(-1)
-    lp = class_log_probs(zc, zt, _temperatures(rows)[:, None])
+    lp = class_log_probs(zc, zt, rows.divisors()[:, None])
     unit = RowSampling(torch.ones_like(rows.temperature), rows.top_k, rows.top_p, rows.filters)
     drawn = sample(lp, unit, seeds, steps)
     # greedy: the best class, then the best token in it
@@ -108,7 +102,7 @@ def draw(h: torch.Tensor, class_weight: torch.Tensor, token_weight: torch.Tensor
         return reference_draw(h, class_weight, token_weight, rows, seeds, steps)
     if on_host(h):
         return _draw_host(h, class_weight, token_weight, rows, seeds, steps)
-    temp = _temperatures(rows)[:, None]
+    temp = rows.divisors()[:, None]
     zc = (h @ class_weight.t()).float()  # (B, K)
     pc = (zc / temp).softmax(-1)
     cdf = pc.cumsum(-1)

@@ -90,6 +90,12 @@ class RowSampling:
                                 dtype=torch.float32, device=device),
                    filters=any(c.filters for c in configs))
 
+    def divisors(self) -> torch.Tensor:
+        """(B,) what each row's logits are divided by: its temperature, 1 for a greedy row
+        (argmax either way; ``host_inversion.divisors`` is the host form)."""
+        t = self.temperature
+        return torch.where(t > 0, t, torch.ones_like(t))
+
     def rows(self, index) -> "RowSampling":
         return RowSampling(self.temperature[index], self.top_k[index], self.top_p[index],
                            self.filters)
@@ -142,8 +148,7 @@ def scaled_logits(logits: torch.Tensor, rows: RowSampling) -> torch.Tensor:
     """(B, V) logits -> float32 logits / temperature, filtered only where a row asks for it."""
     if rows.filters:
         return filter_logits(logits, rows)
-    temp = torch.where(rows.temperature > 0, rows.temperature, torch.ones_like(rows.temperature))
-    return logits.float() / temp[:, None]
+    return logits.float() / rows.divisors()[:, None]
 
 
 def inverse_cdf(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
@@ -179,8 +184,7 @@ def filter_logits(logits: torch.Tensor, rows: RowSampling) -> torch.Tensor:
     token always stays). Both come from one descending sort.
     """
     V = logits.size(-1)
-    temp = torch.where(rows.temperature > 0, rows.temperature, torch.ones_like(rows.temperature))
-    logits = logits.float() / temp[:, None]
+    logits = logits.float() / rows.divisors()[:, None]
     sorted_logits, order = torch.sort(logits, dim=-1, descending=True)  # (B, V)
     k = torch.where(rows.top_k > 0, rows.top_k.clamp(max=V), torch.full_like(rows.top_k, V))
     kth = sorted_logits.gather(1, (k - 1)[:, None])  # (B, 1)
