@@ -1,13 +1,15 @@
 """One decode step of a ``CausalLM`` as a few Triton kernels: the opt-in fast step on a GPU.
 
 ``ARStream(fused=True)`` (``fractal-flood generate --fused-step``) replaces the eager step
-(``hidden_cached`` + ``draw``: ~150 kernel launches at batch 1 for the 4 x 128 manager) by
+(``hidden_cached`` + ``draw``: 154 operators at batch 1 for the shipped 4 x 128 manager,
+each at least one kernel on a GPU; ``scripts/profile_step.py --tensor-draw``) by
 ``FusedStep.step``: 5 kernels a layer and 1-2 for the output layer and the draw
-(``fused_kernels.py``), 22 for the shipped manager, captured in the stream's CUDA graph
+(``fused_kernels.py``), 21 for the shipped manager, captured in the stream's CUDA graph
 like the eager step. The eager step stays the reference: the fused one writes the same KV
 cache entries and draws the same tokens up to float32 rounding (hidden states within
-1e-4, tested on the CPU under ``TRITON_INTERPRET=1``, where Triton runs its kernels in
-NumPy; ``tests/test_fused_step.py``). Top-k / top-p draws sort the vocabulary: a row
+1e-5, tested on the CPU under ``TRITON_INTERPRET=1``, where Triton runs its kernels in
+NumPy; ``tests/test_fused_step.py``; ``scripts/compile_kernels.py`` compiles them for
+sm_90 without a GPU). Top-k / top-p draws sort the vocabulary: a row
 asking for them gets the fused layers and the eager draw.
 
 Differences from the eager step, by design: activations stay float32 between kernels (the
@@ -25,6 +27,7 @@ import os
 import torch
 
 from .errors import DeviceError
+from .layers import layer_norm
 from .sampling import RowSampling
 
 
@@ -102,19 +105,19 @@ class FusedStep:
         BC, BN = _pow2(C), self.BLOCK_N
         for i, (block, cache) in enumerate(zip(m.blocks, m.kv_caches)):
             a = block.attn
-            k.qkv_kernel[(B, triton_cdiv(3 * C, BN))](
+            k.qkv_kernel[(B, _cdiv(3 * C, BN))](
                 self.x, tok, pos, m.wte.weight, m.wpe.weight, block.ln_1.weight, block.ln_1.bias,
                 a.c_attn.weight, a.c_attn.bias, self.q, cache.k, cache.v, C, H, D, L,
                 block.ln_1.eps, EMBED=i == 0, BLOCK_C=BC, BLOCK_N=BN, num_warps=self.warps(BC * BN))
             k.attention_kernel[(B, H)](self.q, cache.k, cache.v, self.o, pos, C, H, D, L, D ** -0.5,
                                        BLOCK_L=_pow2(L), BLOCK_D=_pow2(D), num_warps=self.warps(_pow2(L) * _pow2(D)))
-            k.residual_kernel[(B, triton_cdiv(C, BN))](self.o, a.c_proj.weight, a.c_proj.bias, self.x,
+            k.residual_kernel[(B, _cdiv(C, BN))](self.o, a.c_proj.weight, a.c_proj.bias, self.x,
                                                        C, C, BLOCK_IN=BC, BLOCK_N=BN, num_warps=self.warps(BC * BN))
             mlp = block.mlp
-            k.mlp_in_kernel[(B, triton_cdiv(4 * C, BN))](
+            k.mlp_in_kernel[(B, _cdiv(4 * C, BN))](
                 self.x, block.ln_2.weight, block.ln_2.bias, mlp.c_fc.weight, mlp.c_fc.bias, self.h,
                 C, 4 * C, block.ln_2.eps, BLOCK_C=BC, BLOCK_N=BN, num_warps=self.warps(BC * BN))
-            k.residual_kernel[(B, triton_cdiv(C, BN))](self.h, mlp.c_proj.weight, mlp.c_proj.bias, self.x,
+            k.residual_kernel[(B, _cdiv(C, BN))](self.h, mlp.c_proj.weight, mlp.c_proj.bias, self.x,
                                                        4 * C, C, BLOCK_IN=_pow2(4 * C), BLOCK_N=BN,
                                                        num_warps=self.warps(_pow2(4 * C) * BN))
         return self.x
@@ -124,7 +127,6 @@ class FusedStep:
         ``model.draw`` would; rows with top-k / top-p take ``model.draw`` itself."""
         m, B, C = self.model, self.batch, self.C
         if rows.filters:
-            from .layers import layer_norm
             return m.draw(layer_norm(m.ln_f, self.x.to(m.wte.weight.dtype)), rows, seeds, steps)
         if self.classed:
             K = m.class_head.weight.size(0)
@@ -136,7 +138,7 @@ class FusedStep:
                 num_warps=self.warps(_pow2(C) * max(_pow2(K), _pow2(S))))
             return self.ids
         V = self.logits.size(1)
-        self.k.logits_kernel[(B, triton_cdiv(V, 64))](
+        self.k.logits_kernel[(B, _cdiv(V, 64))](
             self.x, m.ln_f.weight, m.ln_f.bias, m.wte.weight, self.logits, C, V, m.ln_f.eps,
             BLOCK_C=_pow2(C), BLOCK_N=64, num_warps=self.warps(_pow2(C) * 64))
         self.k.flat_draw_kernel[(B,)](self.logits, rows.temperature, seeds, steps, self.ids, V,
@@ -150,5 +152,5 @@ class FusedStep:
         return self.draw(rows, seeds, steps)
 
 
-def triton_cdiv(a: int, b: int) -> int:
+def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
