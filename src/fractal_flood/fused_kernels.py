@@ -1,9 +1,10 @@
 """Triton kernels for one decode step of a ``CausalLM`` (``fused_step.FusedStep`` launches them).
 
-A batch-1 decode step of the 4 x 128 manager is ~150 tiny kernels on a GPU (layer norms,
-bias adds, GELU, residual adds, reshapes, the draw's softmax / cumsum / search / hash), each
-a few microseconds of launch latency and almost no work: the step is launch-bound (173 us
-in a CUDA graph, RESULTS.md). Here a step is 5 kernels per layer plus 1 or 2 for the
+A batch-1 eager decode step of the shipped 4 x 128 manager runs 154 operators (layer norms,
+products, bias adds, GELU, residual adds, cache writes, the draw's softmax / cumsum / search
+/ hash), each at least one kernel on a GPU and each a few microseconds of launch latency
+for almost no work: the step is launch-bound (173 us in a CUDA graph for the manager of
+2026-11-27, RESULTS.md). Here a step is 5 kernels per layer plus 1 or 2 for the
 output layer and the draw, each doing one matrix-vector product with its prologue and
 epilogue fused:
 
