@@ -10,6 +10,7 @@ import random
 import shutil
 import statistics
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -218,6 +219,23 @@ def test_baseline_model_is_measured_in_the_same_run(bench_model, small_corpus_fi
     e2e = b.baseline_e2e_row(bench_model)
     assert e2e.model == "baseline" and e2e.mode == "end-to-end" and e2e.manager_steps > 0 and e2e.chars > 0
     assert b.baseline_e2e_row(tmp_path) is None and "does not load" in b.skipped[-1]
+
+
+def test_fused_rows(bench_model, small_corpus_file):
+    """The GPU run's fused-step rows (ours and the AR peer's), here with Triton's kernels in
+    its interpreter: named, measured, and ours renders what the eager row renders."""
+    from fractal_flood.fused_step import interpreted
+
+    if not torch.cuda.is_available() and not interpreted():
+        pytest.skip("needs a GPU or TRITON_INTERPRET=1 (conftest sets it without a GPU)")
+    sizes = replace(QUICK, e2e_roots=6, peer_tokens=6)
+    b = Bench(bench_model, "cpu", "float32", sizes, corpus=str(small_corpus_file))
+    eager = b.e2e_single("flood", sizes.e2e_roots)
+    b.fused_rows()
+    fused, peer = b.rows[-2], b.rows[-1]
+    assert fused.name == "e2e single flood k=1 +fused" and peer.name == "AR peer single eager+fused"
+    assert fused.tokens == eager.tokens and fused.chars == eager.chars and fused.fidelity == eager.fidelity
+    assert peer.tokens == 6 and peer.seconds > 0
 
 
 def test_bad_input_is_one_line(tmp_path, capsys):

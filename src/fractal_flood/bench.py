@@ -454,8 +454,8 @@ class Bench:
             self.skipped.append("fused-step rows: triton is not installed")
             return
         self.e2e_single("flood", self.sizes.e2e_roots, fused=True)
-        if self.peer is not None:
-            self.peer_row(1, self.sizes.peer_tokens, True, fused=True)
+        if self.peer is not None:  # a CUDA graph on a GPU (the tests run this in Triton's interpreter)
+            self.peer_row(1, self.sizes.peer_tokens, self.cuda, fused=True)
 
     def compiled_rows(self) -> None:
         """torch.compile of the decode step (manager and AR peer alike), on a GPU only: it
