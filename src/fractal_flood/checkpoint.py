@@ -187,9 +187,20 @@ def check_config(config) -> None:
         check_hierarchy(levels)  # sizes >= 1, children >= 1 above the bottom, 0 at it
 
 
+class _SkipNormalInit(torch.overrides.TorchFunctionMode):
+    """``nn.init.normal_`` does nothing: on the meta device its reference implementation
+    imports ``torch._dynamo`` (1.2 s of every command's start on a CPU), and a shape-only
+    build needs no values."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is torch.nn.init.normal_:
+            return args[0] if args else kwargs["tensor"]
+        return func(*args, **(kwargs or {}))
+
+
 def _build(cls, config):
     """Build on the meta device (no memory, no init) to learn the expected weight shapes."""
-    with torch.device("meta"):
+    with torch.device("meta"), _SkipNormalInit():
         return cls(config)
 
 
