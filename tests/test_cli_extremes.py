@@ -202,6 +202,15 @@ def test_fused_step_needs_cuda_and_excludes_compile(capsys, monkeypatch):
     assert "choose one" in one_line_error(rc, out, err)
 
 
+@pytest.mark.parametrize("flag", ["--fused-step", "--compile"])
+def test_stream_step_flags_refuse_prompts_files(flag, tmp_path, capsys):
+    """--prompts runs the batched engine, which neither flag changes: one line, not a silent no-op."""
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("ROMEO:\n")
+    rc, out, err = run_main(["generate", "--prompts", str(prompts), flag], capsys)
+    assert "batched engine" in one_line_error(rc, out, err)
+
+
 # ---------------------------------------------------------------- --help stays light
 
 

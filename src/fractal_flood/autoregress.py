@@ -87,8 +87,8 @@ class ARStream:
         # only the T = 1 decode step is compiled, prefill stays eager (one shape, one compile)
         self._step_forward = (torch.compile(model.hidden_cached, dynamic=False)
                               if compile else model.hidden_cached)
-        # the Triton step (fused_step.py): a few kernels instead of ~150 (CUDA; tests: the
-        # CPU under TRITON_INTERPRET=1)
+        # the Triton step (fused_step.py): 21 kernels for the shipped manager where the eager
+        # step runs 154 operators (CUDA; tests: the CPU under TRITON_INTERPRET=1)
         self._fused = FusedStep(model, batch_size) if fused else None
         self._graph = self._capture() if cuda_graph else None
 

@@ -79,6 +79,9 @@ def run(args) -> int:
         raise FractalFloodError("--prompts takes the prompts from a file: drop --prompt and --stream")
     if args.output is not None and args.prompts is None:
         raise FractalFloodError("--output goes with --prompts")
+    if args.prompts is not None and (args.compile or args.fused_step):
+        raise FractalFloodError("--compile and --fused-step speed up one stream's step; --prompts runs the "
+                                "batched engine, which uses neither: drop them")
     seed = args.seed if args.seed is not None else secrets.randbelow(2 ** SEED_BITS)
     stop = tuple(_unescape(s) for s in args.stop)
     if any(not s for s in stop):
