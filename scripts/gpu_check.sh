@@ -7,11 +7,13 @@
 #   2. the full bench (every row capped in time, the sequential baseline at small sizes);
 #   3. a torch.profiler table of one manager decode step (eager, CUDA graph, compiled in the
 #      graph, the fused Triton step in the graph): scripts/profile_step.py -> profile_step.txt
-#      (+ Chrome traces in profile/); the bench has the fused step's end-to-end rows;
+#      (no Chrome traces: the device returns at most 8 files); the bench has the fused
+#      step's end-to-end rows;
 #   4. whether torch.compile slows later uncompiled work in the same process, and which
 #      clean-up undoes it: scripts/compile_aftereffects.py -> compile_aftereffects.txt.
-# Writes bench.json, bench.md, bench.png and gpu_check.log into OUT_DIR and prints a short
-# table last. The bench rewrites bench.json after every row, so a run cut short keeps its rows.
+# Writes bench.json, bench.md, bench.png, gpu_check.log, profile_step.txt and
+# compile_aftereffects.txt (6 files) into OUT_DIR and prints a short table last. The bench
+# rewrites bench.json after every row, so a run cut short keeps its rows.
 # Usage: scripts/gpu_check.sh [OUT_DIR]   (default: $OUT, else out/gpu_check)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -48,7 +50,7 @@ step "bench (full)" 330 python3 -m fractal_flood bench --device cuda \
 
 # each in a fresh process, so the bench's compiled rows cannot colour them
 step "profile of one manager step" 150 bash -c 'set -o pipefail; python3 scripts/profile_step.py --device cuda \
-  --modes eager,graph,compile,fused --trace "$0/profile" | tee "$0/profile_step.txt"' "$OUT" || rc=1
+  --modes eager,graph,compile,fused | tee "$0/profile_step.txt"' "$OUT" || rc=1
 step "compile after-effects" 240 bash -c 'set -o pipefail; python3 scripts/compile_aftereffects.py --device cuda \
   | tee "$0/compile_aftereffects.txt"' "$OUT" || rc=1
 
