@@ -46,6 +46,15 @@ def _layer_norm(x, mask, w_ptr, b_ptr, cols, n, eps):
 
 
 @triton.jit
+def _normed_row(x_ptr, row, lnw_ptr, lnb_ptr, C, eps, BLOCK_C: tl.constexpr):
+    """Row ``row`` of the (B, C) fp32 residual stream, layer-normed -> (row, cols, col mask)."""
+    cols = tl.arange(0, BLOCK_C)
+    cm = cols < C
+    x = tl.load(x_ptr + row * C + cols, mask=cm, other=0.0)
+    return _layer_norm(x, cm, lnw_ptr, lnb_ptr, cols, C, eps), cols, cm
+
+
+@triton.jit
 def _matvec(w_ptr, rows, row_mask, cols, col_mask, stride, v):
     """(BLOCK_N,) = W[rows, cols] @ v in float32 (W row-major with ``stride`` columns)."""
     w = tl.load(w_ptr + rows[:, None] * stride + cols[None, :],
@@ -164,10 +173,7 @@ def mlp_in_kernel(x_ptr, lnw_ptr, lnb_ptr, w_ptr, b_ptr, h_ptr, C, N, eps,
                   BLOCK_C: tl.constexpr, BLOCK_N: tl.constexpr):
     """Grid (B, cdiv(N, BLOCK_N)): h = gelu_tanh(W @ layer_norm(x) + bias), W is (N, C)."""
     row = tl.program_id(0)
-    cols = tl.arange(0, BLOCK_C)
-    cm = cols < C
-    x = tl.load(x_ptr + row * C + cols, mask=cm, other=0.0)
-    xn = _layer_norm(x, cm, lnw_ptr, lnb_ptr, cols, C, eps)
+    xn, cols, cm = _normed_row(x_ptr, row, lnw_ptr, lnb_ptr, C, eps, BLOCK_C)
     rows = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     rm = rows < N
     y = _matvec(w_ptr, rows, rm, cols, cm, C, xn) + tl.load(b_ptr + rows, mask=rm, other=0.0).to(tl.float32)
@@ -200,10 +206,7 @@ def class_draw_kernel(x_ptr, lnw_ptr, lnb_ptr, wc_ptr, wte_ptr, temp_ptr, seeds_
     """Grid (B,): final layer norm, K class scores, a class, S token scores in it, a token
     (``class_head.draw``; temperature <= 0 means greedy: the best class, its best token)."""
     row = tl.program_id(0)
-    cols = tl.arange(0, BLOCK_C)
-    cm = cols < C
-    x = tl.load(x_ptr + row * C + cols, mask=cm, other=0.0)
-    hn = _layer_norm(x, cm, lnw_ptr, lnb_ptr, cols, C, eps)
+    hn, cols, cm = _normed_row(x_ptr, row, lnw_ptr, lnb_ptr, C, eps, BLOCK_C)
     temp = tl.load(temp_ptr + row)
     sampled = temp > 0
     div = tl.where(sampled, temp, 1.0)
@@ -232,10 +235,7 @@ def logits_kernel(x_ptr, lnw_ptr, lnb_ptr, w_ptr, z_ptr, C, V, eps,
                   BLOCK_C: tl.constexpr, BLOCK_N: tl.constexpr):
     """Grid (B, cdiv(V, BLOCK_N)): float32 logits = wte @ layer_norm(x) (the tied head)."""
     row = tl.program_id(0)
-    cols = tl.arange(0, BLOCK_C)
-    cm = cols < C
-    x = tl.load(x_ptr + row * C + cols, mask=cm, other=0.0)
-    hn = _layer_norm(x, cm, lnw_ptr, lnb_ptr, cols, C, eps)
+    hn, cols, cm = _normed_row(x_ptr, row, lnw_ptr, lnb_ptr, C, eps, BLOCK_C)
     rows = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     rm = rows < V
     tl.store(z_ptr + row * V + rows, _matvec(w_ptr, rows, rm, cols, cm, C, hn), mask=rm)
