@@ -76,10 +76,12 @@ def kernels(k, manager: dict, peer: dict | None) -> list[tuple[str, object, dict
             out.append((f"logits_kernel ({V})", k.logits_kernel, {
                 "x_ptr": "*fp32", "lnw_ptr": W, "lnb_ptr": W, "w_ptr": W, "z_ptr": "*fp32", "C": i32, "V": i32,
                 "eps": f32, "BLOCK_C": "constexpr", "BLOCK_N": "constexpr"},
-                {"BLOCK_C": _pow2(cfg["d_model"]), "BLOCK_N": 64}, FusedStep.warps(_pow2(cfg["d_model"]) * 64)))
+                {"BLOCK_C": _pow2(cfg["d_model"]), "BLOCK_N": FusedStep.LOGITS_BLOCK_N},
+                FusedStep.warps(_pow2(cfg["d_model"]) * FusedStep.LOGITS_BLOCK_N)))
             out.append((f"flat_draw_kernel ({V})", k.flat_draw_kernel, {
                 "z_ptr": "*fp32", "temp_ptr": "*fp32", "seeds_ptr": "*i64", "steps_ptr": "*i64", "out_ptr": "*i64",
-                "V": i32, "BLOCK_V": "constexpr"}, {"BLOCK_V": min(1024, _pow2(V))}, FusedStep.warps(min(1024, _pow2(V)))))
+                "V": i32, "BLOCK_V": "constexpr"}, {"BLOCK_V": FusedStep.block_v_for(V)},
+                FusedStep.warps(FusedStep.block_v_for(V))))
     return out
 
 

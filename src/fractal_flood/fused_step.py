@@ -67,6 +67,13 @@ class FusedStep:
     it allocates nothing and never reads a value back to the host."""
 
     BLOCK_N = 32  # output rows per program of a matrix-vector kernel
+    LOGITS_BLOCK_N = 64  # output rows per program of a one-softmax head's logits
+    MAX_BLOCK_V = 1024  # a one-softmax draw reads its row this many logits at a time at most
+
+    @classmethod
+    def block_v_for(cls, vocab: int) -> int:
+        """The one-softmax draw's block for a vocabulary of ``vocab`` entries."""
+        return min(cls.MAX_BLOCK_V, _pow2(vocab))
 
     @staticmethod
     def warps(tile: int) -> int:
@@ -95,7 +102,7 @@ class FusedStep:
         self.classed = model.class_head is not None
         V = model.wte.weight.size(0)
         self.logits = None if self.classed else torch.zeros(batch, V, **f32)
-        self.block_v = min(1024, _pow2(V))  # a one-softmax draw reads its row this many at a time
+        self.block_v = self.block_v_for(V)  # an attribute: tests set it small to read in blocks
 
     def hidden(self, tok: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         """tok (B, 1) at position pos (1,) -> the (B, C) float32 residual stream after the
@@ -138,9 +145,10 @@ class FusedStep:
                 num_warps=self.warps(_pow2(C) * max(_pow2(K), _pow2(S))))
             return self.ids
         V = self.logits.size(1)
-        self.k.logits_kernel[(B, _cdiv(V, 64))](
+        BN = self.LOGITS_BLOCK_N
+        self.k.logits_kernel[(B, _cdiv(V, BN))](
             self.x, m.ln_f.weight, m.ln_f.bias, m.wte.weight, self.logits, C, V, m.ln_f.eps,
-            BLOCK_C=_pow2(C), BLOCK_N=64, num_warps=self.warps(_pow2(C) * 64))
+            BLOCK_C=_pow2(C), BLOCK_N=BN, num_warps=self.warps(_pow2(C) * BN))
         self.k.flat_draw_kernel[(B,)](self.logits, rows.temperature, seeds, steps, self.ids, V,
                                       BLOCK_V=self.block_v, num_warps=self.warps(self.block_v))
         return self.ids
