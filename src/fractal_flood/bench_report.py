@@ -96,7 +96,7 @@ def _vs_previous_plan(rows):
     characters-per-manager-step ratio of the two runs (>= 1: speed grew at least as much as
     the plan got coarser). Both rows are the k = 1 flood at the same sampling."""
     base = [r for r in rows if r.get("model") == "baseline" and r["mode"] == "end-to-end" and _faithful(r)]
-    ours = [r for r in rows if r["name"] == "e2e single flood k=1" and _ours(r) and _faithful(r)]
+    ours = [r for r in rows if _default_single(r) and _faithful(r)]
     cands = [r for r in rows if r.get("model") == "baseline" and r["mode"] == "end-to-end"]
     if not base or not ours:
         return cands, None, [], "needs --baseline-model" if not cands else ""
