@@ -72,8 +72,12 @@ def test_cached_forward_matches_full():
 @torch.no_grad()
 def test_decode_by_direct_calls_equals_the_modules_bit_for_bit(monkeypatch):
     """``Block.decode`` (the eval-mode cached path without ``nn.Module`` calls) against the
-    modules' ``forward`` over the same cache: the same hidden states and cache, every bit."""
+    modules' ``forward`` over the same cache: the same hidden states and cache, every bit,
+    with the library's linear layers; with the row-invariant ones (the CPU default,
+    ``rowwise_linear``) the same up to summation order."""
     from fractal_flood.layers import Block
+
+    monkeypatch.setenv("FRACTAL_FLOOD_ROWWISE", "blas")
 
     def run():
         model = tiny(3)
@@ -90,6 +94,9 @@ def test_decode_by_direct_calls_equals_the_modules_bit_for_bit(monkeypatch):
         modules, module_cache = run()
     assert torch.equal(direct, modules)
     assert all(torch.equal(a, b) for pair in zip(direct_cache, module_cache) for a, b in zip(*pair))
+    monkeypatch.setenv("FRACTAL_FLOOD_ROWWISE", "kernel")
+    rowwise, _ = run()
+    torch.testing.assert_close(rowwise, modules, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("cfg", SAMPLERS, ids=str)

@@ -6,7 +6,7 @@ import torch
 from fractal_flood.causal_lm import CausalLM
 from fractal_flood.config import CausalLMConfig
 from fractal_flood.sampling import SamplingConfig
-from fractal_flood.slots import MIN_ROWS, SlotManager, batch_invariant_attention, span_step
+from fractal_flood.slots import SlotManager, batch_invariant_attention, span_step
 
 
 def model(classes=0, heads=4, context=32):
@@ -31,9 +31,8 @@ SHAPES = {  # (classes, heads, context, others' prompt lengths): spans of 1-2 st
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("others", [0, 1, 2, 5, 11])
 def test_a_rows_logits_are_bitwise_the_same_alone_or_batched(others, shape, threads):
-    """The premise of 'every request's text equals its solo run' without luck: the step
-    pads to MIN_ROWS rows, the size from which a CPU linear layer's rows are independent,
-    attention is batched matmuls (the fused kernel is not invariant on 2 threads), and the
+    """The premise of 'every request's text equals its solo run' without luck: every
+    linear layer computes each row alone (rowwise_linear), attention is batched matmuls (the fused kernel is not invariant on 2 threads), and the
     cache span it reads depends on the longest row (here others are 9 i + 1 tokens long,
     so ours reads 32 slots alone and up to 80 among others: span_step)."""
     classes, heads, context, stride = SHAPES[shape]
@@ -70,10 +69,10 @@ def test_a_rows_logits_are_bitwise_the_same_alone_or_batched(others, shape, thre
         assert torch.equal(x, y)
 
 
-def test_fewer_slots_than_min_rows_still_pad():
+def test_a_one_slot_cache_holds_one_row():
     m = model()
     s = SlotManager(m, 1, "cpu")
-    assert s.k[0].shape[0] == MIN_ROWS and s.slots == 1 and s.free == 1
+    assert s.k[0].shape[0] == 1 and s.slots == 1 and s.free == 1
     s.add("a", [1, 2], SamplingConfig(), seed=0)
     assert s.free == 0
     with pytest.raises(RuntimeError, match="no free slot"):

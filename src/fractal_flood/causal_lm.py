@@ -30,7 +30,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import class_head
+from . import class_head, rowwise_linear
 from .config import DECAY_MODES, CausalLMConfig
 from .layers import Block, KVCache, init_weights, layer_norm
 from .sampling import sample
@@ -113,8 +113,8 @@ class CausalLM(nn.Module):
     def draw(self, h: torch.Tensor, rows, seeds: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
         """(B, C) final hidden states -> (B,) next tokens (``sampling.sample``'s contract:
         row b's draw depends only on (seeds[b], steps[b]) and its own settings)."""
-        if self.class_head is None:
-            return sample(self.lm_head(h), rows, seeds, steps)
+        if self.class_head is None:  # each row's logits computed alone on a CPU (rowwise_linear)
+            return sample(rowwise_linear.linear(h, self.lm_head.weight), rows, seeds, steps)
         return class_head.draw(h, self.class_head.weight, self.wte.weight, rows, seeds, steps)
 
     def reference_draw(self, h: torch.Tensor, rows, seeds: torch.Tensor,

@@ -31,7 +31,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from . import host_inversion
+from . import host_inversion, rowwise_linear
 from .sampling import (RowSampling, SamplingConfig, host_uniforms, invert_target, on_host, row_uniform,
                        sample)
 
@@ -76,15 +76,20 @@ def reference_draw(h: torch.Tensor, class_weight: torch.Tensor, token_weight: to
                    rows: RowSampling | SamplingConfig, seeds: torch.Tensor,
                    steps: torch.Tensor) -> torch.Tensor:
     """(B, C) hidden states -> (B,) ids from the whole table (the plain path)."""
-    rows = _as_rows(rows, h.size(0), h.device)
-    zc, zt = h @ class_weight.t(), h @ token_weight.t()  # (B, K), (B, V)
+    return _table_draw(h @ class_weight.t(), h @ token_weight.t(), _as_rows(rows, h.size(0), h.device),
+                       seeds, steps)
+
+
+def _table_draw(zc: torch.Tensor, zt: torch.Tensor, rows: RowSampling, seeds: torch.Tensor,
+                steps: torch.Tensor) -> torch.Tensor:
+    """(B, K) class scores, (B, V) token scores -> (B,) ids, one inversion over the table."""
     K, V = zc.size(-1), zt.size(-1)
     lp = class_log_probs(zc, zt, rows.divisors()[:, None])
     unit = RowSampling(torch.ones_like(rows.temperature), rows.top_k, rows.top_p, rows.filters)
     drawn = sample(lp, unit, seeds, steps)
     # greedy: the best class, then the best token in it
     best_class = zc.argmax(-1)
-    in_best = zt.masked_fill(torch.arange(V, device=h.device) // (V // K) != best_class[:, None],
+    in_best = zt.masked_fill(torch.arange(V, device=zt.device) // (V // K) != best_class[:, None],
                              float("-inf"))
     return torch.where(rows.temperature > 0, drawn, in_best.argmax(-1))
 
@@ -95,15 +100,16 @@ def draw(h: torch.Tensor, class_weight: torch.Tensor, token_weight: torch.Tensor
     K = class_weight.size(0)
     S = token_weight.size(0) // K
     if isinstance(rows, SamplingConfig) and rows.greedy:  # no tensors made: CUDA-graph safe
-        c = (h @ class_weight.t()).argmax(-1)
-        return c * S + torch.bmm(_class_block(token_weight, K, c), h[:, :, None])[:, :, 0].argmax(-1)
+        c = rowwise_linear.linear(h, class_weight).argmax(-1)
+        return c * S + rowwise_linear.gathered(h, token_weight, K, c).argmax(-1)
     rows = _as_rows(rows, h.size(0), h.device)
     if rows.filters:  # top-k / top-p rank tokens across classes: the whole table
-        return reference_draw(h, class_weight, token_weight, rows, seeds, steps)
+        return _table_draw(rowwise_linear.linear(h, class_weight), rowwise_linear.linear(h, token_weight),
+                           rows, seeds, steps)
     if on_host(h):
         return _draw_host(h, class_weight, token_weight, rows, seeds, steps)
     temp = rows.divisors()[:, None]
-    zc = (h @ class_weight.t()).float()  # (B, K)
+    zc = rowwise_linear.linear(h, class_weight).float()  # (B, K)
     pc = (zc / temp).softmax(-1)
     cdf = pc.cumsum(-1)
     c, target = invert_target(cdf, row_uniform(seeds, steps))  # (B, 1) each
@@ -112,7 +118,7 @@ def draw(h: torch.Tensor, class_weight: torch.Tensor, token_weight: torch.Tensor
     # the target's place inside the chosen class's slice [hi - p, hi) of the cdf, in [0, 1]
     p = pc.gather(1, c)
     inner = ((target - (cdf.gather(1, c) - p)) / p).clamp(0.0, 1.0)
-    zt = torch.bmm(_class_block(token_weight, K, c[:, 0]), h[:, :, None])[:, :, 0].float()  # (B, S)
+    zt = rowwise_linear.gathered(h, token_weight, K, c[:, 0]).float()  # (B, S)
     j = invert_target((zt / temp).softmax(-1).cumsum(-1), inner[:, 0])[0]
     j = torch.where(sampled, j, zt.argmax(-1, keepdim=True))
     return (c * S + j)[:, 0]
@@ -125,7 +131,7 @@ def _draw_host(h, class_weight, token_weight, rows: RowSampling, seeds, steps) -
     S = token_weight.size(0) // K
     temps = rows.temperature.tolist()
     temp = host_inversion.divisors(temps, h.device)
-    zc = (h @ class_weight.t()).float()
+    zc = rowwise_linear.linear(h, class_weight).float()
     pc = (zc / temp).softmax(-1)
     cdf = host_inversion.host_view(pc.cumsum(-1))
     c, target = host_inversion.invert(cdf, host_uniforms(seeds, steps))
@@ -136,7 +142,7 @@ def _draw_host(h, class_weight, token_weight, rows: RowSampling, seeds, steps) -
     b = np.arange(len(temps))
     inner = host_inversion.place_in_slice(target, cdf[b, c], host_inversion.host_view(pc)[b, c])
     ct = torch.from_numpy(c)
-    zt = torch.bmm(_class_block(token_weight, K, ct), h[:, :, None])[:, :, 0].float()  # (B, S)
+    zt = rowwise_linear.gathered(h, token_weight, K, ct).float()  # (B, S)
     j, _ = host_inversion.invert(host_inversion.host_view((zt / temp).softmax(-1).cumsum(-1)), inner)
     if greedy:
         j = np.where(sampled, j, zt.argmax(-1).numpy())

@@ -16,6 +16,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import rowwise_linear
+
 
 class KVCache(nn.Module):
     """Preallocated keys and values, written in place (module buffers, so a captured CUDA
@@ -42,8 +44,9 @@ def layer_norm(m: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
 
 
 def linear(m: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    """``m(x)`` without ``nn.Module.__call__`` (see ``layer_norm``)."""
-    return F.linear(x, m.weight, m.bias)
+    """``m(x)`` without ``nn.Module.__call__`` (see ``layer_norm``), each row computed alone
+    on a CPU (``rowwise_linear``): a decode step's rows do not depend on the batch."""
+    return rowwise_linear.linear(x, m.weight, m.bias)
 
 
 def _dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:

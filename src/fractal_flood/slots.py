@@ -14,15 +14,15 @@ counter-based ones keyed on (seed, step), so a request's tokens equal a batch-1
 ``ARStream`` run with the same prompt, seed and settings (tested; up to floating-point
 near-ties, below).
 
-Batch invariance: a decode step always computes at least ``MIN_ROWS`` rows (idle rows pad
-it). On the CPU a linear layer over 1-3 rows takes another kernel than over 4 or more and
-rounds differently (~1e-5), while from 4 rows on each row's result does not depend on the
-others (nor does attention's): so a request's logits are bitwise the same alone or among
-31 others (tested), and a near-tie can never send it another way. Attention is written as
-batched matmuls for the same reason (the fused kernel is not batch-invariant on two CPU
-threads), and reads the cache only as far as the step's longest row needs, in steps of
-``span_step`` slots, a length at which extra masked slots change no bit. Measured on x86
-CPU (MKL); a GPU's kernels make no such promise.
+Batch invariance: a request's logits are bitwise the same alone or among any number of
+others (tested at 1-33 rows, under the instruction-set caps of PyTorch's CPU libraries).
+Every linear layer of the step and of the draw computes each row by itself
+(``rowwise_linear``: one fixed order of float32 operations per row, on any CPU; a BLAS
+library picks its kernel by the batch's row count and rounds differently). Attention is
+batched matmuls, one matrix per row and head (the CPU's fused attention splits its work by
+the batch's size over threads and rounds differently), and reads the cache only as far as
+the step's longest row needs, in steps of ``span_step`` slots, a length at which extra
+masked slots change no bit. A GPU's kernels make no such promise.
 """
 
 from __future__ import annotations
@@ -35,7 +35,6 @@ from .causal_lm import CausalLM
 from .layers import layer_norm, linear
 from .sampling import RowSampling, SamplingConfig, check_seed
 
-MIN_ROWS = 4  # a decode step's least rows: from 4 on, a row's numbers do not depend on the batch
 BLAS_MIN_MACS = 512  # a CPU matmul under 400 multiply-adds per matrix runs a plain loop instead
 
 
@@ -76,7 +75,7 @@ class SlotManager:
         dtype = dtype or model.wte.weight.dtype
         hd = cfg.d_model // cfg.n_heads
         self.span_step = span_step(hd)  # attention reads the cache in steps of this many slots
-        S = max(slots, MIN_ROWS)  # buffers hold the padding rows too
+        S = slots
         shape = (S, cfg.n_heads, cfg.context, hd)
         self.k = [torch.zeros(shape, dtype=dtype, device=self.device) for _ in model.blocks]
         self.v = [torch.zeros(shape, dtype=dtype, device=self.device) for _ in model.blocks]
@@ -162,23 +161,19 @@ class SlotManager:
         rows = torch.arange(A, device=self.device)
         pos, tok = self.pos[:A], self.tok[:A]
         self.window[rows, pos] = tok  # pending token takes its slot
-        P = max(A, MIN_ROWS)  # the draw's layers, too, see at least MIN_ROWS rows
-        nxt = self.model.draw(self.step_hidden(A), self.rows.rows(slice(0, P)), self.seeds[:P],
-                              self.steps[:P])[:A]
+        nxt = self.model.draw(self.step_hidden(A), self.rows.rows(slice(0, A)), self.seeds[:A],
+                              self.steps[:A])
         self.tok[:A] = nxt
         self.pos[:A] += 1
         self.steps[:A] += 1
         return nxt
 
     def step_hidden(self, A: int) -> torch.Tensor:
-        """Final hidden states (P, C) of the pending tokens of rows 0..P-1, P = max(A,
-        ``MIN_ROWS``): idle rows pad the step at position 0 with token 0. (A row's cache
+        """Final hidden states (A, C) of the pending tokens of rows 0..A-1. (A row's cache
         entries at or below its position are always its own: a step writes its key and
         value before attending, and a prefill writes all of them.)"""
-        P = max(A, MIN_ROWS)
-        tok, pos = self.tok[:P].clone(), self.pos[:P].clone()
-        tok[A:], pos[A:] = 0, 0
-        return self._forward(tok[:, None], pos[:, None], P, last=int(self.host_pos[:A].max(initial=0)))[:, -1]
+        return self._forward(self.tok[:A, None], self.pos[:A, None], A,
+                             last=int(self.host_pos[:A].max(initial=0)))[:, -1]
 
     def _prefill(self, r: int, tokens: torch.Tensor) -> None:
         """Write ``tokens`` (T,) into row r's cache slots 0..T-1 (logits unused)."""

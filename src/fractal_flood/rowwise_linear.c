@@ -1,0 +1,78 @@
+/* A linear layer whose every row is computed the same way, whatever the other rows are.
+
+   y (M, N) = x (M, K) @ wt (K, N) + b (N), wt the weight transposed (K rows of N).
+
+   Every output element is  b[n] + x[m][0] * wt[0][n] + x[m][1] * wt[1][n] + ...  in k
+   order, each product and each sum rounded to float32 on its own: compiled with
+   -ffp-contract=off (no fused multiply-add) and without -ffast-math (no reassociation),
+   the vectorised tiles and the scalar remainders do the very same operations per element.
+   So a row's result depends on nothing but that row and the weights: not on M, not on the
+   row's place in the batch, not on the vector width the compiler picked. A BLAS library
+   makes no such promise (it picks kernels and blockings by the matrix's shape).
+
+   Vectorisation runs over n (the outputs), never over k, so no reduction is reordered.
+   The tile of R rows x NB outputs keeps its accumulators in registers.
+
+   rowwise_gathered: row m multiplies by its own matrix, wt_blocks + index[m] * K * N (the
+   class-factored output layer's scores within each row's class).
+*/
+#include <stdint.h>
+
+enum { NB = 64, R = 4 };
+
+static void tile_full(const float *restrict x, const float *restrict wt, const float *restrict b,
+                      float *restrict y, int64_t K, int64_t N, int64_t ldx) {
+    float acc[R][NB];
+    for (int r = 0; r < R; r++)
+        for (int j = 0; j < NB; j++) acc[r][j] = b ? b[j] : 0.0f;
+    for (int64_t k = 0; k < K; k++) {
+        const float *w = wt + k * N;
+        for (int r = 0; r < R; r++) {
+            const float xv = x[r * ldx + k];
+            for (int j = 0; j < NB; j++) acc[r][j] += xv * w[j];
+        }
+    }
+    for (int r = 0; r < R; r++)
+        for (int j = 0; j < NB; j++) y[r * N + j] = acc[r][j];
+}
+
+static void tile_part(const float *restrict x, const float *restrict wt, const float *restrict b,
+                      float *restrict y, int64_t K, int64_t N, int64_t ldx, int64_t rows,
+                      int64_t cols) {
+    for (int64_t r = 0; r < rows; r++) {
+        float acc[NB];
+        for (int64_t j = 0; j < cols; j++) acc[j] = b ? b[j] : 0.0f;
+        for (int64_t k = 0; k < K; k++) {
+            const float xv = x[r * ldx + k];
+            const float *w = wt + k * N;
+            for (int64_t j = 0; j < cols; j++) acc[j] += xv * w[j];
+        }
+        for (int64_t j = 0; j < cols; j++) y[r * N + j] = acc[j];
+    }
+}
+
+void rowwise_linear(const float *x, const float *wt, const float *b, float *y,
+                    int64_t M, int64_t K, int64_t N) {
+    for (int64_t n0 = 0; n0 < N; n0 += NB) {
+        const int64_t cols = N - n0 < NB ? N - n0 : NB;
+        const float *bn = b ? b + n0 : 0;
+        for (int64_t m0 = 0; m0 < M; m0 += R) {
+            const int64_t rows = M - m0 < R ? M - m0 : R;
+            if (rows == R && cols == NB)
+                tile_full(x + m0 * K, wt + n0, bn, y + m0 * N + n0, K, N, K);
+            else
+                tile_part(x + m0 * K, wt + n0, bn, y + m0 * N + n0, K, N, K, rows, cols);
+        }
+    }
+}
+
+void rowwise_gathered(const float *x, const float *wt_blocks, const int64_t *index, float *y,
+                      int64_t M, int64_t K, int64_t N) {
+    for (int64_t m = 0; m < M; m++) {
+        const float *wt = wt_blocks + index[m] * K * N;
+        for (int64_t n0 = 0; n0 < N; n0 += NB) {
+            const int64_t cols = N - n0 < NB ? N - n0 : NB;
+            tile_part(x + m * K, wt + n0, 0, y + m * N + n0, K, N, K, 1, cols);
+        }
+    }
+}
