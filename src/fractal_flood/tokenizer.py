@@ -14,13 +14,17 @@ directly in characters (``encode_chunks``, ``decode_chunks``, ``spell``). ``enco
 ``decode_level``, ``children`` and ``token_text`` reach every level.
 
 Lines are the BPE "words": no token crosses a newline, and every token of a line is kept,
-so ``decode(encode(text)) == text`` for any text over the alphabet.
+so ``decode(encode(text)) == text`` for any text over the alphabet. A line longer than
+``WORD_CHARS`` characters is cut into words of at most that many (after a space where
+there is one, ``bpe_words``), so training and encoding stay linear in the text's length
+even on a corpus with no line breaks at all.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import time
 from itertools import islice
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
@@ -44,6 +48,43 @@ READABLE_VERSIONS = (1, 2)
 PUA_BASE = 0xF0000
 PUA_SIZE = 65534
 MAX_FILE_BYTES = 64 << 20  # the default tokenizer is ~180 kB
+# The longest BPE word: a BPE trainer's and encoder's work per word grows faster than its
+# length, so one 1 MB line would take minutes; no token is this long (characters per chunk
+# times chunks per root stays far below it). Lines of the shipped corpus are shorter.
+WORD_CHARS = 256
+
+
+def _cut(line: str) -> Iterator[str]:
+    """One line -> its words: the line itself, or pieces of at most ``WORD_CHARS``
+    characters, each ending after the last space of its second half where there is one."""
+    start, n = 0, len(line)
+    while n - start > WORD_CHARS:
+        end = start + WORD_CHARS
+        space = line.rfind(" ", start + WORD_CHARS // 2, end)
+        end = space + 1 if space >= 0 else end
+        yield line[start:end]
+        start = end
+    yield line[start:]
+
+
+def bpe_words(lines: Iterable[str]) -> Iterator[str]:
+    """Lines (line breaks kept) -> the BPE words: every line, long ones cut (``_cut``);
+    ``"".join(bpe_words(lines)) == "".join(lines)``."""
+    for line in lines:
+        if len(line) <= WORD_CHARS:
+            yield line
+        else:
+            yield from _cut(line)
+
+
+class _Words:
+    """The BPE words of a re-iterable of lines, itself re-iterable (read once per level)."""
+
+    def __init__(self, lines: Iterable[str]):
+        self.lines = lines
+
+    def __iter__(self) -> Iterator[str]:
+        return bpe_words(self.lines)
 
 
 def _pua_word(ids: Sequence[int]) -> str:
@@ -136,7 +177,7 @@ class HierarchicalTokenizer:
     @classmethod
     def train(cls, text: str | Iterable[str], num_chunks: int = 1024, num_roots: int = 2048,
               max_chunk_chars: int = 16, max_root_chunks: int = 4, *,
-              levels=None, alphabet: str = "") -> "HierarchicalTokenizer":
+              levels=None, alphabet: str = "", progress=None) -> "HierarchicalTokenizer":
         """Learn the hierarchy from ``text``: a string, or its lines (line breaks kept) as an
         iterable that can be iterated more than once, e.g. :meth:`Corpus.lines`, which streams
         them from disk (read once for the characters and once per BPE level). The alphabet
@@ -149,16 +190,18 @@ class HierarchicalTokenizer:
         replaces the four size arguments, which are the shorthand for
         ``[("roots", num_roots, max_root_chunks), ("chunks", num_chunks, max_chunk_chars)]``.
         Raises ``LevelSpecError`` (a ValueError) for specs that do not fit the text.
+        ``progress``: called with one line as each level starts and ends (training a level
+        reads the whole text: seconds to minutes on a large corpus).
         """
         specs = check_specs(levels) if levels is not None else \
             default_specs(num_chunks, num_roots, max_chunk_chars, max_root_chunks)
         if isinstance(text, str):
-            lines = text.splitlines(keepends=True)
+            lines = list(bpe_words(text.splitlines(keepends=True)))
         else:
             if iter(text) is text:
                 raise ValueError("train() reads the lines more than once: pass a str, a list or a "
                                  "re-iterable such as Corpus.lines(), not a one-shot iterator")
-            lines = text
+            lines = _Words(text)
         chars: set[str] = set()
         for line in lines:
             chars.update(line)
@@ -179,7 +222,13 @@ class HierarchicalTokenizer:
         for i in reversed(range(len(specs))):
             lv = specs[i]
             words = _encoded_lines(below, lines) if below else iter(lines)
+            step = f"tokenizer level {lv.name!r} ({len(specs) - i} of {len(specs)})"
+            if progress is not None:
+                progress(f"{step}: learning up to {lv.size:,} tokens of at most {lv.max_children} ...")
+            t0 = time.perf_counter()
             bpe = bpes[i] = _train_bpe(words, lv.size, lv.max_children, symbols)
+            if progress is not None:
+                progress(f"{step}: {bpe.get_vocab_size():,} tokens in {time.perf_counter() - t0:.1f}s")
             below.append(bpe)
             symbols = [chr(PUA_BASE + j) for j in range(bpe.get_vocab_size())]
         return cls(alphabet, [lv.name for lv in specs], bpes, [lv.max_children for lv in specs])
@@ -252,7 +301,7 @@ class HierarchicalTokenizer:
     def _bpe_ids(self, text: str, top: int) -> list[list[int]]:
         """The ids of every BPE level from ``top`` down to the chunks: ``out[i - top]``."""
         self.check_text(text)
-        per_line = [e.ids for e in self._bpes[-1].encode_batch(text.splitlines(keepends=True))]
+        per_line = [e.ids for e in self._bpes[-1].encode_batch(list(bpe_words(text.splitlines(keepends=True))))]
         out = [per_line]
         for i in range(self.depth - 2, top - 1, -1):
             per_line = [e.ids for e in self._bpes[i].encode_batch([_pua_word(r) for r in per_line])]

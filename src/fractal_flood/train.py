@@ -215,7 +215,7 @@ def _tokenizer(corpus, preset: Preset, opts: TrainOptions, ctx) -> HierarchicalT
             try:  # merges from the first tokenizer_chars; every character of the corpus
                 tokenizer = HierarchicalTokenizer.train(corpus.lines(opts.tokenizer_chars), preset.num_chunks,
                                                         preset.num_roots, levels=opts.levels,
-                                                        alphabet=corpus.alphabet())
+                                                        alphabet=corpus.alphabet(), progress=opts.log)
             except ValueError as e:
                 raise FractalFloodError(f"cannot train the tokenizer on {corpus.spec}: {e}") from None
             ckpt.save_tokenizer(out, tokenizer)
