@@ -22,15 +22,15 @@ import time
 
 import torch
 
-from fractal_flood import checkpoint as ckpt
-from fractal_flood import sampling
-from fractal_flood.autoregress import ARStream
-from fractal_flood.decoding import DecodeOptions
 from fractal_flood.device import describe
-from fractal_flood.engine import Engine, Request
-from fractal_flood.layers import Block
-from fractal_flood.pipeline import TextPipeline
-from fractal_flood.sampling import RowSampling, SamplingConfig
+from fractal_flood.generation.engine import Engine, Request
+from fractal_flood.generation.pipeline import TextPipeline
+from fractal_flood.manager.stream import ARStream
+from fractal_flood.models import checkpoint as ckpt
+from fractal_flood.models.layers import Block
+from fractal_flood.render.base import DecodeOptions
+from fractal_flood.sampling import tokens as sampling
+from fractal_flood.sampling.tokens import RowSampling, SamplingConfig
 
 
 def us_per_call(fn, n: int) -> float:

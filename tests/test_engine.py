@@ -3,11 +3,11 @@ alone, whatever else runs, whenever it joins; slots, cancellation, the queue, te
 
 import pytest
 
-from fractal_flood.decoding import DecodeOptions
-from fractal_flood.engine import Engine, QueueFull, Request, TextLimit, generate_solo, split_render
 from fractal_flood.errors import FractalFloodError, UnknownCharacterError
-from fractal_flood.pipeline import load_pipeline
-from fractal_flood.sampling import SamplingConfig
+from fractal_flood.generation.engine import Engine, QueueFull, Request, TextLimit, generate_solo, split_render
+from fractal_flood.generation.pipeline import load_pipeline
+from fractal_flood.render.base import DecodeOptions
+from fractal_flood.sampling.tokens import SamplingConfig
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from fractal_flood.causal_lm import CausalLM
-from fractal_flood.config import CausalLMConfig
-from fractal_flood.sampling import SamplingConfig
-from fractal_flood.slots import MIN_ROWS, SlotManager, batch_invariant_attention, span_step
+from fractal_flood.manager.slots import MIN_ROWS, SlotManager, batch_invariant_attention, span_step
+from fractal_flood.models.causal_lm import CausalLM
+from fractal_flood.models.config import CausalLMConfig
+from fractal_flood.sampling.tokens import SamplingConfig
 
 
 def model(classes=0, heads=4, context=32):

@@ -12,14 +12,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from fractal_flood import checkpoint as ckpt
-from fractal_flood.config import RendererConfig, get_preset
+from fractal_flood.corpus.pairs import (LevelTable, TokenStream, canvas_lengths, hard_negatives, level_tables,
+                                        lm_batch, random_negatives, sample_conditions, wrong_pairs)
 from fractal_flood.errors import CheckpointError, FractalFloodError
-from fractal_flood.noise import corrupt, replace_prob
-from fractal_flood.pairs import (LevelTable, TokenStream, canvas_lengths, hard_negatives, level_tables,
-                                 lm_batch, random_negatives, sample_conditions, wrong_pairs)
-from fractal_flood.renderer import FractalDiffusionModel
-from fractal_flood.train import STATE_DIR, TrainOptions, run_training
+from fractal_flood.models import checkpoint as ckpt
+from fractal_flood.models.config import RendererConfig, get_preset
+from fractal_flood.models.renderer import FractalDiffusionModel
+from fractal_flood.train.noise import corrupt, replace_prob
+from fractal_flood.train.run import STATE_DIR, TrainOptions, run_training
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -437,7 +437,7 @@ def test_packed_training_loss_equals_one_padded_pass(tiny_tokenizer):
     """The renderer task packs each lower level into length-sorted groups, each trimmed to its
     longest row; that is the same loss (and gradient) as one masked pass over the whole
     padded batch, and two equal pieces average to it (data parallel / accumulation)."""
-    from fractal_flood.renderer_task import RendererTask
+    from fractal_flood.train.renderer_task import RendererTask
 
     torch.manual_seed(0)
     cfg = RendererConfig(levels=[lv.to_dict() for lv in tiny_tokenizer.levels], n_layers=2, d_model=32,
@@ -531,8 +531,8 @@ def _raise_at(fragment, exc):
 def test_ctrl_c_saves_the_state_first_and_resume_continues(tmp_path, small_corpus_file, monkeypatch):
     """Ctrl-C in step 10, long before the first scheduled save (100): the state after step 9
     is saved, the error says so, and --resume finishes with the weights of an unbroken run."""
-    from fractal_flood.renderer_task import RendererTask
-    from fractal_flood.train import TrainingInterrupted
+    from fractal_flood.train.renderer_task import RendererTask
+    from fractal_flood.train.run import TrainingInterrupted
     real_loss, calls = RendererTask.loss, []
 
     def loss_until_10(self, *args):

@@ -12,8 +12,8 @@ import socket
 from pathlib import Path
 from typing import Callable
 
-from .checkpoint import pid_alive
 from .errors import FractalFloodError
+from .models.checkpoint import pid_alive
 
 LOCK_FILE = "train.lock"
 
