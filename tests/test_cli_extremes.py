@@ -244,7 +244,7 @@ def test_plot_is_written_at_exactly_the_given_path(tmp_path):
 
 
 def test_json_output_is_strict():
-    from fractal_flood.json_io import dumps
+    from fractal_flood.fileio import dumps
     text = dumps({"a": float("nan"), "b": [float("inf"), 1.5], "c": {"d": -float("inf")}})
     assert json.loads(text) == {"a": None, "b": [None, 1.5], "c": {"d": None}}
     assert "NaN" not in text and "Infinity" not in text

@@ -489,7 +489,7 @@ def test_a_trained_directory_needs_resume_or_overwrite(tmp_path, small_corpus_fi
 def test_a_second_writer_is_refused_with_the_holders_name(tmp_path, small_corpus_file):
     import socket
 
-    from fractal_flood.dir_lock import LOCK_FILE
+    from fractal_flood.fileio import LOCK_FILE
     out = tmp_path / "m"
     out.mkdir()
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
@@ -511,7 +511,7 @@ def test_a_second_writer_is_refused_with_the_holders_name(tmp_path, small_corpus
 
 
 def test_the_lock_is_released_when_training_fails(tmp_path, small_corpus_file):
-    from fractal_flood.dir_lock import LOCK_FILE
+    from fractal_flood.fileio import LOCK_FILE
     out = tmp_path / "m"
     with pytest.raises(Interrupted):
         run_training(_opts(out, small_corpus_file, log=_raise_at("step 10", Interrupted)))

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from ..errors import FractalFloodError
-from ..json_io import dumps
+from ..fileio import dumps
 
 PROMPT_FIELDS = {"prompt", "roots", "max_chars", "temperature", "top_k", "top_p", "seed", "stop"}
 SEED_BITS = 32  # drawn seeds: short enough to retype

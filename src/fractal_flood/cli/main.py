@@ -14,8 +14,8 @@ from pathlib import Path
 
 from .. import __version__
 from ..errors import FractalFloodError
+from ..fileio import dumps
 from ..hierarchy.bpe_json import MAX_VOCAB
-from ..json_io import dumps
 
 EXIT_USER_ERROR = 2
 

@@ -15,7 +15,6 @@ indexing with an integer array (a batch of windows) gathers only those ids.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Callable, Iterator
@@ -25,7 +24,7 @@ import torch
 from tqdm import tqdm
 
 from ..errors import FractalFloodError, UnknownCharacterError
-from ..models.checkpoint import atomic_write
+from ..fileio import atomic_write, file_sha256
 from .reader import Corpus
 
 FORMAT = "fractal-flood-shards"
@@ -95,14 +94,6 @@ def cache_dir_for(model_dir: str | Path) -> Path:
     never shipped or copied with the model."""
     model_dir = Path(model_dir).resolve()
     return model_dir.with_name(model_dir.name + ".shards")
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def load_or_build(corpus: Corpus, tokenizer, tokenizer_file: str | Path, cache_dir: str | Path,

@@ -29,7 +29,7 @@ import torch
 from tokenizers import Tokenizer, models, trainers
 
 from ..errors import LevelSpecError, TokenizerFileError, UnknownCharacterError
-from ..json_io import read_json
+from ..fileio import read_json
 from .bpe_json import check_bpe_json
 from .level_specs import BOTTOM_NAME, check_name, check_specs, default_specs, format_specs
 from .levels import Level

@@ -39,6 +39,7 @@ from ..corpus.pairs import TokenStream
 from ..corpus.reader import load_corpus
 from ..device import describe, resolve_device, resolve_dtype
 from ..errors import FractalFloodError, UnknownCharacterError
+from ..fileio import write_text
 from ..generation.engine import Engine, Request
 from ..generation.pipeline import TextPipeline
 from ..manager.stream import ARStream
@@ -613,7 +614,7 @@ def run_bench_cli(args) -> int:
     if args.json_path:
         report.write_json(data, args.json_path)
     if args.markdown:
-        ckpt.write_text(Path(args.markdown), report.to_markdown(data))
+        write_text(Path(args.markdown), report.to_markdown(data))
     if args.plot:
         report.write_plot(data, args.plot)
     for p in outs:

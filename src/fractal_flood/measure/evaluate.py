@@ -22,7 +22,7 @@ from ..corpus.pairs import (HELDOUT_FRACTION, TokenStream, canvas_lengths, hard_
 from ..corpus.reader import load_corpus
 from ..device import describe, resolve_device
 from ..errors import FractalFloodError
-from ..json_io import dumps
+from ..fileio import dumps
 from ..models import checkpoint as ckpt
 from ..render.base import DecodeOptions
 from ..render.canvas import draw, score

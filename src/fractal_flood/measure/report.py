@@ -11,7 +11,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from ..errors import FractalFloodError
-from ..json_io import dumps
+from ..fileio import dumps
 from .row import NA
 
 FIDELITY_BAR = 0.999  # speed counts only at or above this render fidelity ("99.9% per level")
@@ -347,7 +347,7 @@ def to_markdown(data: dict) -> str:
 
 def write_json(data: dict, path) -> None:
     """Strict JSON (a non-finite number is null), written atomically at exactly ``path``."""
-    from ..models.checkpoint import write_text
+    from ..fileio import write_text
     write_text(Path(path), dumps(data, indent=1) + "\n")
 
 
@@ -428,7 +428,7 @@ def write_plot(data: dict, path) -> None:
     _throughput(right, data["rows"])
     fig.suptitle(f"fractal-flood bench: {_header(data)}", fontsize=9)
     fig.tight_layout()
-    from ..models.checkpoint import atomic_write
+    from ..fileio import atomic_write
     # format given: matplotlib would otherwise append ".png" to a name without it
     atomic_write(Path(path), lambda p: fig.savefig(p, dpi=120, format="png"))
     plt.close(fig)

@@ -30,8 +30,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import class_head
 from ..sampling.tokens import sample
+from . import class_head
 from .config import DECAY_MODES, CausalLMConfig
 from .layers import Block, KVCache, init_weights, layer_norm
 

@@ -1,9 +1,8 @@
 """Model directories: ``tokenizer.json`` plus, per model part, ``<part>.json`` (config) and
 ``<part>.safetensors`` (weights). Parts: ``renderer``, ``manager``, ``peer`` (the AR
-baseline of the bench). Every file is written atomically (temporary file in the same
-folder, fsync, rename, mode 0644 less the umask), so a killed run never leaves a
-half-written model, and a temporary file left by a killed writer is removed by the next
-write to its folder.
+baseline of the bench). Every file is written atomically (``fileio.atomic_write``:
+temporary file in the same folder, fsync, rename), so a killed run never leaves a
+half-written model.
 
 Loading trusts nothing: JSON is size- and depth-capped, configs are range-checked and
 built on the ``meta`` device before any memory is allocated, weights must be floating point,
@@ -15,8 +14,6 @@ hashes were recorded is accepted). Every failure is one :class:`CheckpointError`
 from __future__ import annotations
 
 import hashlib
-import os
-import re
 from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
@@ -27,9 +24,9 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from ..errors import CheckpointError, TokenizerFileError
+from ..fileio import atomic_write, dumps, file_sha256, read_json, write_text
 from ..hierarchy.levels import check_hierarchy
 from ..hierarchy.tokenizer import HierarchicalTokenizer
-from ..json_io import dumps, read_json
 from .causal_lm import CausalLM
 from .config import CausalLMConfig, RendererConfig
 from .renderer import FractalDiffusionModel
@@ -46,7 +43,6 @@ PARTS = {"renderer": (FractalDiffusionModel, RendererConfig),
 CONFIG_MAX = {"n_layers": 1024, "d_model": 1 << 16, "n_heads": 1024, "timesteps": 1 << 20,
               "vocab_size": 1 << 24, "context": 1 << 20}
 LEVEL_MAX = {"size": 1 << 24, "max_children": 1 << 12}  # a vocabulary, an expansion
-_TEMP = re.compile(r"^\..+\.tmp(\d+)$")
 
 
 def default_model_dir() -> Path:
@@ -55,70 +51,6 @@ def default_model_dir() -> Path:
 
 
 # ---------------------------------------------------------------- writing
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether a process with this id exists on this host."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's live process
-        return True
-    except OSError:
-        return False
-    return True
-
-
-def remove_stale_temps(folder: Path) -> list:
-    """Delete ``.<name>.tmp<pid>`` files whose writer is dead (``kill -9`` leaves them)."""
-    removed = []
-    try:
-        names = os.listdir(folder)
-    except OSError:
-        return removed
-    for name in names:
-        m = _TEMP.match(name)
-        if m and int(m.group(1)) != os.getpid() and not pid_alive(int(m.group(1))):
-            try:
-                os.unlink(Path(folder) / name)
-                removed.append(name)
-            except OSError:
-                pass
-    return removed
-
-
-def _file_mode() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` on a temporary name in the same folder, fsync, set the mode
-    a plain ``open`` would give (0644 under the usual umask), then rename over ``path``."""
-    path = Path(path)
-    remove_stale_temps(path.parent)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, _file_mode())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda p: Path(p).write_text(text, encoding="utf-8"))
-
-
-def file_sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def save_part(model_dir: Path, part: str, model: torch.nn.Module, extra: dict | None = None,

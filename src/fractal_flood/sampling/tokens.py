@@ -29,8 +29,8 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from .draws import MASK32, _fmix
 from . import host_inversion
+from .draws import MASK32, _fmix
 
 MANAGER_STREAM = 0x5EED0002  # keeps the manager's draws apart from the renderer's streams
 SEED_LIMIT = 1 << 63  # seeds are non-negative 63-bit integers (both halves are hashed)

@@ -29,12 +29,11 @@ from typing import Callable, Optional
 import torch
 from tqdm import tqdm
 
-from . import distributed
 from ..corpus import shards as shards_mod
 from ..corpus.pairs import TokenStream
 from ..corpus.reader import open_corpus
-from ..dir_lock import DirectoryLock
 from ..errors import FractalFloodError, UnknownCharacterError
+from ..fileio import DirectoryLock, file_sha256
 from ..hierarchy.level_specs import check_specs, default_specs, format_specs
 from ..hierarchy.tokenizer import HierarchicalTokenizer
 from ..models import checkpoint as ckpt
@@ -42,6 +41,7 @@ from ..models.causal_lm import DECAY_MODES, CausalLM
 from ..models.config import (TOKENIZER_SAMPLE_CHARS, CausalLMConfig, Preset, RendererConfig, check_classes,
                              get_preset)
 from ..models.renderer import FractalDiffusionModel
+from . import distributed
 from .lm_task import LMTask, lm_optimizer
 from .renderer_task import RendererTask
 from .state import STATE_DIR, has_state, restore_state, save_state
@@ -95,7 +95,7 @@ def run_training(opts: TrainOptions) -> dict:
             opts = replace(opts, log=lambda line: None, progress=False)
         opts.log(f"training on {ctx.device}, {ctx.describe()}")
         tokenizer = _tokenizer(corpus, preset, opts, ctx)
-        tok_sha = ckpt.file_sha256(Path(opts.out_dir) / ckpt.TOKENIZER_FILE)
+        tok_sha = file_sha256(Path(opts.out_dir) / ckpt.TOKENIZER_FILE)
         shards = _shards(corpus, tokenizer, opts, ctx) if set(opts.parts) & {"manager", "peer"} else None
         for part in opts.parts:  # every part's data, before the first one trains
             if part != "renderer":

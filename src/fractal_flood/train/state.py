@@ -18,8 +18,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from ..errors import CheckpointError
-from ..json_io import dumps, read_json
-from ..models import checkpoint as ckpt
+from ..fileio import atomic_write, dumps, read_json, write_text
 
 STATE_DIR = "train_state"
 FORMAT = "fractal-flood-train-state"
@@ -59,13 +58,13 @@ def save_state(out_dir, part, model, opt, gen, step, total, preset, best, tokeni
                 scalars[f"{idx}/{name}"] = v
     tensors["rng"] = gen.get_state().clone()
     stamp = secrets.token_hex(8)
-    ckpt.atomic_write(tensors_path, lambda p: save_file(tensors, str(p), metadata={"stamp": stamp}))
+    atomic_write(tensors_path, lambda p: save_file(tensors, str(p), metadata={"stamp": stamp}))
     meta = {"format": FORMAT, "version": VERSION, "part": part, "stamp": stamp, "step": int(step),
             "total_steps": int(total), "preset": preset,
             "best": best if isinstance(best, float) and math.isfinite(best) else None,
             "param_groups": osd["param_groups"], "optim_scalars": scalars,
             "tokenizer_sha256": tokenizer_sha256}
-    ckpt.write_text(json_path, dumps(meta, indent=1) + "\n")
+    write_text(json_path, dumps(meta, indent=1) + "\n")
 
 
 def restore_state(out_dir, part, model, opt, gen, tokenizer_sha256=None):
