@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from fractal_flood.cli import main as cli
+from fractal_flood.cli import args as cli
 from fractal_flood.cli.main import build_parser, main
 
 from cli_run import run_main

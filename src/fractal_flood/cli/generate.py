@@ -16,15 +16,16 @@ from pathlib import Path
 
 from ..errors import FractalFloodError
 from ..fileio import dumps
+from ..hierarchy.bpe_json import MAX_VOCAB
+from ..render.decoders import DECODERS
+from .args import (MAX_BATCH, MAX_K, MAX_ROOTS, finite_float, input_file, int_in, nonneg_float, output_file,
+                   unit_float)
 
 PROMPT_FIELDS = {"prompt", "roots", "max_chars", "temperature", "top_k", "top_p", "seed", "stop"}
 SEED_BITS = 32  # drawn seeds: short enough to retype
 
 
 def add_arguments(g) -> None:
-    from ..render.decoders import DECODERS
-    from .main import (MAX_BATCH, MAX_K, MAX_ROOTS, MAX_VOCAB, finite_float, input_file, int_in, nonneg_float,
-                       output_file, unit_float)
     g.add_argument("--prompt", default="", help="text to continue (must use the model's alphabet); - reads stdin")
     g.add_argument("--prompts", metavar="FILE", type=lambda s: s if s == "-" else input_file(s),
                    help="many prompts, batched: one per line, or JSON lines with fields "

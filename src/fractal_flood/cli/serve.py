@@ -8,11 +8,11 @@ import sys
 from pathlib import Path
 
 from ..errors import FractalFloodError
+from ..render.decoders import DECODERS
+from .args import MAX_BATCH, MAX_ROOTS, int_in
 
 
 def add_arguments(v) -> None:
-    from ..render.decoders import DECODERS
-    from .main import MAX_BATCH, MAX_ROOTS, int_in
     v.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     v.add_argument("--port", type=int_in(0, 65535), default=8000, help="TCP port")
     v.add_argument("--model", help="model directory (default: the shipped model)")
