@@ -210,7 +210,7 @@ def test_pooled_render_equals_each_block_alone(tiny_renderer, tiny_trained_token
         else (lambda seed: flood(tiny_renderer, tiny_trained_tokenizer, seed=seed, **kw))
     blocks = [roots[:7], roots[7:8], roots[8:30], roots[-6:]]
     seeds = [5, 2**40 + 1, 5, 123]  # two blocks share a seed: numbered within their own block
-    from fractal_flood.generation.engine import split_render
+    from fractal_flood.render.result import split_render
     pooled = make(999).render_pooled(blocks, seeds)
     parts = split_render(pooled, [len(b) for b in blocks])
     for block, seed, part in zip(blocks, seeds, parts):

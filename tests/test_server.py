@@ -251,7 +251,7 @@ def test_bench_json_is_served(pipe, tmp_path):
 
 
 def test_chars_under_folds_the_counts_of_every_level_below():
-    from fractal_flood.serve.app import chars_under
+    from fractal_flood.render.result import chars_under
 
     # 1 root -> 2 level-1 items -> (1, 2) level-2 items -> (3, 1, 2) characters
     counts = [[2], [1, 2], [3, 1, 2]]

@@ -32,7 +32,7 @@ from ..device import synchronize
 from ..errors import FractalFloodError
 from ..manager.slots import SlotManager
 from ..render.base import DecodeOptions
-from ..render.result import RenderResult, advance
+from ..render.result import RenderResult, advance, split_render
 from ..sampling.tokens import SamplingConfig, check_seed
 from .text_limit import TextLimit
 
@@ -203,7 +203,7 @@ class Engine:
 
     def _decoder(self, request: Request):
         try:
-            return self.pipe._decoder(request.seed, request.decoder, request.options)
+            return self.pipe.decoder_for(request.seed, request.decoder, request.options)
         except ValueError as e:
             raise FractalFloodError(str(e)) from None
 
@@ -375,29 +375,6 @@ class Engine:
         for job in jobs:
             job.error = error
             job._finish("error")
-
-
-def split_render(render: RenderResult, sizes: list) -> list[dict]:
-    """A render of several requests' roots (concatenated) -> per request: root texts, and per
-    level the counts and energies of its items."""
-    texts = render.root_texts()
-    counts = [c.tolist() for c in render.counts]
-    energies = [None if e is None else e.tolist() for e in render.energies]  # None: not scored
-    out, item_start = [], [0] * len(counts)
-    root = 0
-    for size in sizes:
-        part = {"root_texts": texts[root:root + size], "counts": [], "energies": []}
-        n = size  # items of this request at the current level
-        for level in range(len(counts)):
-            s = item_start[level]
-            level_counts = counts[level][s:s + n]
-            part["counts"].append(level_counts)
-            part["energies"].append(None if energies[level] is None else energies[level][s:s + n])
-            item_start[level] = s + n
-            n = sum(level_counts)
-        root += size
-        out.append(part)
-    return out
 
 
 def generate_solo(pipe, request: Request, block_roots: int = 64) -> Completion:

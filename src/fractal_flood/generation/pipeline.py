@@ -89,7 +89,7 @@ class TextPipeline:
         self.overlap = overlap  # render on a second CUDA stream while the manager goes on
         self._streams = {}
 
-    def _decoder(self, seed: int, name: str | None = None, options: DecodeOptions | None = None):
+    def decoder_for(self, seed: int, name: str | None = None, options: DecodeOptions | None = None):
         """A decoder seeded with ``seed`` (default name and options: the pipeline's)."""
         opts = DecodeOptions(**{**(options or self.options).__dict__, "seed": seed}).validate()
         return make_decoder(name or self.decoder_name, self.renderer, self.tokenizer.alphabet, opts)
@@ -121,7 +121,7 @@ class TextPipeline:
             raise FractalFloodError(f"block_roots must be >= 1, got {block_roots}")
         sampling = sampling or SamplingConfig()
         start = torch.tensor(self.prompt_ids(prompt), dtype=torch.long)
-        decoder = self._decoder(seed, decoder, options)
+        decoder = self.decoder_for(seed, decoder, options)
         ar = self._ar_stream(sampling, seed)
         cuda = self.device.type == "cuda" and self.overlap
         side = torch.cuda.Stream(self.device) if cuda else None

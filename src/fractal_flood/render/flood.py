@@ -97,7 +97,7 @@ class FlashFloodDecoder(Decoder):
                       offsets: Optional[Sequence] = None) -> RenderResult:
         """Several requests' root blocks in one flood, block i drawn with ``seeds[i]`` from
         ``offsets[i]``: the same text per block as ``render`` with that seed and offsets
-        (the options' own seed unused). Split the result with ``engine.split_render``."""
+        (the options' own seed unused). Split the result with ``result.split_render``."""
         flat = self._roots_tensor([r for b in blocks for r in b])
         return render(self.model, self.alphabet, flat, self.choose, self.options.threshold,
                       list(seeds), [len(b) for b in blocks], offsets)

@@ -86,3 +86,43 @@ class RenderResult:
         return {"roots": self.num_roots, "chunks": self.num_chunks, "chars": len(self.tokens),
                 "draws": self.draws, "passes": self.passes, "flops": self.flops,
                 "levels": [s.as_dict() for s in self.levels]}
+
+
+def split_render(render: RenderResult, sizes: list) -> list[dict]:
+    """A render of several requests' roots (concatenated) -> per request: root texts, and per
+    level the counts and energies of its items."""
+    texts = render.root_texts()
+    counts = [c.tolist() for c in render.counts]
+    energies = [None if e is None else e.tolist() for e in render.energies]  # None: not scored
+    out, item_start = [], [0] * len(counts)
+    root = 0
+    for size in sizes:
+        part = {"root_texts": texts[root:root + size], "counts": [], "energies": []}
+        n = size  # items of this request at the current level
+        for level in range(len(counts)):
+            s = item_start[level]
+            level_counts = counts[level][s:s + n]
+            part["counts"].append(level_counts)
+            part["energies"].append(None if energies[level] is None else energies[level][s:s + n])
+            item_start[level] = s + n
+            n = sum(level_counts)
+        root += size
+        out.append(part)
+    return out
+
+
+def chars_under(counts: list, level: int) -> list:
+    """Per item of ``level`` (>= 1), how many characters its subtree holds, from
+    ``counts[l][i]``, the children of item i of level l (the bottom level's children are
+    characters; level 0's items are the roots)."""
+    under = None
+    for lv in range(len(counts) - 1, level - 1, -1):
+        if under is None:  # the bottom level: its children are characters
+            under = list(counts[lv])
+            continue
+        folded, k = [], 0
+        for n in counts[lv]:
+            folded.append(sum(under[k:k + n]))
+            k += n
+        under = folded
+    return under if under is not None else [1] * sum(counts[level - 1])  # level == depth: characters

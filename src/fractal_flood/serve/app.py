@@ -27,6 +27,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import FractalFloodError
 from ..generation.engine import Engine, Job, QueueFull
+from ..render.result import chars_under
 from .openai_schema import ApiError, Limits, Parsed, parse_chat, parse_completion, parse_json
 from .prometheus import ServerMetrics
 
@@ -37,23 +38,6 @@ STATIC = Path(__file__).parent / "static"
 STATIC_FILES = {"index.html": "text/html", "app.js": "text/javascript", "style.css": "text/css"}
 KNOWN_PATHS = {"/", "/health", "/metrics", "/v1/models", "/v1/completions", "/v1/chat/completions",
                "/v1/flood", "/bench.json"} | {f"/static/{name}" for name in STATIC_FILES}
-
-
-def chars_under(counts: list, level: int) -> list:
-    """Per item of ``level`` (>= 1), how many characters its subtree holds, from
-    ``counts[l][i]``, the children of item i of level l (the bottom level's children are
-    characters; level 0's items are the roots)."""
-    under = None
-    for lv in range(len(counts) - 1, level - 1, -1):
-        if under is None:  # the bottom level: its children are characters
-            under = list(counts[lv])
-            continue
-        folded, k = [], 0
-        for n in counts[lv]:
-            folded.append(sum(under[k:k + n]))
-            k += n
-        under = folded
-    return under if under is not None else [1] * sum(counts[level - 1])  # level == depth: characters
 
 
 def block_event(block) -> dict:
