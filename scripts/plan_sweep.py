@@ -39,8 +39,8 @@ from pathlib import Path
 
 import torch
 
-from fractal_flood.corpus.pairs import TokenStream
 from fractal_flood.corpus.reader import load_corpus
+from fractal_flood.corpus.streams import TokenStream
 from fractal_flood.errors import FractalFloodError
 from fractal_flood.hierarchy.tokenizer import HierarchicalTokenizer
 from fractal_flood.manager.stream import ARStream

@@ -11,8 +11,8 @@ import sys
 
 import torch
 
-from fractal_flood.corpus.pairs import TokenStream
 from fractal_flood.corpus.reader import load_corpus
+from fractal_flood.corpus.streams import TokenStream
 from fractal_flood.models import checkpoint as ckpt
 from fractal_flood.models.config import CausalLMConfig, RendererConfig, get_preset
 from fractal_flood.models.flops import causal_lm_flops, renderer_pass_flops

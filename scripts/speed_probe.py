@@ -18,8 +18,8 @@ import time
 
 import torch
 
-from fractal_flood.corpus.pairs import TokenStream
 from fractal_flood.corpus.reader import load_corpus
+from fractal_flood.corpus.streams import TokenStream
 from fractal_flood.device import describe, resolve_device
 from fractal_flood.generation.pipeline import TextPipeline
 from fractal_flood.manager.stream import ARStream

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from fractal_flood.corpus.pairs import TokenStream, lm_batch
 from fractal_flood.corpus.reader import open_corpus
 from fractal_flood.corpus.shards import (INDEX_FILE, ShardedIds, cache_dir_for, load_or_build, open_shards,
                                          token_chars)
+from fractal_flood.corpus.streams import TokenStream, lm_batch
 from fractal_flood.errors import FractalFloodError
 from fractal_flood.hierarchy.tokenizer import HierarchicalTokenizer
 from fractal_flood.measure.metrics import heldout_loss

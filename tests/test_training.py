@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from fractal_flood.corpus.pairs import (LevelTable, TokenStream, canvas_lengths, hard_negatives, level_tables,
-                                        lm_batch, random_negatives, sample_conditions, wrong_pairs)
+from fractal_flood.corpus.expansions import (LevelTable, canvas_lengths, hard_negatives, level_tables,
+                                             random_negatives, sample_conditions, wrong_pairs)
+from fractal_flood.corpus.streams import TokenStream, lm_batch
 from fractal_flood.errors import CheckpointError, FractalFloodError
 from fractal_flood.models import checkpoint as ckpt
 from fractal_flood.models.config import RendererConfig, get_preset

@@ -1,5 +1,5 @@
-"""Training data as tensors: expansion pairs per level, wrong pairs for the energy head, and
-token streams (roots for the manager, chunks for the AR peer) with a held-out tail.
+"""The renderer's training data as tensors: every item's expansion at each level (a
+:class:`LevelTable`), conditions drawn from it, and wrong expansions for the energy head.
 
 The renderer learns a table (every root's chunks, every chunk's characters), so pairs are
 drawn uniformly over each level's conditions: rare entries are seen as often as frequent
@@ -11,8 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-
-from .shards import ShardedIds
 
 
 @dataclass
@@ -109,45 +107,3 @@ def wrong_pairs(table: LevelTable, cond: torch.Tensor, generator=None):
     half = cond.shape[0] // 2
     (ra, rl), (ha, hl) = random_negatives(table, cond[:half], generator), hard_negatives(table, cond[half:], generator)
     return torch.cat([ra, ha]), torch.cat([rl, hl])
-
-
-# The held-out data, everywhere (training validation, eval, bench): the last 5% of the
-# corpus's token stream. Defined here once.
-HELDOUT_FRACTION = 0.05
-
-
-@dataclass
-class TokenStream:
-    """A corpus encoded to one level's ids, split into train and a held-out tail. The ids
-    are a tensor or, for a corpus larger than memory, a :class:`ShardedIds` (views, no copy)."""
-
-    train: torch.Tensor | ShardedIds
-    val: torch.Tensor | ShardedIds
-
-    @classmethod
-    def split(cls, ids, val_fraction: float = HELDOUT_FRACTION) -> "TokenStream":
-        if not isinstance(ids, ShardedIds):
-            ids = torch.as_tensor(ids, dtype=torch.long)
-        n_val = max(1, int(len(ids) * val_fraction))
-        return cls(ids[:len(ids) - n_val], ids[len(ids) - n_val:])
-
-
-def random_starts(num_ids: int, batch: int, context: int, generator=None) -> torch.Tensor:
-    """Starts of ``batch`` random windows of ``min(context, num_ids - 1) + 1`` ids. -> (B,)"""
-    T = min(context, num_ids - 1)
-    if T < 1:
-        raise ValueError("token stream too short for a language-model batch")
-    return torch.randint(0, num_ids - T, (batch,), generator=generator)
-
-
-def windows(ids, starts: torch.Tensor, context: int):
-    """The windows at ``starts`` -> inputs (B, T), next-token targets (B, T)."""
-    T = min(context, len(ids) - 1)
-    idx = starts.unsqueeze(1) + torch.arange(T + 1)  # (B, T + 1)
-    win = ids[idx]
-    return win[:, :-1], win[:, 1:]
-
-
-def lm_batch(ids, batch: int, context: int, generator=None):
-    """Random windows of ``context + 1`` tokens -> inputs (B, T), next-token targets (B, T)."""
-    return windows(ids, random_starts(len(ids), batch, context, generator), context)

@@ -19,7 +19,7 @@ epilogue fused:
 
 Every product accumulates in float32 whatever the weights' dtype. The draws are the ones
 ``class_head.draw`` / ``sampling.sample`` make: the same counter-based uniform (the murmur3
-hash of ``sampling._row_hash``, bit for bit), the same inversion (target = u x total, kept
+hash of ``draws.row_hash``, bit for bit), the same inversion (target = u x total, kept
 below the total), so a fused step draws the eager step's token except where float32
 rounding moves a cumulative sum across the target (tested on the CPU under
 ``TRITON_INTERPRET=1``). Matrix-vector products are broadcast-multiply-and-sum, not
@@ -79,7 +79,7 @@ def _row_uniform(seeds_ptr, steps_ptr, row):
     m = 0xFFFFFFFF
     seed = tl.load(seeds_ptr + row).to(tl.int64)
     step = tl.load(steps_ptr + row).to(tl.int64)
-    h = _fmix(((seed >> 32) & m) ^ 0x5EED0002)  # sampling.MANAGER_STREAM
+    h = _fmix(((seed >> 32) & m) ^ 0x5EED0002)  # draws.MANAGER_STREAM
     h = _fmix((h + (seed & m) * 0x9E3779B1) & m)
     h = _fmix((h + (step & m) * 0x27D4EB2F) & m)
     return ((h >> 8).to(tl.float32) + 0.5) * (1.0 / 16777216.0)

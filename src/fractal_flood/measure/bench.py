@@ -35,8 +35,8 @@ from typing import Callable, Optional
 import torch
 
 from .. import __version__
-from ..corpus.pairs import TokenStream
 from ..corpus.reader import load_corpus
+from ..corpus.streams import TokenStream
 from ..device import describe, resolve_device, resolve_dtype
 from ..errors import FractalFloodError, UnknownCharacterError
 from ..fileio import write_text

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import torch
 
-from ..corpus.pairs import (HELDOUT_FRACTION, TokenStream, canvas_lengths, hard_negatives, level_tables,
-                            random_negatives)
+from ..corpus.expansions import canvas_lengths, hard_negatives, level_tables, random_negatives
 from ..corpus.reader import load_corpus
+from ..corpus.streams import HELDOUT_FRACTION, TokenStream
 from ..device import describe, resolve_device
 from ..errors import FractalFloodError
 from ..fileio import dumps

@@ -7,6 +7,9 @@ sits in, so they can be tested for identical output, and a flood split into memo
 batches renders the same text as one big batch. It is a few elementwise integer ops
 (murmur3's 32-bit finaliser on int64 lanes), cheap next to a transformer pass, and needs no
 generator state, so it never synchronises with the host.
+
+The manager's token draws use the same finaliser on a stream of their own: ``row_hash`` is a
+pure function of ``(seed, step)`` per row (``tokens.row_uniform``).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import torch
 MASK32 = 0xFFFFFFFF
 NOISE_STREAM = 0  # the corrupted input the renderer denoises
 GUMBEL_STREAM = 1  # temperature sampling of its output
+MANAGER_STREAM = 0x5EED0002  # keeps the manager's draws apart from the renderer's streams
 
 
 def _fmix(h):
@@ -66,3 +70,12 @@ def uniform(seed, stream: int, level: int, item: torch.Tensor, draw: torch.Tenso
     """Floats strictly inside (0, 1), 24 bits of resolution, shape ``item.shape + tail``."""
     h = hash_counters(seed, stream, level, item, draw, tail)
     return ((h >> 8).float() + 0.5) * (1.0 / (1 << 24))
+
+
+def row_hash(seeds, steps):
+    """The manager's 32-bit hash of (seed, step), one per row and step: tensors of int64 or
+    Python ints alike (``_fmix`` keeps the low 32 bits of every product, which wrapping
+    int64 and exact ints share)."""
+    h = _fmix(((seeds >> 32) & MASK32) ^ MANAGER_STREAM)
+    h = _fmix((h + (seeds & MASK32) * 0x9E3779B1) & MASK32)
+    return _fmix((h + (steps & MASK32) * 0x27D4EB2F) & MASK32)

@@ -30,9 +30,8 @@ import numpy as np
 import torch
 
 from . import host_inversion
-from .draws import MASK32, _fmix
+from .draws import row_hash
 
-MANAGER_STREAM = 0x5EED0002  # keeps the manager's draws apart from the renderer's streams
 SEED_LIMIT = 1 << 63  # seeds are non-negative 63-bit integers (both halves are hashed)
 
 
@@ -120,16 +119,8 @@ def row_uniform(seeds: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
     return _row_uniform_tensor(seeds, steps)
 
 
-def _row_hash(seeds, steps):
-    """The 32-bit hash of (seed, step): tensors of int64 or Python ints alike (``_fmix``
-    keeps the low 32 bits of every product, which wrapping int64 and exact ints share)."""
-    h = _fmix(((seeds >> 32) & MASK32) ^ MANAGER_STREAM)
-    h = _fmix((h + (seeds & MASK32) * 0x9E3779B1) & MASK32)
-    return _fmix((h + (steps & MASK32) * 0x27D4EB2F) & MASK32)
-
-
 def _row_uniform_tensor(seeds: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
-    return ((_row_hash(seeds, steps) >> 8).float() + 0.5) * (1.0 / (1 << 24))
+    return ((row_hash(seeds, steps) >> 8).float() + 0.5) * (1.0 / (1 << 24))
 
 
 def _row_uniform_host(seeds: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
@@ -140,7 +131,7 @@ def host_uniforms(seeds: torch.Tensor, steps: torch.Tensor) -> np.ndarray:
     """``row_uniform``'s numbers as a float32 NumPy array, for CPU tensors."""
     # seeds are non-negative: the same bits as Python ints; the float is exact in float64
     # and rounded once to float32, as the tensor path's float32 sum rounds it
-    return np.array([((_row_hash(s, t) >> 8) + 0.5) * (1.0 / (1 << 24))
+    return np.array([((row_hash(s, t) >> 8) + 0.5) * (1.0 / (1 << 24))
                      for s, t in zip(seeds.tolist(), steps.tolist())], dtype=np.float32)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from ..corpus.pairs import TokenStream, random_starts, windows
+from ..corpus.streams import TokenStream, random_starts, windows
 from ..measure.metrics import bits_per_char_of_loss, heldout_loss
 from .distributed import piece_slice
 

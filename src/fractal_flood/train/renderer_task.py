@@ -14,7 +14,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from ..corpus.pairs import canvas_lengths, level_tables, sample_conditions, wrong_pairs
+from ..corpus.expansions import canvas_lengths, level_tables, sample_conditions, wrong_pairs
 from .distributed import piece_slice
 from .losses import diffusion_loss, energy_loss
 from .noise import corrupt

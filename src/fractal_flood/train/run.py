@@ -30,8 +30,8 @@ import torch
 from tqdm import tqdm
 
 from ..corpus import shards as shards_mod
-from ..corpus.pairs import TokenStream
 from ..corpus.reader import open_corpus
+from ..corpus.streams import TokenStream
 from ..errors import FractalFloodError, UnknownCharacterError
 from ..fileio import DirectoryLock, file_sha256
 from ..hierarchy.level_specs import check_specs, default_specs, format_specs
