@@ -127,7 +127,7 @@ def engine_split(model_dir, B: int, roots: int) -> None:
 def draw_batches(model_dir, sizes, n: int, rounds: int) -> None:
     """The first directory's manager's draw alone at several batch sizes, with the host
     inversion and by the tensor ops only (alternated rounds, medians): where
-    ``sampling.HOST_DRAW_ROWS`` comes from."""
+    ``tokens.HOST_DRAW_ROWS`` comes from."""
     m = ckpt.load_model_dir(model_dir, torch.device("cpu"), torch.float32).manager
     times = {}
     with torch.no_grad():

@@ -236,7 +236,7 @@ def test_page_and_static_files(client):
         r = client.get(ref)
         assert r.status_code == 200 and len(r.text) > 100
     assert "http" not in client.get("/static/app.js").text  # no CDN, nothing fetched from elsewhere
-    assert client.get("/static/../server.py").status_code == 404
+    assert client.get("/static/../app.py").status_code == 404
     assert client.get("/static/secret.txt").status_code == 404
     r = client.get("/bench.json")
     assert r.status_code == 404 and "--bench-json" in r.json()["error"]["message"]

@@ -13,7 +13,7 @@ block is rendered with the request's own seed, exactly as a solo run renders it
 (:func:`generate_solo`, the plain reference path). So a request's text does not depend
 on what else is running (tested). By default (``pooled_render=True``) the blocks of all
 requests with the same decoder settings are rendered in one flood, each item numbered
-within its request and drawn with its request's seed (``decoding.flood.render``); with
+within its request and drawn with its request's seed (``render.flood.render``); with
 ``pooled_render=False`` each block gets its own flood call (the reference; the same text,
 more, smaller passes).
 """

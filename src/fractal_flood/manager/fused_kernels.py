@@ -3,10 +3,9 @@
 A batch-1 eager decode step of the shipped 4 x 128 manager runs 154 operators (layer norms,
 products, bias adds, GELU, residual adds, cache writes, the draw's softmax / cumsum / search
 / hash), each at least one kernel on a GPU and each a few microseconds of launch latency
-for almost no work: the step is launch-bound (173 us in a CUDA graph for the manager of
-2026-11-27, RESULTS.md). Here a step is 5 kernels per layer plus 1 or 2 for the
-output layer and the draw, each doing one matrix-vector product with its prologue and
-epilogue fused:
+for almost no work: the step is launch-bound, even in a CUDA graph (measured in
+RESULTS.md). Here a step is 5 kernels per layer plus 1 or 2 for the output layer and the
+draw, each doing one matrix-vector product with its prologue and epilogue fused:
 
 - ``qkv_kernel``: (embedding +) layer norm + ``c_attn`` + bias, q to a buffer, k and v
   straight into the KV cache at the step's position;
@@ -18,7 +17,7 @@ epilogue fused:
   ``flat_draw_kernel`` for a one-softmax head.
 
 Every product accumulates in float32 whatever the weights' dtype. The draws are the ones
-``class_head.draw`` / ``sampling.sample`` make: the same counter-based uniform (the murmur3
+``class_head.draw`` / ``tokens.sample`` make: the same counter-based uniform (the murmur3
 hash of ``draws.row_hash``, bit for bit), the same inversion (target = u x total, kept
 below the total), so a fused step draws the eager step's token except where float32
 rounding moves a cumulative sum across the target (tested on the CPU under
@@ -75,7 +74,7 @@ def _fmix(h):
 
 @triton.jit
 def _row_uniform(seeds_ptr, steps_ptr, row):
-    """``sampling.row_uniform`` for one row: 24 bits of the hash of (seed, step), + 0.5, / 2**24."""
+    """``tokens.row_uniform`` for one row: 24 bits of the hash of (seed, step), + 0.5, / 2**24."""
     m = 0xFFFFFFFF
     seed = tl.load(seeds_ptr + row).to(tl.int64)
     step = tl.load(steps_ptr + row).to(tl.int64)
@@ -94,7 +93,7 @@ def _below(total):
 
 @triton.jit
 def uniform_kernel(seeds_ptr, steps_ptr, out_ptr):
-    """One row's uniform per program (for the test against ``sampling.row_uniform``)."""
+    """One row's uniform per program (for the test against ``tokens.row_uniform``)."""
     row = tl.program_id(0)
     tl.store(out_ptr + row, _row_uniform(seeds_ptr, steps_ptr, row))
 
@@ -185,7 +184,7 @@ def mlp_in_kernel(x_ptr, lnw_ptr, lnb_ptr, w_ptr, b_ptr, h_ptr, C, N, eps,
 @triton.jit
 def _invert(probs, mask, idx, BLOCK: tl.constexpr, u, last):
     """First index whose cumulative probability exceeds u x total (total kept below itself),
-    and that target: ``sampling.invert_target`` for one row. ``last`` = the final valid index."""
+    and that target: ``tokens.invert_target`` for one row. ``last`` = the final valid index."""
     cdf = tl.cumsum(probs, axis=0)
     total = tl.sum(tl.where(idx == last, cdf, 0.0), axis=0)
     target = tl.minimum(u * total, _below(total))
@@ -243,7 +242,7 @@ def logits_kernel(x_ptr, lnw_ptr, lnb_ptr, w_ptr, z_ptr, C, V, eps,
 
 @triton.jit
 def flat_draw_kernel(z_ptr, temp_ptr, seeds_ptr, steps_ptr, out_ptr, V, BLOCK_V: tl.constexpr):
-    """Grid (B,): ``sampling.sample`` over one row of V logits, BLOCK_V at a time (a max pass,
+    """Grid (B,): ``tokens.sample`` over one row of V logits, BLOCK_V at a time (a max pass,
     a normaliser pass, then the search with the running cumulative sum carried across
     blocks); temperature <= 0 means argmax (the first maximum, as ``torch.argmax``)."""
     row = tl.program_id(0)

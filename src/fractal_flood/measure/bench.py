@@ -56,7 +56,7 @@ from .timing import Timing, device_sync, measure
 __all__ = ["NA", "ROW_FIELDS", "BenchRow", "Bench", "Sizes", "run_bench", "run_bench_cli"]
 
 TEMPERATURE = 0.8  # manager and AR peer sampling (the CLI's default), so their texts compare
-BASELINE_R = 256  # issue 8's render-only target compares flood K=1 at this R
+BASELINE_R = 256  # the CPU render-only target ("10x today's") compares flood K=1 at this R
 
 
 @dataclass(frozen=True)
@@ -107,7 +107,7 @@ def renderer_size(renderer) -> str:
 
 def ar_work(prompt_len: int, steps: int, context: int) -> tuple[int, int]:
     """-> (prefill passes, positions computed) per sequence for ``ARStream.start(prompt)`` then
-    ``steps`` decode steps, by the window rule in autoregress.py: the prompt's last
+    ``steps`` decode steps, by the window rule in manager/stream.py: the prompt's last
     ``context`` tokens but the pending one are prefilled; a full window is cut to its last
     ``keep`` tokens, ``keep - 1`` of them re-encoded. (A test checks it against the stream.)"""
     keep = max(1, context // 2)
@@ -470,7 +470,8 @@ class Bench:
 
     def baseline_row(self, model_dir) -> Optional[BenchRow]:
         """Render-only flood K=1 at R=256 with another model directory (e.g. the previous
-        default), in this process and dtype, so issue 8's 'x today's' is a same-run ratio.
+        default), in this process and dtype, so the render-only target's 'x today's' is a
+        same-run ratio.
         A directory that does not load is reported as skipped."""
         try:
             tok = ckpt.load_tokenizer(model_dir)
@@ -496,7 +497,7 @@ class Bench:
 
     def baseline_e2e_row(self, model_dir) -> Optional[BenchRow]:
         """Single-stream end-to-end flood K=1 with another model directory (the previous
-        default), same roots, sampling and seed as ``e2e single flood k=1``: issue 9's
+        default), same roots, sampling and seed as ``e2e single flood k=1``: the target
         'speed up by the characters-per-step ratio' as a same-run ratio."""
         try:
             m = ckpt.load_model_dir(model_dir, self.dev, self.dt, optional=("peer",))

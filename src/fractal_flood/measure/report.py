@@ -29,10 +29,10 @@ EXPLAIN = ("A token is one level-1 chunk. Seconds: median of the timed runs (war
            "renderer is measured against. 'plan chars/4 per s' is the plan's own figure (characters / 4), "
            "shown only to compare with the plan.")
 
-# Issue 8's CPU render-only target is "10x today's at R=256". Today's figure is the previous
-# default model's CPU bench (docs/bench/cpu_2026-11-27/bench.json). CPU absolute figures from two
-# runs are not comparable (other load, other machine), so a baseline row measured in the same
-# run (--baseline-model) replaces it whenever the run has one.
+# The CPU render-only target is "10x today's at R=256": today's figure is the previous default
+# model's CPU bench, named in "source". CPU absolute figures from two runs are not comparable
+# (other load, other machine), so a baseline row measured in the same run (--baseline-model)
+# replaces it whenever the run has one.
 TODAY_CPU_RENDER_R256 = {
     "tokens_per_s": 413.0768451821532, "row": "render flood k=1 R=256", "renderer": "6x256",
     "source": "docs/bench/cpu_2026-11-27/bench.json (2026-11-27T14:38:02+00:00, CPU (x86_64, 2 threads), "
@@ -92,9 +92,10 @@ def _default_single(r):
 
 
 def _vs_previous_plan(rows):
-    """Issue 9 (CPU): single-stream end-to-end over the --baseline-model's, divided by the
-    characters-per-manager-step ratio of the two runs (>= 1: speed grew at least as much as
-    the plan got coarser). Both rows are the k = 1 flood at the same sampling."""
+    """The CPU target for a coarser plan: single-stream end-to-end over the
+    --baseline-model's, divided by the characters-per-manager-step ratio of the two runs
+    (>= 1: speed grew at least as much as the plan got coarser). Both rows are the k = 1
+    flood at the same sampling."""
     base = [r for r in rows if r.get("model") == "baseline" and r["mode"] == "end-to-end" and _faithful(r)]
     ours = [r for r in rows if _default_single(r) and _faithful(r)]
     cands = [r for r in rows if r.get("model") == "baseline" and r["mode"] == "end-to-end"]

@@ -6,7 +6,7 @@ Two forward paths over the same weights:
 - ``forward_cached``: writes keys/values into a preallocated static cache (module buffers,
   as in gpt-fast) and attends through a boolean mask over the *whole* cache length. Every
   decode step therefore has the same shapes and touches the same memory, so it can be
-  captured once in a CUDA graph and replayed (``autoregress.ARStream``).
+  captured once in a CUDA graph and replayed (``stream.ARStream``).
 
 The output layer is one softmax over the vocabulary, or (``config.head_classes`` = K > 0)
 P(class) x P(token | class) over K classes of consecutive ids (``class_head.py``), which a
@@ -111,7 +111,7 @@ class CausalLM(nn.Module):
         return class_head.class_log_probs(self.class_head(h), self.lm_head(h))
 
     def draw(self, h: torch.Tensor, rows, seeds: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
-        """(B, C) final hidden states -> (B,) next tokens (``sampling.sample``'s contract:
+        """(B, C) final hidden states -> (B,) next tokens (``tokens.sample``'s contract:
         row b's draw depends only on (seeds[b], steps[b]) and its own settings)."""
         if self.class_head is None:
             return sample(self.lm_head(h), rows, seeds, steps)

@@ -121,8 +121,8 @@ def check_config(config) -> None:
 
 class _SkipNormalInit(torch.overrides.TorchFunctionMode):
     """``nn.init.normal_`` does nothing: on the meta device its reference implementation
-    imports ``torch._dynamo`` (1.2 s of every command's start on a CPU), and a shape-only
-    build needs no values."""
+    imports ``torch._dynamo``, a slow import every command would pay at its start, and a
+    shape-only build needs no values."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         if func is torch.nn.init.normal_:

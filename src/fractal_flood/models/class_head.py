@@ -16,9 +16,9 @@ That is the distribution both paths here sample, and what top-k / top-p filter:
   class distribution holds ``u``, and ``u``'s place inside that slice, rescaled to (0, 1),
   picks the token within the class. Both are inversions of the same ``u``, so the pair is
   the token whose slice of the *whole* distribution (ids in order) holds ``u``. On the
-  CPU, up to ``sampling.HOST_DRAW_ROWS`` rows invert on the host
+  CPU, up to ``tokens.HOST_DRAW_ROWS`` rows invert on the host
   (``host_inversion``): the same ids bit for bit, ~30 fewer operator calls a step at batch 1.
-- ``reference_draw``: the whole ``(B, V)`` log-probability table, then ``sampling.sample``
+- ``reference_draw``: the whole ``(B, V)`` log-probability table, then ``tokens.sample``
   at temperature 1 over it: the plain path ``draw`` is tested against.
 
 Greedy (temperature 0) takes the most likely class, then its most likely token.

@@ -123,11 +123,10 @@ PRESETS: dict[str, Preset] = {
         renderer_steps=300, renderer_batch=128,
         manager_steps=200, peer_steps=200, lm_batch=16, lr=3e-3,
     ),
-    # The default (RESULTS.md, renderer size sweep): one layer of 64 renders the shipped
-    # corpus exactly (held-out fidelity 1.0000 per level, detection >= 99.99%) after about 6
-    # CPU-minutes on one core, and a user's 50 KB corpus in 4 minutes. Manager as the
-    # seed's (``--lm-shape 2x128x4`` is as good on the shipped corpus at ~0.6x the batch-1
-    # step: RESULTS.md, "A shallower manager"); the AR peer is the manager's size.
+    # The default: a renderer of one layer of 64, the smallest that renders the shipped
+    # corpus exactly in a few CPU-minutes (RESULTS.md, renderer size sweep). Manager as the
+    # seed's (``--lm-shape 2x128x4`` is as good on the shipped corpus with a cheaper step:
+    # RESULTS.md, "A shallower manager"); the AR peer is the manager's size.
     "small": Preset(
         name="small",
         renderer=dict(n_layers=1, d_model=64, n_heads=4),

@@ -1,10 +1,11 @@
 """Inverse-CDF draws on the host, bit for bit the tensor ops', for the CPU's small batches.
 
-A batch-1 decode step on the CPU is bound by operator dispatch (RESULTS.md: hundreds of
-aten calls of about a microsecond each). A draw inverts a cumulative sum: scale the
-uniform by the total, keep it below the total, search; the class-factored draw does that
-twice, with the slice arithmetic between, and greedy rows add an argmax and a select. On
-the CPU those ~10-25 tiny calls cost more than the arithmetic. Here the cumulative sums
+A batch-1 decode step on the CPU is bound by operator dispatch: hundreds of aten calls,
+each costing more than its arithmetic (measured in RESULTS.md). A draw inverts a
+cumulative sum: scale the uniform by the total, keep it below the total, search; the
+class-factored draw does that twice, with the slice arithmetic between, and greedy rows
+add an argmax and a select. On the CPU those ~10-25 tiny calls cost more than the
+arithmetic. Here the cumulative sums
 are viewed as NumPy arrays (no copy) and the inversion runs as a few NumPy calls over all
 rows at once: the same IEEE float32 operations element by element, and ``searchsorted``
 (right side) as the count of entries at or below the target, which is the same index on a
@@ -28,7 +29,7 @@ def host_view(x: torch.Tensor) -> np.ndarray:
 
 
 def invert(cdf: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``sampling.invert_target`` on the host: (B, V) float32 cumulative sums, (B,) float32
+    """``tokens.invert_target`` on the host: (B, V) float32 cumulative sums, (B,) float32
     uniforms -> ((B,) int64 ids, (B,) float32 targets), where the target is ``u`` times the
     row's total kept strictly below it, and the id is the first whose cdf exceeds it."""
     total = cdf[:, -1]

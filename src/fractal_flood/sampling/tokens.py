@@ -14,11 +14,11 @@ row may carry its own temperature, top-k and top-p (:class:`RowSampling`).
 
 Cost: one hash per row, a softmax, a cumulative sum and a binary search; for a small CPU
 batch the hash runs on Python integers and the search on NumPy (``host_inversion``), the
-same numbers with fewer operator calls. The top-k/top-p
-filter needs a sort over the vocabulary, the dearest op here, so it runs only when a row
-asks for one (``RowSampling.filters``, a host flag). An earlier version raced one
-exponential per token (V hashes per row) and sorted always: 454 us against 60 us per
-manager step at batch 1 on the CPU (RESULTS.md, "Sampling cost").
+same numbers with fewer operator calls. The top-k/top-p filter needs a sort over the
+vocabulary, the dearest op here, so it runs only when a row asks for one
+(``RowSampling.filters``, a host flag). Racing one exponential per token instead (V hashes
+per row) with a sort on every draw costs several times as much per manager step at batch 1
+on the CPU (measured in RESULTS.md, "Sampling cost").
 """
 
 from __future__ import annotations
@@ -110,10 +110,8 @@ def row_uniform(seeds: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
     target below the total, so no draw falls off the end).
 
     Small CPU batches hash with Python integers (``_row_uniform_host``): the ~20 tiny
-    tensor ops were most of a batch-1 draw (the manager's draw fell from 189 to 108 us
-    without them, RESULTS.md).
-    Bit for bit the same numbers (tested); elsewhere (a GPU, a CUDA graph, big batches)
-    the tensor ops run."""
+    tensor ops would be most of a batch-1 draw (measured in RESULTS.md). Bit for bit the
+    same numbers (tested); elsewhere (a GPU, a CUDA graph, big batches) the tensor ops run."""
     if seeds.device.type == "cpu" and steps.device.type == "cpu" and seeds.numel() <= HOST_HASH_ROWS:
         return _row_uniform_host(seeds, steps)
     return _row_uniform_tensor(seeds, steps)
