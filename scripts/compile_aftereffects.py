@@ -34,15 +34,16 @@ import time
 
 import torch
 
-from fractal_flood import checkpoint as ckpt
-from fractal_flood.autoregress import ARStream
-from fractal_flood.corpus import load_corpus
-from fractal_flood.decoding import DecodeOptions, make_decoder
+from fractal_flood.corpus.reader import load_corpus
 from fractal_flood.device import describe, resolve_device, resolve_dtype
 from fractal_flood.errors import FractalFloodError
-from fractal_flood.pipeline import TextPipeline
-from fractal_flood.sampling import SamplingConfig
-from fractal_flood.timing import device_sync, measure
+from fractal_flood.generation.pipeline import TextPipeline
+from fractal_flood.manager.stream import ARStream
+from fractal_flood.measure.timing import device_sync, measure
+from fractal_flood.models import checkpoint as ckpt
+from fractal_flood.render.base import DecodeOptions
+from fractal_flood.render.decoders import make_decoder
+from fractal_flood.sampling.tokens import SamplingConfig
 
 
 def child_processes() -> int:

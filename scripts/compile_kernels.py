@@ -29,8 +29,8 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from fractal_flood import checkpoint as ckpt
-from fractal_flood.fused_step import FusedStep, _pow2
+from fractal_flood.manager.fused_step import FusedStep, _pow2
+from fractal_flood.models import checkpoint as ckpt
 
 W = "W"  # the weights' (and KV cache's) dtype, filled in per run
 
@@ -109,7 +109,7 @@ def main(argv=None) -> int:
         print("compile_kernels: error: unset TRITON_INTERPRET (interpreted kernels do not compile)",
               file=sys.stderr)
         return 2
-    from fractal_flood import fused_kernels
+    from fractal_flood.manager import fused_kernels
     path = Path(args.model) if args.model else ckpt.default_model_dir()
     configs = {p: json.loads((path / f"{p}.json").read_text())["config"]
                for p in ("manager", "peer") if (path / f"{p}.json").is_file()}

@@ -57,7 +57,7 @@ step "compile after-effects" 240 bash -c 'set -o pipefail; python3 scripts/compi
 echo | tee -a "$LOG"
 if [ -s "$OUT/bench.json" ]; then
   python3 -c 'import json, sys
-from fractal_flood.bench_report import short_table
+from fractal_flood.measure.report import short_table
 d = json.load(open(sys.argv[1]))
 print(short_table(d) + ("\n(partial: the bench stopped early)" if d["run"].get("partial") else ""))' \
     "$OUT/bench.json" 2>&1 | tee -a "$LOG"

@@ -25,7 +25,7 @@ for c in "${CONFIGS[@]}"; do
   name=${c%%|*}; flags=${c#*|}
   dir="$OUT/$name"
   rm -rf "$dir"; mkdir -p "$dir"
-  cp src/fractal_flood/models/default/tokenizer.json "$dir/"
+  cp src/fractal_flood/assets/model/tokenizer.json "$dir/"
   # shellcheck disable=SC2086
   python3 -m fractal_flood train --out "$dir" --parts manager --preset seed --lm-steps "$STEPS" \
     --eval-every 250 --save-every "$STEPS" --device cuda --no-progress $flags > "$dir/train.log" 2>&1 &

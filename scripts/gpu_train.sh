@@ -19,9 +19,9 @@ rm -rf "$DIR/renderer" "$DIR/manager" "$DIR/peer"  # this script always trains a
 python3 - "$DIR" <<'PY'
 import sys
 from fractal_flood import checkpoint as ckpt
-from fractal_flood.config import get_preset
-from fractal_flood.corpus import load_corpus
-from fractal_flood.tokenizer import HierarchicalTokenizer
+from fractal_flood.models.config import get_preset
+from fractal_flood.corpus.reader import load_corpus
+from fractal_flood.hierarchy.tokenizer import HierarchicalTokenizer
 p = get_preset("seed")
 ckpt.save_tokenizer(sys.argv[1], HierarchicalTokenizer.train(load_corpus(), p.num_chunks, p.num_roots))
 PY

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sys
 
-from fractal_flood.corpus import load_corpus
+from fractal_flood.corpus.reader import load_corpus
 
 EXTRA = ("àáâäæçèéêëìíîïñòóôöøùúûüýÿßœ" "ÀÁÂÄÆÇÈÉÊËÌÍÎÏÑÒÓÔÖØÙÚÛÜ" "0123456789" "#%()*+/<=>@[]_~")
 

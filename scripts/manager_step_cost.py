@@ -22,15 +22,15 @@ import time
 
 import torch
 
-from fractal_flood import checkpoint as ckpt
-from fractal_flood import sampling
-from fractal_flood.autoregress import ARStream
-from fractal_flood.decoding import DecodeOptions
 from fractal_flood.device import describe
-from fractal_flood.engine import Engine, Request
-from fractal_flood.layers import Block
-from fractal_flood.pipeline import TextPipeline
-from fractal_flood.sampling import RowSampling, SamplingConfig
+from fractal_flood.generation.engine import Engine, Request
+from fractal_flood.generation.pipeline import TextPipeline
+from fractal_flood.manager.stream import ARStream
+from fractal_flood.models import checkpoint as ckpt
+from fractal_flood.models.layers import Block
+from fractal_flood.render.base import DecodeOptions
+from fractal_flood.sampling import tokens as sampling
+from fractal_flood.sampling.tokens import RowSampling, SamplingConfig
 
 
 def us_per_call(fn, n: int) -> float:
@@ -127,7 +127,7 @@ def engine_split(model_dir, B: int, roots: int) -> None:
 def draw_batches(model_dir, sizes, n: int, rounds: int) -> None:
     """The first directory's manager's draw alone at several batch sizes, with the host
     inversion and by the tensor ops only (alternated rounds, medians): where
-    ``sampling.HOST_DRAW_ROWS`` comes from."""
+    ``tokens.HOST_DRAW_ROWS`` comes from."""
     m = ckpt.load_model_dir(model_dir, torch.device("cpu"), torch.float32).manager
     times = {}
     with torch.no_grad():

@@ -23,13 +23,13 @@ import time
 
 import torch
 
-from fractal_flood import checkpoint as ckpt
-from fractal_flood.autoregress import ARStream
-from fractal_flood.bench import TEMPERATURE
-from fractal_flood.decoding import DecodeOptions
 from fractal_flood.device import describe
-from fractal_flood.pipeline import TextPipeline
-from fractal_flood.sampling import SamplingConfig
+from fractal_flood.generation.pipeline import TextPipeline
+from fractal_flood.manager.stream import ARStream
+from fractal_flood.measure.bench import TEMPERATURE
+from fractal_flood.models import checkpoint as ckpt
+from fractal_flood.render.base import DecodeOptions
+from fractal_flood.sampling.tokens import SamplingConfig
 
 
 def load(model_dir):

@@ -26,7 +26,7 @@ from pathlib import Path
 
 CHILD = r"""
 import json, resource, sys, time
-from fractal_flood.cli import main
+from fractal_flood.cli.main import main
 t0 = time.perf_counter()
 rc = main(sys.argv[1:])
 peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
@@ -37,10 +37,10 @@ print("PEAK " + json.dumps({"rc": rc, "peak_mib": peak_kib / 1024, "seconds": ti
 PHASES = r"""
 import json, resource, sys
 from pathlib import Path
-from fractal_flood.corpus import open_corpus
-from fractal_flood.shards import build
-from fractal_flood.tokenizer import HierarchicalTokenizer
-from fractal_flood.train import TOKENIZER_SAMPLE_CHARS
+from fractal_flood.corpus.reader import open_corpus
+from fractal_flood.corpus.shards import build
+from fractal_flood.hierarchy.tokenizer import HierarchicalTokenizer
+from fractal_flood.train.run import TOKENIZER_SAMPLE_CHARS
 def peak():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # MiB
 corpus, out = open_corpus(sys.argv[1]), Path(sys.argv[2])
@@ -54,7 +54,7 @@ print("PEAK " + json.dumps(row))
 
 
 def build_corpus(path: Path, copies: int) -> int:
-    from fractal_flood.corpus import load_corpus
+    from fractal_flood.corpus.reader import load_corpus
     lines = load_corpus().splitlines(keepends=True)
     chars = 0
     with open(path, "w", encoding="utf-8") as f:

@@ -39,14 +39,14 @@ from pathlib import Path
 
 import torch
 
-from fractal_flood import checkpoint as ckpt
-from fractal_flood.autoregress import ARStream
-from fractal_flood.corpus import load_corpus
+from fractal_flood.corpus.reader import load_corpus
+from fractal_flood.corpus.streams import TokenStream
 from fractal_flood.errors import FractalFloodError
-from fractal_flood.pairs import TokenStream
-from fractal_flood.sampling import SamplingConfig
-from fractal_flood.tokenizer import HierarchicalTokenizer
-from fractal_flood.train import TrainOptions, run_training
+from fractal_flood.hierarchy.tokenizer import HierarchicalTokenizer
+from fractal_flood.manager.stream import ARStream
+from fractal_flood.models import checkpoint as ckpt
+from fractal_flood.sampling.tokens import SamplingConfig
+from fractal_flood.train.run import TrainOptions, run_training
 
 TARGET_CHARS_PER_STEP = 4.7
 TARGET_BPC = 2.43  # the shipped manager's held-out bits per character (fractal-flood eval)

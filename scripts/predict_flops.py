@@ -11,11 +11,11 @@ import sys
 
 import torch
 
-from fractal_flood import checkpoint as ckpt
-from fractal_flood.config import CausalLMConfig, RendererConfig, get_preset
-from fractal_flood.corpus import load_corpus
-from fractal_flood.flops import causal_lm_flops, renderer_pass_flops
-from fractal_flood.pairs import TokenStream
+from fractal_flood.corpus.reader import load_corpus
+from fractal_flood.corpus.streams import TokenStream
+from fractal_flood.models import checkpoint as ckpt
+from fractal_flood.models.config import CausalLMConfig, RendererConfig, get_preset
+from fractal_flood.models.flops import causal_lm_flops, renderer_pass_flops
 
 
 def render_flops(cfg: RendererConfig, levels, roots: torch.Tensor, tables, packed: bool, passes: int) -> int:

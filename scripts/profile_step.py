@@ -26,14 +26,14 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from fractal_flood import checkpoint as ckpt
-from fractal_flood.autoregress import ARStream
-from fractal_flood.causal_lm import CausalLM
-from fractal_flood.config import CausalLMConfig
 from fractal_flood.device import describe, resolve_device, resolve_dtype, synchronize
 from fractal_flood.errors import FractalFloodError
-from fractal_flood import sampling
-from fractal_flood.sampling import SamplingConfig
+from fractal_flood.manager.stream import ARStream
+from fractal_flood.models import checkpoint as ckpt
+from fractal_flood.models.causal_lm import CausalLM
+from fractal_flood.models.config import CausalLMConfig
+from fractal_flood.sampling import tokens as sampling
+from fractal_flood.sampling.tokens import SamplingConfig
 
 MODES = ("eager", "graph", "compile", "fused")
 

@@ -12,10 +12,10 @@ import time
 
 import torch
 
-from fractal_flood import checkpoint as ckpt
-from fractal_flood.config import RendererConfig, get_preset
-from fractal_flood.renderer import FractalDiffusionModel
-from fractal_flood.renderer_task import RendererTask
+from fractal_flood.models import checkpoint as ckpt
+from fractal_flood.models.config import RendererConfig, get_preset
+from fractal_flood.models.renderer import FractalDiffusionModel
+from fractal_flood.train.renderer_task import RendererTask
 
 
 def main() -> None:

@@ -19,10 +19,10 @@ import time
 
 import torch
 
-from fractal_flood import rowwise_linear
 from fractal_flood.device import describe
-from fractal_flood.sampling import SamplingConfig
-from fractal_flood.slots import SlotManager
+from fractal_flood.manager.slots import SlotManager
+from fractal_flood.models import rowwise_linear
+from fractal_flood.sampling.tokens import SamplingConfig
 
 from paired_ratio import generator, load, peer, quartiles  # noqa: E402  (scripts/ is on sys.path)
 

@@ -1,4 +1,4 @@
-"""Time the manager's sampler, ``fractal_flood.sampling.sample``, alone: microseconds per call
+"""Time the manager's sampler, ``fractal_flood.sampling.tokens.sample``, alone: microseconds per call
 over (batch, vocabulary) at temperature 0.8, with and without top-p, and plain argmax.
 
 It times whichever ``fractal_flood`` is on the path, so one command per checkout compares
@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from fractal_flood.sampling import SamplingConfig, sample
+from fractal_flood.sampling.tokens import SamplingConfig, sample
 
 
 def us_per_call(fn, repeats: int) -> float:

@@ -22,7 +22,7 @@ OUT=${2:-runs/scaling}
 PART=${PART:-peer}          # manager (over roots) or peer (over chunks): a language model
 PER_GPU=${PER_GPU:-64}      # windows per GPU per step
 STEPS=${STEPS:-300}
-CONTEXT=$("$PY" -c "from fractal_flood.config import get_preset; print(get_preset('$PRESET').$PART['context'])")
+CONTEXT=$("$PY" -c "from fractal_flood.models.config import get_preset; print(get_preset('$PRESET').$PART['context'])")
 if [ "$N" -lt 1 ]; then echo "scaling.sh: no GPU found (DEVICE=cpu for a smoke test)" >&2; exit 2; fi
 mkdir -p "$OUT"
 "$PY" -c 'import torch; print("GPUs:", [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())])' | tee "$OUT/results.txt"

@@ -11,8 +11,8 @@ from __future__ import annotations
 import sys
 from dataclasses import replace
 
-from fractal_flood import config
-from fractal_flood.cli import main
+from fractal_flood.cli.main import main
+from fractal_flood.models import config
 
 if __name__ == "__main__":
     if len(sys.argv) < 5:

@@ -31,7 +31,7 @@ def _replace_noting(src, dst, *args, **kwargs):
 
 builtins.open, io.open, os.replace = _noting(_open), _noting(_io_open), _replace_noting
 
-from fractal_flood.cli import main  # noqa: E402  (after the patches, so every import sees them)
+from fractal_flood.cli.main import main  # noqa: E402  (after the patches, so every import sees them)
 
 try:
     status = main(argv)

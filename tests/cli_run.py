@@ -1,6 +1,6 @@
 """``fractal-flood ARGV`` run in the test's own process, for the CLI tests."""
 
-from fractal_flood.cli import main
+from fractal_flood.cli.main import main
 
 
 def run_main(argv, capsys):

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from fractal_flood.corpus import load_corpus
-from fractal_flood.tokenizer import HierarchicalTokenizer
+from fractal_flood.corpus.reader import load_corpus
+from fractal_flood.hierarchy.tokenizer import HierarchicalTokenizer
 
 SMALL_CHARS = 60_000
 
@@ -105,7 +105,7 @@ def trained_tiny(small_corpus_file, tmp_path_factory):
     ``(model_dir, results of run_training)``."""
     import torch
 
-    from fractal_flood.train import TrainOptions, run_training
+    from fractal_flood.train.run import TrainOptions, run_training
 
     out = tmp_path_factory.mktemp("tiny_model")
     with torch_threads(1), torch.random.fork_rng():
@@ -124,7 +124,7 @@ def tiny_model_dir(trained_tiny):
 
 @pytest.fixture(scope="session")
 def tiny_trained_tokenizer(tiny_model_dir):
-    from fractal_flood import checkpoint as ckpt
+    from fractal_flood.models import checkpoint as ckpt
 
     return ckpt.load_tokenizer(tiny_model_dir)
 
@@ -132,7 +132,7 @@ def tiny_trained_tokenizer(tiny_model_dir):
 @pytest.fixture(scope="session")
 def tiny_renderer(tiny_model_dir, tiny_trained_tokenizer):
     """The trained tiny renderer (float32, eval mode). Do not modify it in a test."""
-    from fractal_flood import checkpoint as ckpt
+    from fractal_flood.models import checkpoint as ckpt
 
     model, _ = ckpt.load_renderer(tiny_model_dir, tiny_trained_tokenizer)
     return model
@@ -140,14 +140,14 @@ def tiny_renderer(tiny_model_dir, tiny_trained_tokenizer):
 
 @pytest.fixture(scope="session")
 def shipped_tokenizer():
-    from fractal_flood import checkpoint as ckpt
+    from fractal_flood.models import checkpoint as ckpt
 
     return ckpt.load_tokenizer(ckpt.default_model_dir())
 
 
 @pytest.fixture(scope="session")
 def shipped_renderer(shipped_tokenizer):
-    from fractal_flood import checkpoint as ckpt
+    from fractal_flood.models import checkpoint as ckpt
 
     model, _ = ckpt.load_renderer(ckpt.default_model_dir(), shipped_tokenizer)
     return model

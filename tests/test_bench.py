@@ -17,17 +17,17 @@ import pytest
 import torch
 
 from conftest import TINY_LM_STEPS, torch_threads
-from fractal_flood import bench_report
-from fractal_flood.autoregress import ARStream
-from fractal_flood.bench import NA, QUICK, ROW_FIELDS, Bench, ar_flops, ar_work, hf_generate_flops
-from fractal_flood.bench_report import FIDELITY_BAR, TODAY_CPU_RENDER_R256, compute_targets
-from fractal_flood.causal_lm import CausalLM
-from fractal_flood.cli import main
-from fractal_flood.config import CausalLMConfig
-from fractal_flood.flops import causal_lm_flops
-from fractal_flood.metrics import edit_distance, render_fidelity
-from fractal_flood.sampling import SamplingConfig
-from fractal_flood.timing import measure
+from fractal_flood.measure import report as bench_report
+from fractal_flood.manager.stream import ARStream
+from fractal_flood.measure.bench import NA, QUICK, ROW_FIELDS, Bench, ar_flops, ar_work, hf_generate_flops
+from fractal_flood.measure.report import FIDELITY_BAR, TODAY_CPU_RENDER_R256, compute_targets
+from fractal_flood.models.causal_lm import CausalLM
+from fractal_flood.cli.main import main
+from fractal_flood.models.config import CausalLMConfig
+from fractal_flood.models.flops import causal_lm_flops
+from fractal_flood.measure.metrics import edit_distance, render_fidelity
+from fractal_flood.sampling.tokens import SamplingConfig
+from fractal_flood.measure.timing import measure
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -43,7 +43,7 @@ KINDS = {  # every kind of row the quick run must keep: (mode, stream, decoder p
 @pytest.fixture(scope="module")
 def bench_model(tiny_model_dir, small_corpus_file, tmp_path_factory):
     """The session's tiny model plus a briefly trained AR peer (the bench's baseline)."""
-    from fractal_flood.train import TrainOptions, run_training
+    from fractal_flood.train.run import TrainOptions, run_training
 
     out = tmp_path_factory.mktemp("bench_model") / "model"
     shutil.copytree(tiny_model_dir, out, ignore=shutil.ignore_patterns("train_state"))
@@ -134,7 +134,7 @@ def test_every_row_counts_its_flops(quick):
 def test_flops_add_up_from_the_models_work(quick, bench_model):
     """AR rows: the peer's static-cache decode; end-to-end rows: the manager's decode plus a
     render that did some work of its own."""
-    from fractal_flood import checkpoint as ckpt
+    from fractal_flood.models import checkpoint as ckpt
 
     tok = ckpt.load_tokenizer(bench_model)
     manager, peer = ckpt.load_manager(bench_model, tok)[0], ckpt.load_peer(bench_model, tok)[0]
@@ -224,7 +224,7 @@ def test_baseline_model_is_measured_in_the_same_run(bench_model, small_corpus_fi
 def test_fused_rows(bench_model, small_corpus_file):
     """The GPU run's fused-step rows (ours and the AR peer's), here with Triton's kernels in
     its interpreter: named, measured, and ours renders what the eager row renders."""
-    from fractal_flood.fused_step import interpreted
+    from fractal_flood.manager.fused_step import interpreted
 
     if not torch.cuda.is_available() and not interpreted():
         pytest.skip("needs a GPU or TRITON_INTERPRET=1 (conftest sets it without a GPU)")

@@ -8,11 +8,11 @@ import math
 import pytest
 import torch
 
-from fractal_flood.autoregress import ARStream, generate_reference
-from fractal_flood.causal_lm import CausalLM
-from fractal_flood.config import CausalLMConfig
 from fractal_flood.errors import DeviceError
-from fractal_flood.sampling import RowSampling, SamplingConfig, row_uniform, sample
+from fractal_flood.manager.stream import ARStream, generate_reference
+from fractal_flood.models.causal_lm import CausalLM
+from fractal_flood.models.config import CausalLMConfig
+from fractal_flood.sampling.tokens import RowSampling, SamplingConfig, row_uniform, sample
 
 V, CTX = 37, 16
 SAMPLERS = [
@@ -75,7 +75,7 @@ def test_decode_by_direct_calls_equals_the_modules_bit_for_bit(monkeypatch):
     modules' ``forward`` over the same cache: the same hidden states and cache, every bit,
     with the library's linear layers; with the row-invariant ones (the CPU default,
     ``rowwise_linear``) the same up to summation order."""
-    from fractal_flood.layers import Block
+    from fractal_flood.models.layers import Block
 
     monkeypatch.setenv("FRACTAL_FLOOD_ROWWISE", "blas")
 
@@ -246,7 +246,7 @@ def test_training_learns_a_pattern():
 
 def test_hf_conversion_same_logits():
     pytest.importorskip("transformers")
-    from fractal_flood.hf_gpt2 import to_hf_gpt2
+    from fractal_flood.measure.hf_gpt2 import to_hf_gpt2
 
     model = tiny()
     hf = to_hf_gpt2(model)
@@ -365,7 +365,7 @@ def test_config_round_trip_and_old_configs():
 def test_checkpoint_without_dropout_field_loads_identically(tmp_path):
     import json
 
-    from fractal_flood import checkpoint as ckpt
+    from fractal_flood.models import checkpoint as ckpt
 
     model = tiny()
     ckpt.save_part(tmp_path, "manager", model, dtype=torch.float32)
@@ -402,7 +402,7 @@ def test_optimizer_groups():
 
 def test_weight_decay_shrinks_only_its_group():
     """With zero gradients AdamW moves a parameter only by its decay."""
-    from fractal_flood.lm_task import lm_optimizer
+    from fractal_flood.train.lm_task import lm_optimizer
 
     model = _with_dropout(0.0)
     with torch.no_grad():
@@ -418,8 +418,8 @@ def test_weight_decay_shrinks_only_its_group():
 
 
 def test_training_with_regularisation_options(tmp_path, small_corpus_file):
-    from fractal_flood import checkpoint as ckpt
-    from fractal_flood.train import TrainOptions, run_training
+    from fractal_flood.models import checkpoint as ckpt
+    from fractal_flood.train.run import TrainOptions, run_training
 
     logs = []
     res = run_training(TrainOptions(out_dir=tmp_path / "m", preset="tiny", corpus=str(small_corpus_file),
@@ -433,8 +433,8 @@ def test_training_with_regularisation_options(tmp_path, small_corpus_file):
 
 
 def test_lm_shape_sets_the_manager_and_the_peer(tmp_path, small_corpus_file):
-    from fractal_flood import checkpoint as ckpt
-    from fractal_flood.train import TrainOptions, run_training
+    from fractal_flood.models import checkpoint as ckpt
+    from fractal_flood.train.run import TrainOptions, run_training
 
     logs = []
     run_training(TrainOptions(out_dir=tmp_path / "m", preset="tiny", corpus=str(small_corpus_file),
@@ -453,7 +453,7 @@ def test_lm_shape_sets_the_manager_and_the_peer(tmp_path, small_corpus_file):
                                  dict(lm_shape=(2, 50, 4)), dict(lm_shape=(0, 64, 4)), dict(lm_shape="2x64x4")])
 def test_bad_regularisation_options_are_clear_errors(tmp_path, small_corpus_file, bad):
     from fractal_flood.errors import FractalFloodError
-    from fractal_flood.train import TrainOptions, run_training
+    from fractal_flood.train.run import TrainOptions, run_training
 
     with pytest.raises(FractalFloodError):
         run_training(TrainOptions(out_dir=tmp_path / "m", preset="tiny", corpus=str(small_corpus_file),
@@ -463,7 +463,7 @@ def test_bad_regularisation_options_are_clear_errors(tmp_path, small_corpus_file
 
 @pytest.mark.parametrize("flag", [["--dropout", "1.5"], ["--weight-decay", "-1"], ["--decay", "some"]])
 def test_cli_rejects_bad_regularisation_in_one_line(tmp_path, flag, capsys):
-    from fractal_flood.cli import main
+    from fractal_flood.cli.main import main
 
     try:
         rc = main(["train", "--out", str(tmp_path / "m"), "--parts", "manager", *flag])

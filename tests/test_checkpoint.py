@@ -12,12 +12,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from fractal_flood import checkpoint as ckpt
-from fractal_flood.causal_lm import CausalLM
-from fractal_flood.config import CausalLMConfig, RendererConfig
+from fractal_flood import fileio
 from fractal_flood.errors import CheckpointError, FractalFloodError
-from fractal_flood.pipeline import load_pipeline
-from fractal_flood.renderer import FractalDiffusionModel
+from fractal_flood.generation.pipeline import load_pipeline
+from fractal_flood.models import checkpoint as ckpt
+from fractal_flood.models.causal_lm import CausalLM
+from fractal_flood.models.config import CausalLMConfig, RendererConfig
+from fractal_flood.models.renderer import FractalDiffusionModel
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -170,10 +171,10 @@ def test_atomic_write_failure_keeps_previous_file(tmp_path):
         raise OSError("disk full")
 
     with pytest.raises(OSError, match="disk full"):
-        ckpt.atomic_write(target, half_then_fail)
+        fileio.atomic_write(target, half_then_fail)
     assert target.read_bytes() == b"old contents"
     assert no_temp_files(tmp_path) == []
-    ckpt.atomic_write(target, lambda p: Path(p).write_bytes(b"new"))
+    fileio.atomic_write(target, lambda p: Path(p).write_bytes(b"new"))
     assert target.read_bytes() == b"new"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file.bin"]
 
@@ -379,7 +380,7 @@ def test_shipped_model_loads():
 
 
 def test_parts_record_the_tokenizer_they_were_trained_with(tiny_model_dir):
-    want = ckpt.file_sha256(tiny_model_dir / "tokenizer.json")
+    want = fileio.file_sha256(tiny_model_dir / "tokenizer.json")
     for part in ("renderer", "manager"):
         assert ckpt.read_meta(tiny_model_dir, part)["tokenizer_sha256"] == want
 
@@ -387,9 +388,9 @@ def test_parts_record_the_tokenizer_they_were_trained_with(tiny_model_dir):
 def test_a_tokenizer_from_another_run_is_refused(model_dir, corpus_text):
     """A tokenizer of the same sizes from other text: the hash tells them apart, and the
     line names both."""
-    from fractal_flood.tokenizer import HierarchicalTokenizer
+    from fractal_flood.hierarchy.tokenizer import HierarchicalTokenizer
     other = HierarchicalTokenizer.train(corpus_text[-60_000:], num_chunks=128, num_roots=192)
-    old = ckpt.file_sha256(model_dir / "tokenizer.json")
+    old = fileio.file_sha256(model_dir / "tokenizer.json")
     new = ckpt.save_tokenizer(model_dir, other)
     assert new != old
     expect_error(model_dir, "mixes two runs", old[:16], new[:16])
@@ -402,7 +403,7 @@ def test_a_part_without_a_tokenizer_hash_is_accepted_as_legacy(model_dir):
     # hash, on the same chunk level); its manager and renderer record the shipped tokenizer's
     shipped = ckpt.default_model_dir()
     assert "tokenizer_sha256" not in ckpt.read_meta(shipped, "peer")
-    sha = ckpt.file_sha256(shipped / "tokenizer.json")
+    sha = fileio.file_sha256(shipped / "tokenizer.json")
     assert ckpt.read_meta(shipped, "renderer")["tokenizer_sha256"] == sha
     assert ckpt.read_meta(shipped, "manager")["tokenizer_sha256"] == sha
 
@@ -521,7 +522,7 @@ def test_hostile_tokenizer_json(model_dir, edit, fragment):
 
 
 def test_shipped_tokenizer_passes_the_structure_check():
-    from fractal_flood.bpe_json import check_bpe_json
+    from fractal_flood.hierarchy.bpe_json import check_bpe_json
     data = json.loads((ckpt.default_model_dir() / "tokenizer.json").read_text(encoding="utf-8"))
     assert data["version"] == 2 and [lv["name"] for lv in data["levels"]] == ["roots", "chunks"]
     for lv in data["levels"]:
@@ -559,10 +560,10 @@ def test_loading_does_not_import_dynamo():
     reference implementation would import ``torch._dynamo`` (about 1.2 s of every command's
     start on a CPU): loading the shipped model leaves it unimported, and the meta build's
     shapes are a real build's."""
-    code = ("import sys\nfrom fractal_flood.checkpoint import load_model_dir\n"
+    code = ("import sys\nfrom fractal_flood.models.checkpoint import load_model_dir\n"
             "load_model_dir(None, 'cpu', None, parts=('renderer', 'manager', 'peer'))\n"
             "print('torch._dynamo' in sys.modules)")
-    env = dict(os.environ, PYTHONPATH=str(Path(ckpt.__file__).resolve().parents[1]))
+    env = dict(os.environ, PYTHONPATH=str(Path(ckpt.__file__).resolve().parents[2]))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"

@@ -4,12 +4,12 @@ whole-table reference draw, and every decoder of a CausalLM reads it alike."""
 import pytest
 import torch
 
-from fractal_flood import class_head
-from fractal_flood.autoregress import ARStream, generate_reference
-from fractal_flood.causal_lm import CausalLM
-from fractal_flood.config import CausalLMConfig, auto_classes, check_classes
-from fractal_flood.sampling import RowSampling, SamplingConfig
-from fractal_flood.slots import SlotManager
+from fractal_flood.manager.slots import SlotManager
+from fractal_flood.manager.stream import ARStream, generate_reference
+from fractal_flood.models import class_head
+from fractal_flood.models.causal_lm import CausalLM
+from fractal_flood.models.config import CausalLMConfig, auto_classes, check_classes
+from fractal_flood.sampling.tokens import RowSampling, SamplingConfig
 
 V, K, C = 48, 6, 16
 
@@ -149,9 +149,9 @@ def test_stream_and_slots_match_the_reference(cfg):
 def test_training_a_class_factored_manager(tmp_path, small_corpus_file):
     """``train --head-classes``: the manager trains, saves and loads with its classes, and
     the engine generates from it (a K that does not divide the roots learned is one error)."""
-    from fractal_flood import checkpoint as ckpt
     from fractal_flood.errors import FractalFloodError
-    from fractal_flood.train import TrainOptions, run_training
+    from fractal_flood.models import checkpoint as ckpt
+    from fractal_flood.train.run import TrainOptions, run_training
 
     logs = []
     res = run_training(TrainOptions(out_dir=tmp_path / "m", preset="tiny", corpus=str(small_corpus_file),

@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from fractal_flood import __version__
-from fractal_flood import checkpoint as ckpt
-from fractal_flood.cli import main
+from fractal_flood.cli.main import main
+from fractal_flood.models import checkpoint as ckpt
 
 from cli_run import run_main
 
@@ -165,7 +165,7 @@ def test_train_makes_a_loadable_model(tmp_path, small_corpus_file, capsys):
     manager, mmeta = ckpt.load_manager(out_dir, tok)
     assert meta["step"] == 20 and meta["preset"] == "tiny"
     assert mmeta["step"] == 20
-    from fractal_flood.pipeline import load_pipeline
+    from fractal_flood.generation.pipeline import load_pipeline
     res = load_pipeline(out_dir, device="cpu").generate("", roots=5)
     assert len(res.root_ids) == 5
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from fractal_flood import cli
-from fractal_flood.cli import build_parser, main
+from fractal_flood.cli import args as cli
+from fractal_flood.cli.main import build_parser, main
 
 from cli_run import run_main
 
@@ -215,7 +215,7 @@ def test_stream_step_flags_refuse_prompts_files(flag, tmp_path, capsys):
 
 
 def test_help_does_not_import_torch():
-    code = ("import sys\nfrom fractal_flood.cli import main\n"
+    code = ("import sys\nfrom fractal_flood.cli.main import main\n"
             "for argv in ([], ['--help'], ['stats', '--help'], ['train', '--help'], ['generate', '--help'],"
             " ['eval', '--help'], ['bench', '--help']):\n"
             "    try:\n        main(argv)\n    except SystemExit as e:\n        assert e.code == 0, argv\n"
@@ -231,7 +231,7 @@ def test_help_does_not_import_torch():
 
 def test_plot_is_written_at_exactly_the_given_path(tmp_path):
     pytest.importorskip("matplotlib")
-    from fractal_flood import bench_report
+    from fractal_flood.measure import report as bench_report
     rows = [{"mode": "render-only", "decoder": "flood", "k": 1, "roots": r, "tokens_per_s": 10.0 * r}
             for r in (1, 8, 64)]
     data = {"rows": rows, "run": {"device": "cpu", "dtype": "float32", "torch": "x", "date": "d"}}
@@ -244,15 +244,15 @@ def test_plot_is_written_at_exactly_the_given_path(tmp_path):
 
 
 def test_json_output_is_strict():
-    from fractal_flood.json_io import dumps
+    from fractal_flood.fileio import dumps
     text = dumps({"a": float("nan"), "b": [float("inf"), 1.5], "c": {"d": -float("inf")}})
     assert json.loads(text) == {"a": None, "b": [None, 1.5], "c": {"d": None}}
     assert "NaN" not in text and "Infinity" not in text
 
 
 def test_api_temperature_rejects_nan_and_inf():
-    from fractal_flood.decoding import DecodeOptions
-    from fractal_flood.sampling import SamplingConfig
+    from fractal_flood.render.base import DecodeOptions
+    from fractal_flood.sampling.tokens import SamplingConfig
     for bad in (math.nan, math.inf):
         with pytest.raises(ValueError, match="temperature"):
             SamplingConfig(temperature=bad)
@@ -266,7 +266,7 @@ def test_api_temperature_rejects_nan_and_inf():
 
 
 def test_ctrl_c_in_generate_prints_the_finished_blocks(capsys, monkeypatch):
-    from fractal_flood.pipeline import TextPipeline
+    from fractal_flood.generation.pipeline import TextPipeline
     args = ["generate", "--roots", "12", "--block", "4", "--seed", "5", "--device", "cpu", "--prompt", "KING:"]
     assert main(args) == 0
     full = capsys.readouterr().out
@@ -288,7 +288,7 @@ def test_ctrl_c_in_generate_prints_the_finished_blocks(capsys, monkeypatch):
 
 
 def test_ctrl_c_in_train_saves_and_resume_continues(tmp_path, small_corpus_file, capsys, monkeypatch):
-    from fractal_flood.renderer_task import RendererTask
+    from fractal_flood.train.renderer_task import RendererTask
     real_loss, calls = RendererTask.loss, []
 
     def loss(self, *args):

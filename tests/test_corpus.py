@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import fractal_flood
-from fractal_flood.corpus import default_corpus_path, load_corpus
+from fractal_flood.corpus.reader import default_corpus_path, load_corpus
 from fractal_flood.errors import FractalFloodError
 
 TINY_SHAKESPEARE_CHARS = 1_115_394
@@ -19,7 +19,7 @@ def test_default_corpus_is_shipped_in_the_package():
     assert path.is_file()
     package_dir = Path(fractal_flood.__file__).resolve().parent
     assert package_dir in path.resolve().parents  # not the shared/ folder a fresh machine lacks
-    assert resources.files("fractal_flood").joinpath("data", path.name).is_file()
+    assert resources.files("fractal_flood").joinpath("assets", path.name).is_file()
 
 
 def test_default_corpus_size(corpus_text):

@@ -10,11 +10,13 @@ import math
 import pytest
 import torch
 
-from fractal_flood.corpus import load_corpus
-from fractal_flood.decoding import (AdaptiveFloodDecoder, DecodeOptions, FlashFloodDecoder,
-                                    SequentialDecoder, make_decoder)
-from fractal_flood.decoding.canvas import draw, score
-from fractal_flood.decoding.choose import best_of_k
+from fractal_flood.corpus.reader import load_corpus
+from fractal_flood.render.base import DecodeOptions
+from fractal_flood.render.canvas import draw, score
+from fractal_flood.render.choose import best_of_k
+from fractal_flood.render.decoders import make_decoder
+from fractal_flood.render.flood import AdaptiveFloodDecoder, FlashFloodDecoder
+from fractal_flood.render.sequential import SequentialDecoder
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -186,7 +188,7 @@ def test_bounded_batches_render_the_same(tiny_renderer, tiny_trained_tokenizer, 
 
 
 def test_tensor_seeds_draw_what_int_seeds_draw():
-    from fractal_flood import draws
+    from fractal_flood.sampling import draws
     seeds = [0, 7, 2**31 + 3, 2**40 + 9, 2**63 - 1]
     item = torch.arange(5)
     draw_id = torch.tensor([0, 2, 1, 0, 3])
@@ -208,7 +210,7 @@ def test_pooled_render_equals_each_block_alone(tiny_renderer, tiny_trained_token
         else (lambda seed: flood(tiny_renderer, tiny_trained_tokenizer, seed=seed, **kw))
     blocks = [roots[:7], roots[7:8], roots[8:30], roots[-6:]]
     seeds = [5, 2**40 + 1, 5, 123]  # two blocks share a seed: numbered within their own block
-    from fractal_flood.engine import split_render
+    from fractal_flood.render.result import split_render
     pooled = make(999).render_pooled(blocks, seeds)
     parts = split_render(pooled, [len(b) for b in blocks])
     for block, seed, part in zip(blocks, seeds, parts):
@@ -229,7 +231,7 @@ def test_pooled_render_equals_each_block_alone(tiny_renderer, tiny_trained_token
 def test_blocks_render_the_text_of_the_whole(tiny_renderer, tiny_trained_tokenizer, roots, name, kw):
     """Item numbers run on across blocks (offsets), so cutting a request's roots into blocks,
     anywhere, never changes its text: the engine may cut wherever it likes."""
-    from fractal_flood.decoding import advance
+    from fractal_flood.render.result import advance
     dec = make_decoder(name, tiny_renderer, tiny_trained_tokenizer.alphabet, DecodeOptions(seed=4, **kw))
     some = roots[:40]
     whole = dec.render(some)
@@ -249,7 +251,7 @@ def test_blocks_render_the_text_of_the_whole(tiny_renderer, tiny_trained_tokeniz
 def test_pooled_render_checks_its_sizes(tiny_renderer, tiny_trained_tokenizer, roots):
     dec = flood(tiny_renderer, tiny_trained_tokenizer)
     with pytest.raises(ValueError, match="sizes"):
-        from fractal_flood.decoding.flood import render
+        from fractal_flood.render.flood import render
         render(dec.model, dec.alphabet, torch.tensor(roots[:4]), dec.choose, 0.5, [1, 2], [1, 2])
 
 

@@ -19,9 +19,9 @@ import torch
 from safetensors.torch import load_file
 
 import fractal_flood
-from fractal_flood import distributed
 from fractal_flood.errors import FractalFloodError
-from fractal_flood.train import TrainOptions, run_training
+from fractal_flood.train import distributed
+from fractal_flood.train.run import TrainOptions, run_training
 
 from conftest import torch_threads
 

@@ -3,11 +3,12 @@ alone, whatever else runs, whenever it joins; slots, cancellation, the queue, te
 
 import pytest
 
-from fractal_flood.decoding import DecodeOptions
-from fractal_flood.engine import Engine, QueueFull, Request, TextLimit, generate_solo, split_render
 from fractal_flood.errors import FractalFloodError, UnknownCharacterError
-from fractal_flood.pipeline import load_pipeline
-from fractal_flood.sampling import SamplingConfig
+from fractal_flood.generation.engine import Engine, QueueFull, Request, TextLimit, generate_solo
+from fractal_flood.generation.pipeline import load_pipeline
+from fractal_flood.render.base import DecodeOptions
+from fractal_flood.render.result import split_render
+from fractal_flood.sampling.tokens import SamplingConfig
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -139,7 +140,7 @@ def test_pooled_render_splits_back(pipe):
     assert [c.text for c in reference.run(reqs)] == [g.text for g in got]
     assert pooled.passes < reference.passes  # pooling really shared the passes
     for energies in (False, True):  # a K = 1 flood scores nothing unless energies are asked for
-        dec = pipe._decoder(0, options=DecodeOptions(energies=energies))
+        dec = pipe.decoder_for(0, options=DecodeOptions(energies=energies))
         render = dec.render([7, 3, 11, 5, 2])
         parts = split_render(render, [2, 3])
         assert parts[0]["root_texts"] + parts[1]["root_texts"] == render.root_texts()

@@ -14,13 +14,13 @@ import torch
 
 pytest.importorskip("triton")
 
-from fractal_flood import sampling  # noqa: E402
-from fractal_flood.autoregress import ARStream  # noqa: E402
-from fractal_flood.causal_lm import CausalLM  # noqa: E402
-from fractal_flood.config import CausalLMConfig  # noqa: E402
+from fractal_flood.sampling import tokens as sampling  # noqa: E402
+from fractal_flood.manager.stream import ARStream  # noqa: E402
+from fractal_flood.models.causal_lm import CausalLM  # noqa: E402
+from fractal_flood.models.config import CausalLMConfig  # noqa: E402
 from fractal_flood.errors import DeviceError  # noqa: E402
-from fractal_flood.fused_step import FusedStep, interpreted  # noqa: E402
-from fractal_flood.sampling import RowSampling, SamplingConfig  # noqa: E402
+from fractal_flood.manager.fused_step import FusedStep, interpreted  # noqa: E402
+from fractal_flood.sampling.tokens import RowSampling, SamplingConfig  # noqa: E402
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 needs_kernels = pytest.mark.skipif(DEV == "cpu" and not interpreted(),
@@ -40,7 +40,7 @@ def model_of(vocab, layers, width, heads, classes, context=16, seed=0):
 
 
 def test_uniform_is_row_uniform_bit_for_bit():
-    from fractal_flood import fused_kernels
+    from fractal_flood.manager import fused_kernels
 
     g = torch.Generator().manual_seed(0)
     seeds = torch.cat([torch.tensor([0, 1, 2 ** 32 - 1, 2 ** 32, 2 ** 63 - 1]),
@@ -121,7 +121,7 @@ def test_stream_fused_equals_eager(shape, temperature):
 def test_shipped_manager_and_peer():
     """The shipped 4 x 128 models (their block sizes: 128 wide, 256 slots, 128 classes of
     128 roots; the peer's one softmax over 1,024 chunks): the eager stream's tokens."""
-    from fractal_flood import checkpoint as ckpt
+    from fractal_flood.models import checkpoint as ckpt
 
     m = ckpt.load_model_dir(None, torch.device(DEV), torch.float32, parts=("manager", "peer"))
     for model, prompt in ((m.manager, m.tokenizer.encode("ROMEO:")), (m.peer, m.tokenizer.encode_chunks("ROMEO:"))):

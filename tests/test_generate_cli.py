@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from fractal_flood.cli import main
+from fractal_flood.cli.main import main
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -10,13 +10,14 @@ import time
 import pytest
 import torch
 
-from fractal_flood import checkpoint as ckpt
-from fractal_flood.cli import main
-from fractal_flood.decoding import DecodeOptions, make_decoder
-from fractal_flood.evaluate import evaluate
-from fractal_flood.level_specs import format_specs, parse_specs
-from fractal_flood.metrics import render_fidelity
-from fractal_flood.train import TrainOptions, run_training
+from fractal_flood.cli.main import main
+from fractal_flood.hierarchy.level_specs import format_specs, parse_specs
+from fractal_flood.measure.evaluate import evaluate
+from fractal_flood.measure.metrics import render_fidelity
+from fractal_flood.models import checkpoint as ckpt
+from fractal_flood.render.base import DecodeOptions
+from fractal_flood.render.decoders import make_decoder
+from fractal_flood.train.run import TrainOptions, run_training
 
 from cli_run import run_main
 
@@ -160,8 +161,8 @@ def test_flood_endpoint_describes_chunks_at_any_depth(trained, depth):
     pytest.importorskip("fastapi")
     from fastapi.testclient import TestClient
 
-    from fractal_flood.pipeline import load_pipeline
-    from fractal_flood.server import create_app
+    from fractal_flood.generation.pipeline import load_pipeline
+    from fractal_flood.serve.app import create_app
 
     with TestClient(create_app(load_pipeline(trained[depth], device="cpu"), max_batch=2, block_roots=5)) as c:
         r = c.post("/v1/flood", json={"prompt": "", "max_tokens": 12, "seed": 3})

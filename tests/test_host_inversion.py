@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from fractal_flood import class_head, host_inversion, sampling
-from fractal_flood.sampling import (RowSampling, SamplingConfig, host_uniforms, invert_target, row_uniform,
-                                    sample)
+from fractal_flood.models import class_head
+from fractal_flood.sampling import host_inversion, tokens as sampling
+from fractal_flood.sampling.tokens import (RowSampling, SamplingConfig, host_uniforms, invert_target,
+                                           row_uniform, sample)
 
 
 def _both(cdf: torch.Tensor, u: torch.Tensor):

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from fractal_flood.tokenizer import WORD_CHARS, HierarchicalTokenizer, bpe_words
+from fractal_flood.hierarchy.tokenizer import WORD_CHARS, HierarchicalTokenizer, bpe_words
 
 
 def one_line(n: int, seed: int = 0) -> str:

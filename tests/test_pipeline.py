@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from fractal_flood.errors import FractalFloodError, UnknownCharacterError
-from fractal_flood.pipeline import load_pipeline
-from fractal_flood.sampling import SamplingConfig
+from fractal_flood.generation.pipeline import load_pipeline
+from fractal_flood.sampling.tokens import SamplingConfig
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -45,7 +45,7 @@ def test_generate_text_over_the_alphabet(pipe):
 
 
 def test_energies_when_asked_for():
-    from fractal_flood.decoding import DecodeOptions
+    from fractal_flood.render.base import DecodeOptions
     pipe = load_pipeline(device="cpu", options=DecodeOptions(energies=True))
     res = pipe.generate("ROMEO:\n", roots=ROOTS, seed=0)
     d = res.to_dict()
@@ -124,7 +124,7 @@ def test_bad_root_count(pipe, roots):
 @pytest.mark.parametrize("decoder", ["adaptive", "sequential"])
 def test_other_decoders_agree_with_flood_on_the_shipped_model(decoder):
     """argmax renderer, one try each: every decoder renders the same plan to the same text."""
-    from fractal_flood.decoding import DecodeOptions
+    from fractal_flood.render.base import DecodeOptions
 
     opts = DecodeOptions(max_tries=1)
     flood = load_pipeline(device="cpu", options=opts).generate("", roots=12, seed=2)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from fractal_flood.errors import FractalFloodError
-from fractal_flood.tokenizer import HierarchicalTokenizer
+from fractal_flood.hierarchy.tokenizer import HierarchicalTokenizer
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -22,7 +22,7 @@ def profile_step():
 
 def test_tensor_draw_takes_the_gpu_path(profile_step, capsys, monkeypatch):
     """--tensor-draw: the draw by tensor ops (as on a GPU) does more operators than the host's."""
-    from fractal_flood import sampling
+    from fractal_flood.sampling import tokens as sampling
     for name in ("HOST_DRAW_ROWS", "HOST_HASH_ROWS"):  # the option sets them for the process
         monkeypatch.setattr(sampling, name, getattr(sampling, name))
     counts = []

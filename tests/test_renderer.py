@@ -5,10 +5,10 @@ attention, disjoint vocabulary blocks, the preset sizes."""
 import pytest
 import torch
 
-from fractal_flood.config import RendererConfig, get_preset
-from fractal_flood.levels import Level, check_hierarchy
-from fractal_flood.renderer import FractalDiffusionModel
-from fractal_flood.vocab import UnifiedVocab
+from fractal_flood.hierarchy.levels import Level, check_hierarchy
+from fractal_flood.hierarchy.vocab import UnifiedVocab
+from fractal_flood.models.config import RendererConfig, get_preset
+from fractal_flood.models.renderer import FractalDiffusionModel
 
 # hierarchies as a tokenizer gives them, top to bottom
 TWO_LEVELS = [Level("roots", 40, 4), Level("chunks", 23, 7), Level("chars", 11, 0)]
@@ -196,8 +196,8 @@ def test_preset_sizes(shipped_tokenizer):
     """The seed preset at the default hierarchy is ~6M parameters (the plan's 6 x 256); the
     default (small, 1 x 64) and the tests' tiny preset (2 x 64, a short schedule) are over ten
     times smaller."""
-    from fractal_flood.level_specs import default_specs
-    from fractal_flood.levels import Level
+    from fractal_flood.hierarchy.level_specs import default_specs
+    from fractal_flood.hierarchy.levels import Level
     chars = shipped_tokenizer.levels[-1]  # the alphabet; the BPE levels at the presets' default
     levels = [lv.to_dict() for lv in default_specs() + [Level(chars.name, chars.size, 0)]]
     size = lambda name: FractalDiffusionModel(RendererConfig(levels=levels, **get_preset(name).renderer)).num_params()

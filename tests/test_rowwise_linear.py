@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fractal_flood import rowwise_linear
+from fractal_flood.models import rowwise_linear
 
 SHAPES = [(64, 192), (64, 256), (256, 64), (128, 384), (512, 128), (100, 37), (3, 1)]
 
@@ -98,10 +98,10 @@ CAPS = {
 
 ROW_COUNTS = textwrap.dedent("""
     import sys, torch
-    from fractal_flood.causal_lm import CausalLM
-    from fractal_flood.config import CausalLMConfig
-    from fractal_flood.sampling import SamplingConfig
-    from fractal_flood.slots import SlotManager
+    from fractal_flood.models.causal_lm import CausalLM
+    from fractal_flood.models.config import CausalLMConfig
+    from fractal_flood.sampling.tokens import SamplingConfig
+    from fractal_flood.manager.slots import SlotManager
     torch.set_num_threads(int(sys.argv[1]))
 
     def run(m, rows, prompt):

@@ -5,12 +5,12 @@
 
 import torch
 
-from fractal_flood.causal_lm import CausalLM
-from fractal_flood.config import CausalLMConfig
-from fractal_flood.sampling import (SEED_LIMIT, RowSampling, SamplingConfig, _row_uniform_host,
-                                    _row_uniform_tensor, filter_logits, inverse_cdf, row_uniform, sample,
-                                    scaled_logits)
-from fractal_flood.slots import SlotManager
+from fractal_flood.manager.slots import SlotManager
+from fractal_flood.models.causal_lm import CausalLM
+from fractal_flood.models.config import CausalLMConfig
+from fractal_flood.sampling.tokens import (SEED_LIMIT, RowSampling, SamplingConfig, _row_uniform_host,
+                                           _row_uniform_tensor, filter_logits, inverse_cdf, row_uniform,
+                                           sample, scaled_logits)
 
 
 def test_unfiltered_rows_skip_the_sort_and_give_the_same_tokens():

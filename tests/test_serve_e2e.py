@@ -15,9 +15,9 @@ openai = pytest.importorskip("openai")
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("uvicorn")
 
-from fractal_flood.engine import Request, generate_solo  # noqa: E402
-from fractal_flood.pipeline import load_pipeline  # noqa: E402
-from fractal_flood.sampling import SamplingConfig  # noqa: E402
+from fractal_flood.generation.engine import Request, generate_solo  # noqa: E402
+from fractal_flood.generation.pipeline import load_pipeline  # noqa: E402
+from fractal_flood.sampling.tokens import SamplingConfig  # noqa: E402
 from serve_process import serve  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("single_thread")

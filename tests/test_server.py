@@ -11,11 +11,11 @@ pytest.importorskip("httpx")
 
 from fastapi.testclient import TestClient  # noqa: E402
 
-from fractal_flood.engine import Request, generate_solo  # noqa: E402
-from fractal_flood.openai_schema import Limits  # noqa: E402
-from fractal_flood.pipeline import load_pipeline  # noqa: E402
-from fractal_flood.sampling import SamplingConfig  # noqa: E402
-from fractal_flood.server import create_app  # noqa: E402
+from fractal_flood.generation.engine import Request, generate_solo  # noqa: E402
+from fractal_flood.serve.openai_schema import Limits  # noqa: E402
+from fractal_flood.generation.pipeline import load_pipeline  # noqa: E402
+from fractal_flood.sampling.tokens import SamplingConfig  # noqa: E402
+from fractal_flood.serve.app import create_app  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 BLOCK = 6
@@ -236,7 +236,7 @@ def test_page_and_static_files(client):
         r = client.get(ref)
         assert r.status_code == 200 and len(r.text) > 100
     assert "http" not in client.get("/static/app.js").text  # no CDN, nothing fetched from elsewhere
-    assert client.get("/static/../server.py").status_code == 404
+    assert client.get("/static/../app.py").status_code == 404
     assert client.get("/static/secret.txt").status_code == 404
     r = client.get("/bench.json")
     assert r.status_code == 404 and "--bench-json" in r.json()["error"]["message"]
@@ -251,7 +251,7 @@ def test_bench_json_is_served(pipe, tmp_path):
 
 
 def test_chars_under_folds_the_counts_of_every_level_below():
-    from fractal_flood.server import chars_under
+    from fractal_flood.render.result import chars_under
 
     # 1 root -> 2 level-1 items -> (1, 2) level-2 items -> (3, 1, 2) characters
     counts = [[2], [1, 2], [3, 1, 2]]
@@ -265,7 +265,7 @@ def test_serve_takes_half_the_cores_on_a_cpu_and_torchs_threads_on_a_gpu():
 
     import torch
 
-    from fractal_flood.serve_cli import default_threads
+    from fractal_flood.cli.serve import default_threads
 
     assert default_threads(torch.device("cpu")) == max(1, (os.cpu_count() or 1) // 2)
     assert default_threads(torch.device("cuda")) is None

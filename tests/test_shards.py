@@ -11,12 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from fractal_flood.corpus import open_corpus
+from fractal_flood.corpus.reader import open_corpus
+from fractal_flood.corpus.shards import (INDEX_FILE, ShardedIds, cache_dir_for, load_or_build, open_shards,
+                                         token_chars)
+from fractal_flood.corpus.streams import TokenStream, lm_batch
 from fractal_flood.errors import FractalFloodError
-from fractal_flood.metrics import heldout_loss
-from fractal_flood.pairs import TokenStream, lm_batch
-from fractal_flood.shards import INDEX_FILE, ShardedIds, cache_dir_for, load_or_build, open_shards, token_chars
-from fractal_flood.tokenizer import HierarchicalTokenizer
+from fractal_flood.hierarchy.tokenizer import HierarchicalTokenizer
+from fractal_flood.measure.metrics import heldout_loss
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -137,8 +138,8 @@ def test_windows_and_heldout_split_from_shards_equal_the_in_memory_ones(corpus_d
     assert sharded[SHARD_TOKENS] == int(ids[SHARD_TOKENS])
     lengths = torch.tensor([len(tiny_tokenizer.root_text(i)) for i in range(tiny_tokenizer.num_roots)])
     assert token_chars(mapped.val, lengths) == len(tiny_tokenizer.decode(mem.val.tolist()))
-    from fractal_flood.causal_lm import CausalLM
-    from fractal_flood.config import CausalLMConfig
+    from fractal_flood.models.causal_lm import CausalLM
+    from fractal_flood.models.config import CausalLMConfig
     torch.manual_seed(0)
     lm = CausalLM(CausalLMConfig(vocab_size=tiny_tokenizer.num_roots, n_layers=1, d_model=32, n_heads=2, context=32))
     assert heldout_loss(lm, mapped.val, "cpu") == pytest.approx(heldout_loss(lm, mem.val, "cpu"), abs=1e-6)
@@ -188,7 +189,7 @@ def test_cache_sits_beside_the_model_directory(tmp_path):
 
 
 def test_training_reads_the_shards_of_a_directory_corpus(corpus_dir, tmp_path):
-    from fractal_flood.train import TrainOptions, run_training
+    from fractal_flood.train.run import TrainOptions, run_training
     out = tmp_path / "model"
     logs = []
     res = run_training(TrainOptions(out_dir=out, preset="tiny", corpus=str(corpus_dir), parts=("manager",),

@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from fractal_flood.causal_lm import CausalLM
-from fractal_flood.config import CausalLMConfig
-from fractal_flood.sampling import SamplingConfig
-from fractal_flood.slots import SlotManager, batch_invariant_attention, span_step
+from fractal_flood.manager.slots import SlotManager, batch_invariant_attention, span_step
+from fractal_flood.models.causal_lm import CausalLM
+from fractal_flood.models.config import CausalLMConfig
+from fractal_flood.sampling.tokens import SamplingConfig
 
 
 def model(classes=0, heads=4, context=32):
@@ -32,8 +32,8 @@ SHAPES = {  # (classes, heads, context, others' prompt lengths): spans of 1-2 st
 @pytest.mark.parametrize("others", [0, 1, 2, 5, 11])
 def test_a_rows_logits_are_bitwise_the_same_alone_or_batched(others, shape, threads):
     """The premise of 'every request's text equals its solo run' without luck: every
-    linear layer computes each row alone (rowwise_linear), attention is batched matmuls (the fused kernel is not invariant on 2 threads), and the
-    cache span it reads depends on the longest row (here others are 9 i + 1 tokens long,
+    linear layer computes each row alone (rowwise_linear), attention is batched matmuls
+    (the fused kernel is not invariant on 2 threads), and the cache span it reads depends on the longest row (here others are 9 i + 1 tokens long,
     so ours reads 32 slots alone and up to 80 among others: span_step)."""
     classes, heads, context, stride = SHAPES[shape]
     m = model(classes, heads, context)

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from fractal_flood import checkpoint as ckpt
 from fractal_flood.errors import FractalFloodError, LevelSpecError, TokenizerFileError, UnknownCharacterError
-from fractal_flood.level_specs import default_specs, format_specs, parse_specs
-from fractal_flood.levels import Level, check_hierarchy
-from fractal_flood.tokenizer import PUA_SIZE, HierarchicalTokenizer
+from fractal_flood.hierarchy.level_specs import default_specs, format_specs, parse_specs
+from fractal_flood.hierarchy.levels import Level, check_hierarchy
+from fractal_flood.hierarchy.tokenizer import PUA_SIZE, HierarchicalTokenizer
+from fractal_flood.models import checkpoint as ckpt
 
 try:
     from hypothesis import HealthCheck, given, settings

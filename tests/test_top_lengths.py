@@ -5,14 +5,15 @@ fewer positions than a padded top, checkpoints with and without it, evaluation a
 import pytest
 import torch
 
-from fractal_flood import checkpoint as ckpt
-from fractal_flood.config import RendererConfig
-from fractal_flood.decoding import DecodeOptions, make_decoder
-from fractal_flood.engine import Engine, Request, generate_solo
-from fractal_flood.evaluate import evaluate
-from fractal_flood.metrics import render_fidelity
-from fractal_flood.pipeline import load_pipeline
-from fractal_flood.renderer import FractalDiffusionModel
+from fractal_flood.generation.engine import Engine, Request, generate_solo
+from fractal_flood.generation.pipeline import load_pipeline
+from fractal_flood.measure.evaluate import evaluate
+from fractal_flood.measure.metrics import render_fidelity
+from fractal_flood.models import checkpoint as ckpt
+from fractal_flood.models.config import RendererConfig
+from fractal_flood.models.renderer import FractalDiffusionModel
+from fractal_flood.render.base import DecodeOptions
+from fractal_flood.render.decoders import make_decoder
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -21,7 +22,7 @@ STEPS = 600
 
 @pytest.fixture(scope="module")
 def top_dir(small_corpus_file, tmp_path_factory):
-    from fractal_flood.train import TrainOptions, run_training
+    from fractal_flood.train.run import TrainOptions, run_training
 
     out = tmp_path_factory.mktemp("top_lengths")
     with torch.random.fork_rng():

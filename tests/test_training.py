@@ -12,14 +12,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from fractal_flood import checkpoint as ckpt
-from fractal_flood.config import RendererConfig, get_preset
+from fractal_flood.corpus.expansions import (LevelTable, canvas_lengths, hard_negatives, level_tables,
+                                             random_negatives, sample_conditions, wrong_pairs)
+from fractal_flood.corpus.streams import TokenStream, lm_batch
 from fractal_flood.errors import CheckpointError, FractalFloodError
-from fractal_flood.noise import corrupt, replace_prob
-from fractal_flood.pairs import (LevelTable, TokenStream, canvas_lengths, hard_negatives, level_tables,
-                                 lm_batch, random_negatives, sample_conditions, wrong_pairs)
-from fractal_flood.renderer import FractalDiffusionModel
-from fractal_flood.train import STATE_DIR, TrainOptions, run_training
+from fractal_flood.models import checkpoint as ckpt
+from fractal_flood.models.config import RendererConfig, get_preset
+from fractal_flood.models.renderer import FractalDiffusionModel
+from fractal_flood.train.noise import corrupt, replace_prob
+from fractal_flood.train.run import STATE_DIR, TrainOptions, run_training
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -437,7 +438,7 @@ def test_packed_training_loss_equals_one_padded_pass(tiny_tokenizer):
     """The renderer task packs each lower level into length-sorted groups, each trimmed to its
     longest row; that is the same loss (and gradient) as one masked pass over the whole
     padded batch, and two equal pieces average to it (data parallel / accumulation)."""
-    from fractal_flood.renderer_task import RendererTask
+    from fractal_flood.train.renderer_task import RendererTask
 
     torch.manual_seed(0)
     cfg = RendererConfig(levels=[lv.to_dict() for lv in tiny_tokenizer.levels], n_layers=2, d_model=32,
@@ -489,7 +490,7 @@ def test_a_trained_directory_needs_resume_or_overwrite(tmp_path, small_corpus_fi
 def test_a_second_writer_is_refused_with_the_holders_name(tmp_path, small_corpus_file):
     import socket
 
-    from fractal_flood.dir_lock import LOCK_FILE
+    from fractal_flood.fileio import LOCK_FILE
     out = tmp_path / "m"
     out.mkdir()
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
@@ -511,7 +512,7 @@ def test_a_second_writer_is_refused_with_the_holders_name(tmp_path, small_corpus
 
 
 def test_the_lock_is_released_when_training_fails(tmp_path, small_corpus_file):
-    from fractal_flood.dir_lock import LOCK_FILE
+    from fractal_flood.fileio import LOCK_FILE
     out = tmp_path / "m"
     with pytest.raises(Interrupted):
         run_training(_opts(out, small_corpus_file, log=_raise_at("step 10", Interrupted)))
@@ -531,8 +532,8 @@ def _raise_at(fragment, exc):
 def test_ctrl_c_saves_the_state_first_and_resume_continues(tmp_path, small_corpus_file, monkeypatch):
     """Ctrl-C in step 10, long before the first scheduled save (100): the state after step 9
     is saved, the error says so, and --resume finishes with the weights of an unbroken run."""
-    from fractal_flood.renderer_task import RendererTask
-    from fractal_flood.train import TrainingInterrupted
+    from fractal_flood.train.renderer_task import RendererTask
+    from fractal_flood.train.run import TrainingInterrupted
     real_loss, calls = RendererTask.loss, []
 
     def loss_until_10(self, *args):

@@ -8,15 +8,15 @@ __version__ = "0.1.0"
 # Everything else is imported on first use, so that ``fractal-flood --help`` (and any other
 # light use of the package) does not pay for importing torch.
 _LAZY = {
-    "HierarchicalTokenizer": "tokenizer", "Level": "levels",
-    "RendererConfig": "config", "CausalLMConfig": "config",
-    "FractalDiffusionModel": "renderer", "CausalLM": "causal_lm",
-    "SamplingConfig": "sampling",
-    "DecodeOptions": "decoding", "FlashFloodDecoder": "decoding", "AdaptiveFloodDecoder": "decoding",
-    "SequentialDecoder": "decoding",
-    "make_decoder": "decoding",
-    "TextPipeline": "pipeline", "load_pipeline": "pipeline",
-    "TrainOptions": "train", "run_training": "train",
+    "HierarchicalTokenizer": "hierarchy.tokenizer", "Level": "hierarchy.levels",
+    "RendererConfig": "models.config", "CausalLMConfig": "models.config",
+    "FractalDiffusionModel": "models.renderer", "CausalLM": "models.causal_lm",
+    "SamplingConfig": "sampling.tokens",
+    "DecodeOptions": "render.base", "FlashFloodDecoder": "render.flood", "AdaptiveFloodDecoder": "render.flood",
+    "SequentialDecoder": "render.sequential",
+    "make_decoder": "render.decoders",
+    "TextPipeline": "generation.pipeline", "load_pipeline": "generation.pipeline",
+    "TrainOptions": "train.run", "run_training": "train.run",
 }
 
 

@@ -1,0 +1,227 @@
+"""``fractal-flood generate``: one prompt (argument or stdin) or many (``--prompts FILE``).
+
+One prompt goes through the solo path (``TextPipeline.generate``, streamed if asked);
+many go through the batched engine and come out as JSON lines, in input order. Without
+``--seed`` a random seed is drawn and printed (stderr, and ``--json``), so any run can be
+repeated exactly; with many prompts, prompt i gets seed + i unless its line sets one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import secrets
+import sys
+from pathlib import Path
+
+from ..errors import FractalFloodError
+from ..fileio import dumps
+from ..hierarchy.bpe_json import MAX_VOCAB
+from ..render.decoders import DECODERS
+from .args import (MAX_BATCH, MAX_K, MAX_ROOTS, finite_float, input_file, int_in, nonneg_float, output_file,
+                   unit_float)
+
+PROMPT_FIELDS = {"prompt", "roots", "max_chars", "temperature", "top_k", "top_p", "seed", "stop"}
+SEED_BITS = 32  # drawn seeds: short enough to retype
+
+
+def add_arguments(g) -> None:
+    g.add_argument("--prompt", default="", help="text to continue (must use the model's alphabet); - reads stdin")
+    g.add_argument("--prompts", metavar="FILE", type=lambda s: s if s == "-" else input_file(s),
+                   help="many prompts, batched: one per line, or JSON lines with fields "
+                        f"{', '.join(sorted(PROMPT_FIELDS))}; - reads stdin. Writes JSON lines")
+    g.add_argument("--output", metavar="FILE", type=output_file, help="write the --prompts JSON lines here instead of stdout")
+    g.add_argument("--roots", type=int_in(1, MAX_ROOTS),
+                   help="roots to generate, ~1.2 chunks each (default: 200, or --max-chars)")
+    g.add_argument("--max-chars", type=int_in(1, 10 * MAX_ROOTS), help="stop after this many characters")
+    g.add_argument("--stop", action="append", default=[], metavar="TEXT",
+                   help="stop before this text (repeatable; \\n means a newline)")
+    g.add_argument("--decoder", default="flood", choices=DECODERS, help="flood (best-of-K), adaptive, sequential")
+    g.add_argument("--k", type=int_in(1, MAX_K), default=1, help="best-of-K candidates per item (flood)")
+    g.add_argument("--threshold", type=finite_float, default=0.5, help="energy accept threshold")
+    g.add_argument("--max-tries", type=int_in(1, 1000), default=10, help="draws per item (sequential, adaptive)")
+    g.add_argument("--render-temperature", type=nonneg_float, default=0.0,
+                   help="renderer sampling temperature (0 = argmax)")
+    g.add_argument("--temperature", type=nonneg_float, default=0.8, help="manager sampling temperature")
+    g.add_argument("--top-k", type=int_in(1, MAX_VOCAB), help="manager top-k")
+    g.add_argument("--top-p", type=unit_float, help="manager nucleus p")
+    g.add_argument("--seed", type=int_in(0, 2 ** 63 - 1), help="random seed (default: a random one, printed)")
+    g.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    g.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16")
+    g.add_argument("--model", help="model directory (default: the shipped model)")
+    g.add_argument("--stream", action="store_true", help="print text block by block as it is rendered")
+    g.add_argument("--block", type=int_in(1, MAX_ROOTS), default=256,
+                   help="roots per block: the manager plans one while the previous is rendered (the text does not depend on it)")
+    g.add_argument("--max-batch", type=int_in(1, MAX_BATCH), default=32, help="--prompts: requests generated at once")
+    g.add_argument("--compile", action="store_true",
+                   help="torch.compile the manager's decode step (GPU; slow first call)")
+    g.add_argument("--fused-step", action="store_true",
+                   help="run the manager's decode step as a few Triton kernels (CUDA, needs triton; "
+                        "the eager step is the reference it is tested against)")
+    g.add_argument("--json", action="store_true", help="print text, root ids, energies, timings as JSON")
+
+
+def _unescape(s: str) -> str:
+    return s.replace("\\n", "\n").replace("\\t", "\t")
+
+
+def run(args) -> int:
+    from ..generation.pipeline import load_pipeline
+    from ..render.base import DecodeOptions
+    from ..sampling.tokens import SamplingConfig
+    try:
+        sampling = SamplingConfig(args.temperature, args.top_k, args.top_p)
+        options = DecodeOptions(k=args.k, threshold=args.threshold, max_tries=args.max_tries,
+                                temperature=args.render_temperature,
+                                energies=args.json).validate()  # --json reports the energies
+    except ValueError as e:
+        raise FractalFloodError(str(e)) from None
+    if args.prompts is not None and (args.prompt or args.stream):
+        raise FractalFloodError("--prompts takes the prompts from a file: drop --prompt and --stream")
+    if args.output is not None and args.prompts is None:
+        raise FractalFloodError("--output goes with --prompts")
+    if args.prompts is not None and (args.compile or args.fused_step):
+        raise FractalFloodError("--compile and --fused-step speed up one stream's step; --prompts runs the "
+                                "batched engine, which uses neither: drop them")
+    seed = args.seed if args.seed is not None else secrets.randbelow(2 ** SEED_BITS)
+    stop = tuple(_unescape(s) for s in args.stop)
+    if any(not s for s in stop):
+        raise FractalFloodError("--stop needs a non-empty text")
+    jobs = _read_prompts(args.prompts) if args.prompts is not None else None
+    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    pipe = load_pipeline(args.model, args.device, args.dtype, args.decoder, options, compile=args.compile,
+                         fused=args.fused_step)
+    if jobs is not None:
+        return _many(pipe, args, jobs, sampling, seed, stop)
+    pipe.tokenizer.check_text(prompt)
+    for s in stop:
+        pipe.tokenizer.check_text(s)
+    streaming = args.stream and not args.json
+    done = []  # the text of every finished block: printed even if Ctrl-C stops the rest
+    if streaming:
+        sys.stdout.write(prompt)
+        sys.stdout.flush()
+
+    def on_block(text):
+        done.append(text)
+        if streaming:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+    roots = args.roots or (args.max_chars if args.max_chars else 200)
+    try:
+        result = pipe.generate(prompt, roots, sampling, seed, args.block, on_block, max_chars=args.max_chars,
+                               stop=stop)
+    except KeyboardInterrupt:
+        if streaming:
+            sys.stdout.write("\n")
+        elif not args.json:
+            print(prompt + "".join(done))
+        sys.stdout.flush()
+        raise KeyboardInterrupt(f"after {len(done)} finished block(s) of up to {args.block} roots") from None
+    if args.json:
+        print(dumps(result.to_dict(), indent=1))
+        if args.seed is None:
+            print(f"[seed {seed}]", file=sys.stderr)
+    elif args.stream:
+        sys.stdout.write("\n")
+    else:
+        print(prompt + result.text)
+    if not args.json:
+        print(f"[{len(result.root_ids)} roots, {result.num_chunks} chunks, {len(result.text)} chars "
+              f"in {result.seconds:.3f}s on {pipe.device} ({pipe.decoder_name}, seed {seed})]", file=sys.stderr)
+    return 0
+
+
+def _read_prompts(path: str) -> list[dict]:
+    """Lines of a prompts file -> dicts; a line starting with '{' is a JSON object."""
+    if path == "-":
+        lines = sys.stdin.read().splitlines()
+    else:
+        try:
+            lines = Path(path).read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            raise FractalFloodError(f"cannot read prompts file {path}: {e}") from None
+    out = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        if not line.lstrip().startswith("{"):
+            out.append({"prompt": _unescape(line), "line": n})
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise FractalFloodError(f"{path} line {n}: not valid JSON ({e.msg})") from None
+        if not isinstance(obj, dict) or not isinstance(obj.get("prompt", ""), str):
+            raise FractalFloodError(f"{path} line {n}: expected an object with a string \"prompt\"")
+        unknown = set(obj) - PROMPT_FIELDS
+        if unknown:
+            raise FractalFloodError(f"{path} line {n}: unknown field(s) {', '.join(sorted(unknown))} "
+                                    f"(known: {', '.join(sorted(PROMPT_FIELDS))})")
+        obj["line"] = n
+        out.append(obj)
+    if not out:
+        raise FractalFloodError(f"{path}: no prompts")
+    return out
+
+
+def _request(spec: dict, args, sampling, seed: int, stop: tuple, where: str):
+    from dataclasses import replace
+
+    from ..generation.engine import Request
+    from ..sampling.tokens import SamplingConfig
+    try:
+        for key in ("temperature", "top_p"):
+            v = spec.get(key)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v)):
+                raise ValueError(f"{key} must be a number, got {v!r}")
+        for key in ("roots", "max_chars", "top_k", "seed"):
+            v = spec.get(key)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int)):
+                raise ValueError(f"{key} must be an integer, got {v!r}")
+        s = spec.get("stop", stop)
+        s = (s,) if isinstance(s, str) else s
+        if not isinstance(s, (list, tuple)) or not all(isinstance(x, str) and x for x in s):
+            raise ValueError("stop must be a non-empty string or a list of them")
+        sampling = replace(sampling, **{k: spec[k] for k in ("temperature", "top_k", "top_p") if k in spec})
+        SamplingConfig(sampling.temperature, sampling.top_k, sampling.top_p)  # validates
+        max_chars = spec.get("max_chars", args.max_chars)
+        roots = spec.get("roots", args.roots if "max_chars" not in spec else None)
+        return Request(spec.get("prompt", ""), roots=roots, max_chars=max_chars, sampling=sampling,
+                       seed=spec.get("seed", seed), stop=tuple(s))
+    except ValueError as e:
+        raise FractalFloodError(f"{where}: {e}") from None
+
+
+def _many(pipe, args, specs, sampling, seed, stop) -> int:
+    import time
+
+    from ..generation.engine import Engine
+    name = args.prompts if args.prompts != "-" else "stdin"
+    engine = Engine(pipe, max_batch=args.max_batch, block_roots=args.block, max_queue=len(specs))
+    jobs = []
+    for i, spec in enumerate(specs):
+        where = f"{name} line {spec['line']}"
+        req = _request(spec, args, sampling, (seed + i) % 2 ** 63, stop, where)
+        try:
+            jobs.append(engine.submit(req))
+        except FractalFloodError as e:
+            raise FractalFloodError(f"{where}: {e}") from None
+    t0 = time.perf_counter()
+    while engine.step():
+        pass
+    seconds = time.perf_counter() - t0
+    out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
+    try:
+        for job in jobs:
+            d = job.completion.to_dict()
+            if not args.json:
+                d.pop("root_ids")
+            out.write(dumps(d) + "\n")
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    chunks = sum(j.completion.chunks for j in jobs)
+    print(f"[{len(jobs)} prompts, {chunks} chunks in {seconds:.3f}s on {pipe.device} "
+          f"({chunks / seconds:.0f} tokens/s), first seed {seed}]", file=sys.stderr)
+    return 0

@@ -1,0 +1,76 @@
+"""``fractal-flood serve``: the flags, and starting uvicorn. FastAPI and uvicorn are
+imported only here, when the command runs, so the rest of the CLI stays light."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from ..errors import FractalFloodError
+from ..render.decoders import DECODERS
+from .args import MAX_BATCH, MAX_ROOTS, int_in
+
+
+def add_arguments(v) -> None:
+    v.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    v.add_argument("--port", type=int_in(0, 65535), default=8000, help="TCP port")
+    v.add_argument("--model", help="model directory (default: the shipped model)")
+    v.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    v.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16")
+    v.add_argument("--decoder", default="flood", choices=DECODERS, help="default decoder")
+    v.add_argument("--max-batch", type=int_in(1, MAX_BATCH), default=32, help="requests generated at once (slots)")
+    v.add_argument("--max-queue", type=int_in(0, 1 << 20), default=64,
+                   help="requests waiting for a slot before new ones get 503 + Retry-After")
+    v.add_argument("--block", type=int_in(1, MAX_ROOTS), default=32,
+                   help="roots per block: text streams once per block (new requests join every few manager steps; the text never depends on the block)")
+    v.add_argument("--max-tokens-limit", type=int_in(1, MAX_ROOTS), default=4096, help="largest max_tokens (roots) accepted")
+    v.add_argument("--model-name", default="fractal-flood", help="the model id clients ask for")
+    v.add_argument("--bench-json", metavar="FILE",
+                   help="a fractal-flood bench --json file: the page's bench view draws it")
+    v.add_argument("--threads", type=int_in(1, 1024), default=None,
+                   help="torch intra-op threads (default on a CPU: half the cores, at least 1; the "
+                        "HTTP loop and the engine's Python need the rest: on 2 cores one thread "
+                        "beat two at every load, RESULTS.md 'Serving'; on a GPU: torch's)")
+    v.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
+
+
+def default_threads(device) -> int | None:
+    """``serve``'s torch threads when ``--threads`` is not given: half the cores on a CPU
+    (at least 1), torch's own choice (None) on a GPU."""
+    if device.type != "cpu":
+        return None
+    return max(1, (os.cpu_count() or 1) // 2)
+
+
+def run(args) -> int:
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn
+    except ImportError:
+        raise FractalFloodError("serve needs FastAPI and uvicorn: pip install 'fractal-flood[serve]'") from None
+    if args.bench_json is not None and not Path(args.bench_json).is_file():
+        raise FractalFloodError(f"--bench-json: no such file {args.bench_json}")
+    if args.max_queue < 0:
+        raise FractalFloodError(f"--max-queue must be >= 0, got {args.max_queue}")
+    import torch
+
+    from ..generation.pipeline import load_pipeline
+    from ..serve.app import create_app
+    from ..serve.openai_schema import Limits
+    pipe = load_pipeline(args.model, args.device, args.dtype, args.decoder)
+    threads = args.threads if args.threads is not None else default_threads(pipe.device)
+    if threads is not None:
+        torch.set_num_threads(threads)
+    limits = Limits(max_tokens=args.max_tokens_limit)
+    app = create_app(pipe, args.max_batch, args.max_queue, args.block, limits, args.model_name,
+                     Path(args.bench_json) if args.bench_json else None)
+    print(f"fractal-flood serve: {args.model or 'shipped model'} on {pipe.device}, "
+          f"http://{args.host}:{args.port}/ ({args.max_batch} slots, queue {args.max_queue}, "
+          f"{torch.get_num_threads()} torch thread(s))",
+          file=sys.stderr, flush=True)
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    except OSError as e:  # port taken, address not available
+        raise FractalFloodError(f"cannot listen on {args.host}:{args.port}: {e}") from None
+    return 0

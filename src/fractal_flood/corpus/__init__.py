@@ -1,0 +1,2 @@
+"""Training text: reading a corpus (``reader.py``), tokenizing it once into memory-mapped
+shards (``shards.py``), and the tensors training draws from it."""

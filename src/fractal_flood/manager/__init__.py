@@ -1,0 +1,2 @@
+"""The manager's decoding: one stream with its KV cache (``stream.py``), many requests in
+slots (``slots.py``), and the decode step as fused Triton kernels (``fused_step.py``)."""

@@ -1,0 +1,224 @@
+"""The manager for continuous batching: a KV cache of slots, each at its own position.
+
+``ARStream`` runs a fixed batch in lockstep (one position for all rows). A server's rows
+come and go: a request is prefilled into a free slot while the others wait at a block
+boundary, and a finished one gives its slot back. So here every slot keeps its own
+position, window and step counter, and a decode step writes each row's key and value at
+that row's position (a per-row scatter instead of one shared ``index_copy_``).
+
+Active rows are kept packed in slots ``0 .. n-1``: a step runs on a slice (a view, no
+gather), and a row that leaves is replaced by the last active row (one row copy).
+
+The window rule is ``ARStream``'s, applied per row, and the draws are the same
+counter-based ones keyed on (seed, step), so a request's tokens equal a batch-1
+``ARStream`` run with the same prompt, seed and settings (tested; up to floating-point
+near-ties, below).
+
+Batch invariance: a request's logits are bitwise the same alone or among any number of
+others (tested at 1-33 rows, under the instruction-set caps of PyTorch's CPU libraries).
+Every linear layer of the step and of the draw computes each row by itself
+(``rowwise_linear``: one fixed order of float32 operations per row, on any CPU; a BLAS
+library picks its kernel by the batch's row count and rounds differently). Attention is
+batched matmuls, one matrix per row and head (the CPU's fused attention splits its work by
+the batch's size over threads and rounds differently), and reads the cache only as far as
+the step's longest row needs, in steps of ``span_step`` slots, a length at which extra
+masked slots change no bit. A GPU's kernels make no such promise.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..models.causal_lm import CausalLM
+from ..models.layers import layer_norm, linear
+from ..sampling.tokens import RowSampling, SamplingConfig, check_seed
+
+BLAS_MIN_MACS = 512  # a CPU matmul under 400 multiply-adds per matrix runs a plain loop instead
+
+
+def span_step(head_dim: int) -> int:
+    """The granularity of the cache span attention reads: a multiple of 16 slots with at
+    least ``BLAS_MIN_MACS`` multiply-adds per (1 x head_dim) @ (head_dim x span) product.
+
+    Measured on x86 CPU (MKL, 1 and 2 threads, head dims 8-64): once every product runs the
+    BLAS kernel, a row's attention output is bitwise the same whether the span ends at its
+    own position's step or further (masked slots add exact zeros); below 400 multiply-adds
+    the matmul takes a plain loop and a span of 16 rounds differently from one of 32."""
+    step = 16
+    while step * head_dim < BLAS_MIN_MACS:
+        step += 16
+    return step
+
+
+def batch_invariant_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                              mask: torch.Tensor) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d), masked) v as batched matmuls: each row is its own matrix
+    product, so its result does not depend on the other rows. (The CPU's fused attention
+    splits its work by the batch's size over threads and rounds differently, ~1e-7.)"""
+    att = (q @ k.transpose(-1, -2)) * (1.0 / q.size(-1) ** 0.5)
+    return att.masked_fill(~mask, float("-inf")).softmax(-1) @ v
+
+
+class SlotManager:
+    """Up to ``slots`` independent generation rows over one ``CausalLM`` (weights shared)."""
+
+    def __init__(self, model: CausalLM, slots: int, device: torch.device | str,
+                 dtype: torch.dtype | None = None):
+        if slots < 1:
+            raise ValueError(f"slots must be >= 1, got {slots}")
+        cfg = model.config
+        self.model, self.slots = model, slots
+        self.device = torch.device(device)
+        self.context, self.keep = cfg.context, max(1, cfg.context // 2)
+        dtype = dtype or model.wte.weight.dtype
+        hd = cfg.d_model // cfg.n_heads
+        self.span_step = span_step(hd)  # attention reads the cache in steps of this many slots
+        S = slots
+        shape = (S, cfg.n_heads, cfg.context, hd)
+        self.k = [torch.zeros(shape, dtype=dtype, device=self.device) for _ in model.blocks]
+        self.v = [torch.zeros(shape, dtype=dtype, device=self.device) for _ in model.blocks]
+        L = cfg.context
+        self.window = torch.zeros(S, L, dtype=torch.long, device=self.device)  # token per cache slot
+        self.tok = torch.zeros(S, dtype=torch.long, device=self.device)  # pending token per row
+        self.pos = torch.zeros(S, dtype=torch.long, device=self.device)  # its position
+        self.seeds = torch.zeros(S, dtype=torch.long, device=self.device)
+        self.steps = torch.zeros(S, dtype=torch.long, device=self.device)
+        self.rows = RowSampling.of([SamplingConfig()] * S, self.device)
+        self.host_pos = np.zeros(S, dtype=np.int64)  # mirror of pos: when is a row's window full
+        self.host_filters = np.zeros(S, dtype=bool)  # row asks for top-k / top-p (a sort per step)
+        self.owner: list = []  # owner[i]: who holds active row i (rows 0..n-1)
+        self.steps_run = 0  # decode steps (each over all active rows)
+        self.row_steps = 0  # active rows summed over decode steps (/ steps_run: the mean batch)
+        self.prefills = 0
+
+    @property
+    def active(self) -> int:
+        return len(self.owner)
+
+    @property
+    def free(self) -> int:
+        return self.slots - len(self.owner)
+
+    @torch.no_grad()
+    def add(self, owner, prompt: list[int], sampling: SamplingConfig, seed: int) -> int:
+        """Prefill ``prompt`` (non-empty root ids) into the next free row; returns the row."""
+        if not self.free:
+            raise RuntimeError("no free slot")
+        if not prompt:
+            raise ValueError("prompt must hold at least one token")
+        r = len(self.owner)
+        ids = torch.tensor(prompt[-self.context:], dtype=torch.long, device=self.device)
+        self._prefill(r, ids[:-1])
+        self.tok[r] = ids[-1]
+        self.pos[r] = self.host_pos[r] = ids.numel() - 1
+        self.seeds[r] = check_seed(seed)
+        self.steps[r] = 0
+        one = RowSampling.of([sampling], self.device)
+        self.rows.temperature[r], self.rows.top_k[r], self.rows.top_p[r] = (
+            one.temperature[0], one.top_k[0], one.top_p[0])
+        self.host_filters[r] = sampling.filters
+        self.owner.append(owner)
+        self._update_filters()
+        return r
+
+    @torch.no_grad()
+    def remove(self, owner) -> None:
+        """Free ``owner``'s row; the last active row moves into it (rows stay packed)."""
+        r = self.owner.index(owner)
+        last = len(self.owner) - 1
+        if r != last:
+            for buf in (*self.k, *self.v, self.window, self.tok, self.pos, self.seeds, self.steps,
+                        self.rows.temperature, self.rows.top_k, self.rows.top_p):
+                buf[r] = buf[last]
+            self.host_pos[r] = self.host_pos[last]
+            self.host_filters[r] = self.host_filters[last]
+            self.owner[r] = self.owner[last]
+        self.owner.pop()
+        self._update_filters()
+
+    @torch.no_grad()
+    def generate(self, n: int) -> torch.Tensor:
+        """The next n tokens of every active row: (active, n) long on the device."""
+        A = len(self.owner)
+        out = torch.empty(A, n, dtype=torch.long, device=self.device)
+        for i in range(n):
+            for r in np.flatnonzero(self.host_pos[:A] == self.context).tolist():
+                self._slide(r)  # this row's pending token has no slot
+            out[:, i] = self._step(A)
+            self.host_pos[:A] += 1
+            self.steps_run += 1
+            self.row_steps += A
+        return out
+
+    # ---- internals ------------------------------------------------------------------------
+
+    def _update_filters(self) -> None:
+        self.rows.filters = bool(self.host_filters[:len(self.owner)].any())
+
+    def _step(self, A: int) -> torch.Tensor:
+        rows = torch.arange(A, device=self.device)
+        pos, tok = self.pos[:A], self.tok[:A]
+        self.window[rows, pos] = tok  # pending token takes its slot
+        nxt = self.model.draw(self.step_hidden(A), self.rows.rows(slice(0, A)), self.seeds[:A],
+                              self.steps[:A])
+        self.tok[:A] = nxt
+        self.pos[:A] += 1
+        self.steps[:A] += 1
+        return nxt
+
+    def step_hidden(self, A: int) -> torch.Tensor:
+        """Final hidden states (A, C) of the pending tokens of rows 0..A-1. (A row's cache
+        entries at or below its position are always its own: a step writes its key and
+        value before attending, and a prefill writes all of them.)"""
+        return self._forward(self.tok[:A, None], self.pos[:A, None], A,
+                             last=int(self.host_pos[:A].max(initial=0)))[:, -1]
+
+    def _prefill(self, r: int, tokens: torch.Tensor) -> None:
+        """Write ``tokens`` (T,) into row r's cache slots 0..T-1 (logits unused)."""
+        T = tokens.numel()
+        if T == 0:
+            return
+        self.window[r, :T] = tokens
+        pos = torch.arange(T, device=self.device)
+        self._forward(tokens[None], pos[None], 1, row=r, last=T - 1)
+        self.prefills += 1
+
+    def _slide(self, r: int) -> None:
+        """Row r's window of context + 1 tokens -> its last ``keep``, re-encoded (ARStream's rule)."""
+        kept = self.window[r, self.context - self.keep + 1:].clone()  # (keep - 1,)
+        self._prefill(r, kept)
+        self.pos[r] = self.host_pos[r] = self.keep - 1
+
+    def _forward(self, idx: torch.Tensor, pos: torch.Tensor, B: int, last: int,
+                 row: int = 0) -> torch.Tensor:
+        """idx, pos (B, T) -> final hidden states (B, T, C) for cache rows row .. row+B-1;
+        ``last`` is the largest position in ``pos`` (known on the host).
+
+        ``CausalLM.forward_cached`` with per-row positions: the same ops in the same order.
+        Attention reads the cache up to ``last`` rounded up to ``span_step`` slots, not the
+        whole context: the rows' positions decide how far, and a row's numbers stay the same
+        whatever the others' positions are (see ``span_step``; tested bitwise).
+        """
+        m = self.model
+        x = F.embedding(idx, m.wte.weight) + F.embedding(pos, m.wpe.weight)  # (B, T, C)
+        B_, T, C = x.shape
+        S = min(self.context, -(-(last + 1) // self.span_step) * self.span_step)
+        # mask[b, t, j]: the query at pos[b, t] may see cache slot j <= pos[b, t]
+        mask = torch.arange(S, device=self.device)[None, None] <= pos[:, :, None]
+        mask = mask[:, None]  # (B, 1, T, L)
+        batch = torch.arange(row, row + B, device=self.device)[:, None]  # (B, 1)
+        for block, kc, vc in zip(m.blocks, self.k, self.v):
+            att = block.attn
+            q, k, v = linear(att.c_attn, layer_norm(block.ln_1, x)).split(C, dim=2)
+            q = q.view(B, T, att.n_heads, att.head_dim).transpose(1, 2)  # (B, nh, T, hd)
+            k = k.view(B, T, att.n_heads, att.head_dim)  # (B, T, nh, hd): indexed per (row, pos)
+            v = v.view(B, T, att.n_heads, att.head_dim)
+            kc.transpose(1, 2)[batch, pos] = k.to(kc.dtype)
+            vc.transpose(1, 2)[batch, pos] = v.to(vc.dtype)
+            keys, values = kc[row:row + B, :, :S].to(q.dtype), vc[row:row + B, :, :S].to(q.dtype)
+            y = batch_invariant_attention(q, keys, values, mask)
+            x = x + linear(att.c_proj, y.transpose(1, 2).contiguous().view(B, T, C))
+            x = x + block.mlp.decode(layer_norm(block.ln_2, x))
+        return layer_norm(m.ln_f, x)  # (B, T, C)

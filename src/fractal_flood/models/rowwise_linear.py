@@ -1,0 +1,220 @@
+"""Linear layers whose rows do not depend on the batch: the CPU decode steps' matrix products.
+
+A BLAS library picks its kernel and blocking by the matrix's shape, so on a CPU the same
+row multiplied by the same weights can round differently in a batch of 4 and a batch of 12
+(how differently, and from which row count on, depends on the CPU and the library). A
+server that batches requests would then give a request another text among others than
+alone whenever a draw falls near a tie. Here every row is computed by one fixed sequence
+of float32 operations (``rowwise_linear.c``: bias first, then each product added in k
+order, no fused multiply-add, no reassociation), so a row's result is the same alone or
+among any number of others, by construction, on any x86 or ARM CPU.
+
+Three ways to compute it (``FRACTAL_FLOOD_ROWWISE``):
+
+- ``kernel`` (the default): the C file, compiled on first use with the machine's C
+  compiler (``CC`` or ``cc``) into a cache folder (``FRACTAL_FLOOD_CACHE``, else
+  ``~/.cache/fractal_flood``), keyed on the source, the flags and the CPU's features.
+  Without a compiler it falls back to ``rows``.
+- ``rows``: the plain library call, one row at a time (each row its own 1-row product):
+  batch-invariant too, with BLAS's rounding, slower at large batches.
+- ``blas``: one library call for the whole batch: the reference path, not batch-invariant.
+
+``reference_linear`` computes the kernel's exact sequence of operations with tensor ops
+(bit for bit its result; one elementwise multiply and add per k, so slow): the tests hold
+the kernel to it.
+
+Only CPU float32 inference takes these paths; anything else (a GPU, another dtype, a
+tensor that needs gradients) is a plain ``F.linear``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import weakref
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+SOURCE = Path(__file__).with_name("rowwise_linear.c")
+FLAGS = ("-O3", "-ffp-contract=off", "-fno-fast-math", "-std=c11", "-shared", "-fPIC")
+MODES = ("kernel", "rows", "blas")
+
+_lock = threading.Lock()
+_library: Optional[ctypes.CDLL] = None
+_tried = False
+_transposed: dict = {}  # id(weight), blocks -> (weakref, version, data_ptr, transposed copy)
+
+
+def mode() -> str:
+    """How rows are computed now: ``kernel``, ``rows`` (no compiler, or asked for) or ``blas``."""
+    asked = os.environ.get("FRACTAL_FLOOD_ROWWISE", "kernel")
+    if asked not in MODES:
+        raise ValueError(f"FRACTAL_FLOOD_ROWWISE={asked!r}: choose from {', '.join(MODES)}")
+    if asked == "kernel" and library() is None:
+        return "rows"
+    return asked
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("FRACTAL_FLOOD_CACHE")
+    if root:
+        return Path(root)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return Path(xdg or Path.home() / ".cache") / "fractal_flood"
+
+
+def _cpu_features() -> str:
+    """The CPU's feature flags (what ``-march=native`` compiles for): part of the cache key."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return line
+    except OSError:
+        pass
+    return os.uname().machine
+
+
+def _compile(compiler: str, target: Path, flags: tuple) -> bool:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    os.close(fd)
+    try:
+        done = subprocess.run([compiler, *flags, "-o", tmp, str(SOURCE)],
+                              capture_output=True, timeout=120)
+        if done.returncode != 0:
+            return False
+        os.replace(tmp, target)  # atomic: a concurrent builder sees a whole library or none
+        return True
+    except (OSError, subprocess.SubprocessError):
+        return False
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def library() -> Optional[ctypes.CDLL]:
+    """The compiled kernel, built on first use; None where no C compiler builds it."""
+    global _library, _tried
+    if _tried:
+        return _library
+    with _lock:
+        if _tried:
+            return _library
+        compiler = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
+        if compiler is not None:
+            source = SOURCE.read_bytes()
+            for flags in (("-march=native", *FLAGS), FLAGS):  # some compilers lack -march=native
+                key = hashlib.sha256(source + repr((compiler, flags)).encode()
+                                     + _cpu_features().encode()).hexdigest()[:16]
+                target = _cache_dir() / f"rowwise_linear-{key}.so"
+                try:
+                    if target.exists() or _compile(compiler, target, flags):
+                        _library = _load(target)
+                        break
+                except OSError:
+                    continue
+        _tried = True
+    return _library
+
+
+def _load(path: Path) -> ctypes.CDLL:
+    lib = ctypes.CDLL(str(path))
+    p, n = ctypes.c_void_p, ctypes.c_int64
+    lib.rowwise_linear.argtypes = [p, p, p, p, n, n, n]
+    lib.rowwise_linear.restype = None
+    lib.rowwise_gathered.argtypes = [p, p, p, p, n, n, n]
+    lib.rowwise_gathered.restype = None
+    return lib
+
+
+def _transpose(weight: torch.Tensor, blocks: int = 1) -> torch.Tensor:
+    """weight (N, K) -> its transpose (K, N), or with ``blocks`` = b the transposes of its b
+    consecutive row blocks (b, K, N / b); kept while the weight is alive and unchanged."""
+    key = (id(weight), blocks)
+    hit = _transposed.get(key)
+    if (hit is not None and hit[0]() is weight and hit[1] == weight._version
+            and hit[2] == weight.data_ptr()):
+        return hit[3]
+    w = weight.detach()
+    wt = w.view(blocks, w.size(0) // blocks, w.size(1)).transpose(1, 2).contiguous()
+    wt = wt[0] if blocks == 1 else wt
+    ref = weakref.ref(weight, lambda _, key=key: _transposed.pop(key, None))
+    _transposed[key] = (ref, weight._version, weight.data_ptr(), wt)
+    return wt
+
+
+def _eligible(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    if x.device.type != "cpu" or x.dtype != torch.float32 or weight.dtype != torch.float32:
+        return False
+    return not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``F.linear(x, weight, bias)`` with each row computed alone (see the module's doc)."""
+    if not _eligible(x, weight):
+        return F.linear(x, weight, bias)
+    how = mode()
+    if how == "blas":
+        return F.linear(x, weight, bias)
+    lead, K = x.shape[:-1], x.size(-1)
+    rows = x.reshape(-1, K)
+    if how == "rows":
+        out = torch.cat([F.linear(rows[i:i + 1].clone(), weight, bias) for i in range(rows.size(0))])
+        return out.view(*lead, -1)
+    rows = rows.contiguous()
+    wt = _transpose(weight)
+    M, N = rows.size(0), weight.size(0)
+    y = torch.empty(M, N, dtype=torch.float32)
+    b = bias.detach().contiguous() if bias is not None else None
+    _library.rowwise_linear(rows.data_ptr(), wt.data_ptr(), b.data_ptr() if b is not None else None,
+                            y.data_ptr(), M, K, N)
+    return y.view(*lead, N)
+
+
+def gathered(x: torch.Tensor, weight: torch.Tensor, blocks: int, index: torch.Tensor) -> torch.Tensor:
+    """x (M, K), weight (V, K) cut into ``blocks`` blocks of S = V / blocks consecutive rows,
+    index (M,) -> (M, S): row m times the transpose of its own block ``index[m]``."""
+    K = x.size(-1)
+    S = weight.size(0) // blocks
+    if not _eligible(x, weight) or mode() == "blas":
+        block = weight.view(blocks, S, K).index_select(0, index)  # (M, S, K)
+        return torch.bmm(block, x[:, :, None])[:, :, 0]
+    if mode() == "rows":
+        view = weight.view(blocks, S, K)
+        return torch.cat([F.linear(x[i:i + 1].clone(), view[int(index[i])]) for i in range(x.size(0))])
+    x = x.contiguous()
+    index = index.to(torch.int64).contiguous()
+    wt = _transpose(weight, blocks)  # (blocks, K, S)
+    y = torch.empty(x.size(0), S, dtype=torch.float32)
+    _library.rowwise_gathered(x.data_ptr(), wt.data_ptr(), index.data_ptr(), y.data_ptr(),
+                              x.size(0), K, S)
+    return y
+
+
+def reference_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The kernel's sequence of operations as tensor ops: bias (or 0), then + x[:, k] * w[k]
+    for k in order, each multiply and add rounded on its own. Bit for bit the kernel."""
+    x2 = x.reshape(-1, x.size(-1)).float()
+    wt = weight.detach().float().t()
+    acc = (bias.detach().float().expand(x2.size(0), -1).clone() if bias is not None
+           else torch.zeros(x2.size(0), weight.size(0)))
+    for k in range(x2.size(1)):
+        acc = acc + x2[:, k:k + 1] * wt[k]
+    return acc.view(*x.shape[:-1], -1)
+
+
+if __name__ == "__main__":  # python -m fractal_flood.models.rowwise_linear: build it now, say where
+    lib = library()
+    print(f"rowwise linear: mode {mode()}" + (f", {lib._name}" if lib is not None else
+                                             ", no C compiler built the kernel"))
+    sys.exit(0)

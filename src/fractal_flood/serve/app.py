@@ -1,0 +1,301 @@
+"""``fractal-flood serve``: an OpenAI-compatible HTTP API over the batched engine.
+
+The engine runs rounds on its own thread; each HTTP request becomes an engine job whose
+blocks are handed to the request's coroutine through an ``asyncio.Queue``
+(``call_soon_threadsafe``). So a request that arrives while others run joins them at the
+next block boundary, a client that goes away cancels its job (its slot is freed at the next
+boundary), and a full queue is answered at once with 503 and ``Retry-After``.
+
+Every error a client can cause is a 4xx with an OpenAI-shaped body and touches nothing
+else; the server keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from contextlib import asynccontextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import Optional
+
+from fastapi import FastAPI, Request as HttpRequest
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ..errors import FractalFloodError
+from ..generation.engine import Engine, Job, QueueFull
+from ..render.result import chars_under
+from .openai_schema import ApiError, Limits, Parsed, parse_chat, parse_completion, parse_json
+from .prometheus import ServerMetrics
+
+MAX_BODY_BYTES = 1 << 20
+RETRY_AFTER_S = 1
+POLL_S = 0.25  # how often a waiting non-streaming request checks that its client is still there
+STATIC = Path(__file__).parent / "static"
+STATIC_FILES = {"index.html": "text/html", "app.js": "text/javascript", "style.css": "text/css"}
+KNOWN_PATHS = {"/", "/health", "/metrics", "/v1/models", "/v1/completions", "/v1/chat/completions",
+               "/v1/flood", "/bench.json"} | {f"/static/{name}" for name in STATIC_FILES}
+
+
+def block_event(block) -> dict:
+    """One block, root by root: its text and energy, and its chunks' (level-1 items')
+    characters and energies, at any depth (a chunk's text is every character under it)."""
+    counts, energies = block.chunk_counts, block.energies
+    widths = chars_under(counts, 1)
+    roots, chunk, char = [], 0, 0
+    text = "".join(block.root_texts)
+    for r, (rid, rtext) in enumerate(zip(block.root_ids, block.root_texts)):
+        chunks = []
+        for _ in range(counts[0][r]):
+            n = widths[chunk]
+            chunk_energy = energies[1][chunk] if len(energies) > 1 and energies[1] is not None else None
+            chunks.append({"text": text[char:char + n], "energy": chunk_energy})
+            char += n
+            chunk += 1
+        root_energy = energies[0][r] if energies[0] is not None else None  # None: not scored
+        roots.append({"id": rid, "text": rtext, "energy": root_energy, "chunks": chunks})
+    return {"roots": roots, "text": block.text, "manager_seconds": block.manager_s,
+            "flood_seconds": block.flood_s, "chunks": chunk, "chars": len(text)}
+
+
+def create_app(pipe, max_batch: int = 32, max_queue: int = 64, block_roots: int = 64,
+               limits: Optional[Limits] = None, model_id: str = "fractal-flood",
+               bench_json: Optional[Path] = None) -> FastAPI:
+    limits = limits or Limits()
+    engine = Engine(pipe, max_batch=max_batch, block_roots=block_roots, max_queue=max_queue)
+    metrics = ServerMetrics()
+    created = int(time.time())
+    alphabet = pipe.tokenizer.alphabet
+
+    @asynccontextmanager
+    async def lifespan(app):
+        engine.start()
+        try:
+            yield
+        finally:
+            engine.stop()
+
+    app = FastAPI(title="Fractal Flood", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.engine, app.state.metrics = engine, metrics
+
+    @app.middleware("http")
+    async def count(request: HttpRequest, call_next):
+        response = await call_next(request)
+        path = request.url.path if request.url.path in KNOWN_PATHS else "other"
+        metrics.request(path, response.status_code)
+        return response
+
+    @app.exception_handler(ApiError)
+    async def api_error(request, e: ApiError):
+        return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request, e: StarletteHTTPException):
+        err = ApiError(e.status_code, str(e.detail), code="not_found" if e.status_code == 404 else None)
+        return JSONResponse(err.body(), status_code=e.status_code)
+
+    @app.exception_handler(Exception)
+    async def internal_error(request, e: Exception):
+        err = ApiError(500, f"internal error: {type(e).__name__}", kind="server_error", code="internal_error")
+        return JSONResponse(err.body(), status_code=500)
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "model": model_id, "active": engine.active, "queued": engine.queued,
+                "slots": max_batch}
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [{"id": model_id, "object": "model", "created": created,
+                                            "owned_by": "fractal-flood"}]}
+
+    @app.get("/metrics")
+    async def prometheus():
+        return PlainTextResponse(metrics.render(engine),
+                                 media_type="text/plain; version=0.0.4")
+
+    async def read_body(request: HttpRequest) -> dict:
+        size = request.headers.get("content-length")
+        if size is not None and size.isdigit() and int(size) > MAX_BODY_BYTES:
+            raise ApiError(413, f"the body is larger than {MAX_BODY_BYTES} bytes", code="body_too_large")
+        raw = await request.body()
+        if len(raw) > MAX_BODY_BYTES:
+            raise ApiError(413, f"the body is larger than {MAX_BODY_BYTES} bytes", code="body_too_large")
+        return parse_json(raw)
+
+    def check_model(parsed: Parsed) -> None:
+        if parsed.model is not None and parsed.model != model_id:
+            raise ApiError(404, f"the model {parsed.model!r} does not exist; this server has {model_id!r}",
+                           "model", "model_not_found")
+
+    def submit(parsed: Parsed):
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+
+        def post(item):
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+            except RuntimeError:  # the loop has closed: nobody is listening
+                pass
+
+        try:
+            job = engine.submit(parsed.request, lambda j, block: post(("block", block)),
+                                lambda j: post(("done", j)))
+        except QueueFull as e:
+            raise ApiError(503, str(e), kind="server_error", code="queue_full",
+                           headers={"Retry-After": str(RETRY_AFTER_S)}) from None
+        except FractalFloodError as e:
+            raise ApiError(400, str(e), code="invalid_request") from None
+        return job, queue
+
+    async def wait_done(request: HttpRequest, job: Job, queue: asyncio.Queue) -> Optional[Job]:
+        while True:
+            try:
+                kind, item = await asyncio.wait_for(queue.get(), POLL_S)
+            except asyncio.TimeoutError:
+                if await request.is_disconnected():
+                    job.cancel()
+                    return None
+                continue
+            if kind == "done":
+                return item
+
+    def finished(job: Job) -> dict:
+        c = job.completion
+        if c.finish_reason == "error":
+            raise ApiError(500, f"generation failed: {type(job.error).__name__}", kind="server_error",
+                           code="internal_error")
+        metrics.completion(len(job.prompt_ids), len(c.root_ids), c.chunks, len(c.text), c.seconds)
+        return {"prompt_tokens": len(job.prompt_ids), "completion_tokens": len(c.root_ids),
+                "total_tokens": len(job.prompt_ids) + len(c.root_ids)}
+
+    def extension(job: Job) -> dict:
+        c = job.completion
+        return {"seed": job.request.seed, "roots": len(c.root_ids), "chunks": c.chunks, "chars": len(c.text),
+                "blocks": c.blocks, "seconds": c.seconds, "manager_seconds": c.manager_s,
+                "flood_seconds": c.flood_s}
+
+    async def run(request: HttpRequest, parsed: Parsed, chat: bool):
+        check_model(parsed)
+        job, queue = submit(parsed)
+        rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
+        obj = "chat.completion" if chat else "text_completion"
+        now = int(time.time())
+        if parsed.stream:
+            return StreamingResponse(stream(job, queue, rid, now, chat), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        done = await wait_done(request, job, queue)
+        if done is None:
+            return PlainTextResponse("", status_code=499)  # the client is gone; nobody reads this
+        usage = finished(job)
+        c = job.completion
+        choice = ({"index": 0, "message": {"role": "assistant", "content": c.text},
+                   "finish_reason": c.finish_reason, "logprobs": None} if chat else
+                  {"index": 0, "text": c.text, "finish_reason": c.finish_reason, "logprobs": None})
+        return {"id": rid, "object": obj, "created": now, "model": model_id, "choices": [choice],
+                "usage": usage, "fractal_flood": extension(job)}
+
+    async def stream(job: Job, queue: asyncio.Queue, rid: str, now: int, chat: bool):
+        obj = "chat.completion.chunk" if chat else "text_completion"
+
+        def event(delta: Optional[str], finish: Optional[str], extra: Optional[dict] = None,
+                  role: bool = False) -> str:
+            if chat:
+                d = {"role": "assistant", "content": ""} if role else {} if delta is None else {"content": delta}
+                choice = {"index": 0, "delta": d, "finish_reason": finish, "logprobs": None}
+            else:
+                choice = {"index": 0, "text": delta or "", "finish_reason": finish, "logprobs": None}
+            body = {"id": rid, "object": obj, "created": now, "model": model_id, "choices": [choice]}
+            if extra:
+                body.update(extra)
+            return f"data: {json.dumps(body)}\n\n"
+
+        try:
+            if chat:
+                yield event(None, None, role=True)
+            while True:
+                kind, item = await queue.get()
+                if kind == "block":
+                    if item.text:
+                        yield event(item.text, None)
+                    continue
+                try:
+                    usage = finished(item)
+                except ApiError as e:
+                    yield f"data: {json.dumps(e.body())}\n\n"
+                    break
+                yield event(None if chat else "", item.completion.finish_reason,
+                            {"usage": usage, "fractal_flood": extension(item)})
+                break
+            yield "data: [DONE]\n\n"
+        finally:
+            if not job.done.is_set():
+                job.cancel()  # the client went away mid-stream: free the slot
+
+    @app.get("/")
+    async def page():
+        return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    @app.get("/static/{name}")
+    async def static(name: str):
+        if name not in STATIC_FILES:  # a fixed list: no path from the client reaches the disk
+            raise ApiError(404, f"no static file {name!r}", code="not_found")
+        return FileResponse(STATIC / name, media_type=STATIC_FILES[name])
+
+    @app.get("/bench.json")
+    async def bench():
+        if bench_json is None:
+            raise ApiError(404, "no bench results: start the server with --bench-json FILE "
+                                "(the output of fractal-flood bench --json FILE)", code="no_bench")
+        try:
+            return JSONResponse(json.loads(Path(bench_json).read_text(encoding="utf-8")))
+        except (OSError, ValueError) as e:
+            raise ApiError(500, f"cannot read {bench_json}: {e}", kind="server_error", code="bad_bench") from None
+
+    @app.post("/v1/flood")
+    async def flood(request: HttpRequest):
+        """Not OpenAI: SSE of every block's roots (id, text, energy, chunks with their
+        characters and energies) and timings, for the playground page."""
+        parsed = parse_completion(await read_body(request), limits, alphabet)
+        if parsed.request.stop:
+            raise ApiError(400, "stop is not supported by /v1/flood", "stop", "unsupported")
+        # the page shows every root's and chunk's energy: ask for the energy pass, which a
+        # K = 1 flood otherwise skips (same text either way)
+        opts = parsed.request.options or pipe.options
+        parsed.request = replace(parsed.request, options=replace(opts, energies=True))
+        job, queue = submit(parsed)
+
+        async def events():
+            try:
+                while True:
+                    kind, item = await queue.get()
+                    if kind == "block":
+                        yield f"data: {json.dumps(block_event(item))}\n\n"
+                        continue
+                    try:
+                        finished(item)
+                        yield f"data: {json.dumps({'done': True, 'finish_reason': item.completion.finish_reason, **extension(item)})}\n\n"
+                    except ApiError as e:
+                        yield f"data: {json.dumps(e.body())}\n\n"
+                    break
+                yield "data: [DONE]\n\n"
+            finally:
+                if not job.done.is_set():
+                    job.cancel()
+
+        return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+    @app.post("/v1/completions")
+    async def completions(request: HttpRequest):
+        parsed = parse_completion(await read_body(request), limits, alphabet)
+        return await run(request, parsed, chat=False)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: HttpRequest):
+        parsed, _speaker = parse_chat(await read_body(request), limits, alphabet)
+        return await run(request, parsed, chat=True)
+
+    return app
