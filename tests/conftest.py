@@ -23,6 +23,15 @@ if "TRITON_INTERPRET" not in os.environ:
         os.environ["TRITON_INTERPRET"] = "1"
 
 
+def pytest_configure(config):
+    """``FRACTAL_FLOOD_MEMORY_REPORT=FILE``: sample the suite's memory (``_memory_watch``)."""
+    path = os.environ.get("FRACTAL_FLOOD_MEMORY_REPORT")
+    if path:
+        from _memory_watch import MemoryWatch
+
+        config.pluginmanager.register(MemoryWatch(path), "memory-watch")
+
+
 def pytest_collection_modifyitems(config, items):
     """Skip tests marked ``cuda`` on a machine without a CUDA GPU."""
     marked = [item for item in items if item.get_closest_marker("cuda") is not None]

@@ -11,10 +11,8 @@ among any number of others, by construction, on any x86 or ARM CPU.
 
 Three ways to compute it (``FRACTAL_FLOOD_ROWWISE``):
 
-- ``kernel`` (the default): the C file, compiled on first use with the machine's C
-  compiler (``CC`` or ``cc``) into a cache folder (``FRACTAL_FLOOD_CACHE``, else
-  ``~/.cache/fractal_flood``), keyed on the source, the flags and the CPU's features.
-  Without a compiler it falls back to ``rows``.
+- ``kernel`` (the default): the C file, compiled on first use (``native.build``).
+  Without a C compiler it falls back to ``rows``.
 - ``rows``: the plain library call, one row at a time (each row its own 1-row product):
   batch-invariant too, with BLAS's rounding, slower at large batches.
 - ``blas``: one library call for the whole batch: the reference path, not batch-invariant.
@@ -30,13 +28,8 @@ tensor that needs gradients) is a plain ``F.linear``.
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import os
-import shutil
-import subprocess
 import sys
-import tempfile
-import threading
 import weakref
 from pathlib import Path
 from typing import Optional
@@ -44,13 +37,12 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-SOURCE = Path(__file__).with_name("rowwise_linear.c")
-FLAGS = ("-O3", "-ffp-contract=off", "-fno-fast-math", "-std=c11", "-shared", "-fPIC")
-MODES = ("kernel", "rows", "blas")
+from .. import native
 
-_lock = threading.Lock()
+SOURCE = Path(__file__).with_name("rowwise_linear.c")
+MODES = ("kernel", "rows", "blas")
 _library: Optional[ctypes.CDLL] = None
-_tried = False
+
 _transposed: dict = {}  # id(weight), blocks -> (weakref, version, data_ptr, transposed copy)
 
 
@@ -64,71 +56,17 @@ def mode() -> str:
     return asked
 
 
-def _cache_dir() -> Path:
-    root = os.environ.get("FRACTAL_FLOOD_CACHE")
-    if root:
-        return Path(root)
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return Path(xdg or Path.home() / ".cache") / "fractal_flood"
-
-
-def _cpu_features() -> str:
-    """The CPU's feature flags (what ``-march=native`` compiles for): part of the cache key."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith(("flags", "Features")):
-                    return line
-    except OSError:
-        pass
-    return os.uname().machine
-
-
-def _compile(compiler: str, target: Path, flags: tuple) -> bool:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
-    os.close(fd)
-    try:
-        done = subprocess.run([compiler, *flags, "-o", tmp, str(SOURCE)],
-                              capture_output=True, timeout=120)
-        if done.returncode != 0:
-            return False
-        os.replace(tmp, target)  # atomic: a concurrent builder sees a whole library or none
-        return True
-    except (OSError, subprocess.SubprocessError):
-        return False
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def library() -> Optional[ctypes.CDLL]:
-    """The compiled kernel, built on first use; None where no C compiler builds it."""
-    global _library, _tried
-    if _tried:
-        return _library
-    with _lock:
-        if _tried:
-            return _library
-        compiler = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
-        if compiler is not None:
-            source = SOURCE.read_bytes()
-            for flags in (("-march=native", *FLAGS), FLAGS):  # some compilers lack -march=native
-                key = hashlib.sha256(source + repr((compiler, flags)).encode()
-                                     + _cpu_features().encode()).hexdigest()[:16]
-                target = _cache_dir() / f"rowwise_linear-{key}.so"
-                try:
-                    if target.exists() or _compile(compiler, target, flags):
-                        _library = _load(target)
-                        break
-                except OSError:
-                    continue
-        _tried = True
+    """The compiled kernel (``native.build``), None where no C compiler builds it."""
+    global _library
+    if _library is None:
+        lib = native.build("rowwise_linear", [SOURCE])
+        if lib is not None:
+            _library = _setup(lib)
     return _library
 
 
-def _load(path: Path) -> ctypes.CDLL:
-    lib = ctypes.CDLL(str(path))
+def _setup(lib: ctypes.CDLL) -> ctypes.CDLL:
     p, n = ctypes.c_void_p, ctypes.c_int64
     lib.rowwise_linear.argtypes = [p, p, p, p, n, n, n]
     lib.rowwise_linear.restype = None

@@ -1,0 +1,160 @@
+/* One decode step of the GPT-2 shaped causal transformer (manager or AR peer) on the CPU,
+   all layers in one call: embeddings, per layer (layer norm, qkv product, this step's key
+   and value written into the cache, attention over the row's own cache slots 0..pos,
+   output projection + residual, layer norm, MLP product + GELU (tanh), projection +
+   residual), the final layer norm. The output layer and the draw stay with the caller.
+
+   Rows are independent: every row is computed by the same fixed sequence of float32
+   operations whatever the other rows are (the linear layers are rowwise_linear.c's; sums
+   and dot products here use 16 fixed lanes and a fixed tree), so a row's hidden state is
+   the same alone or in any batch, by construction. Against the eager step (PyTorch) it
+   differs by summation order and the exponential's last bits (tests hold it within a
+   stated tolerance).
+
+   params: pointers as int64, [wte, wpe, ln_f.weight, ln_f.bias] then per layer PER_LAYER:
+   ln_1 w, b; c_attn weight transposed (C, 3C), bias; attn c_proj transposed (C, C), bias;
+   ln_2 w, b; c_fc transposed (C, 4C), bias; mlp c_proj transposed (4C, C), bias; the
+   layer's key cache and value cache (rows, heads, L, head_dim), float32. */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+void rowwise_linear(const float *x, const float *wt, const float *b, float *y,
+                    int64_t M, int64_t K, int64_t N);
+
+enum { LANES = 16, PER_LAYER = 14 };
+
+static float lane_tree(float *acc) {
+    for (int w = LANES / 2; w > 0; w /= 2)
+        for (int l = 0; l < w; l++) acc[l] = acc[l] + acc[l + w];
+    return acc[0];
+}
+
+static float lane_sum(const float *a, int64_t n) {
+    float acc[LANES] = {0};
+    int64_t i = 0;
+    for (; i + LANES <= n; i += LANES)
+        for (int l = 0; l < LANES; l++) acc[l] = acc[l] + a[i + l];
+    for (int l = 0; i + l < n; l++) acc[l] = acc[l] + a[i + l];
+    return lane_tree(acc);
+}
+
+static float lane_dot(const float *a, const float *b, int64_t n) {
+    float acc[LANES] = {0};
+    int64_t i = 0;
+    for (; i + LANES <= n; i += LANES)
+        for (int l = 0; l < LANES; l++) acc[l] = acc[l] + a[i + l] * b[i + l];
+    for (int l = 0; i + l < n; l++) acc[l] = acc[l] + a[i + l] * b[i + l];
+    return lane_tree(acc);
+}
+
+/* e^x for x in [-87, 88] (clamped), to about 2 ulp: x = n ln2 + r, |r| <= ln2 / 2, a
+   degree-7 polynomial for e^r, 2^n from the exponent bits. Branch-free, so it vectorises. */
+static inline float exp_approx(float x) {
+    x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
+    const float t = x * 1.44269504088896341f;
+    const int32_t n = (int32_t)(t + (t >= 0.0f ? 0.5f : -0.5f));
+    const float fn = (float)n;
+    float r = x - fn * 0.693145751953125f;
+    r = r - fn * 1.428606765330187e-06f;
+    float p = 1.0f / 5040.0f;
+    p = p * r + 1.0f / 720.0f;
+    p = p * r + 1.0f / 120.0f;
+    p = p * r + 1.0f / 24.0f;
+    p = p * r + 1.0f / 6.0f;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    union { int32_t i; float f; } scale = {.i = (n + 127) << 23};
+    return p * scale.f;
+}
+
+static void layer_norm(const float *x, const float *w, const float *b, float *y, int64_t C, float eps,
+                       float *tmp) {
+    const float mean = lane_sum(x, C) / (float)C;
+    for (int64_t i = 0; i < C; i++) tmp[i] = x[i] - mean;
+    const float var = lane_dot(tmp, tmp, C) / (float)C;
+    const float inv = 1.0f / sqrtf(var + eps);
+    for (int64_t i = 0; i < C; i++) y[i] = tmp[i] * inv * w[i] + b[i];
+}
+
+static void gelu_tanh(float *x, int64_t n) {
+    for (int64_t i = 0; i < n; i++) {
+        const float v = x[i];
+        const float u = 0.7978845608028654f * (v + 0.044715f * v * v * v);
+        const float th = 1.0f - 2.0f / (exp_approx(2.0f * u) + 1.0f);
+        x[i] = 0.5f * v * (1.0f + th);
+    }
+}
+
+/* q (hd) against the row's keys at slots 0..p of one head; out (hd). */
+static void attend(const float *q, const float *keys, const float *values, int64_t p, int64_t hd,
+                   float scale, float *scores, float *out) {
+    float mx = -INFINITY;
+    for (int64_t j = 0; j <= p; j++) {
+        scores[j] = lane_dot(q, keys + j * hd, hd) * scale;
+        mx = scores[j] > mx ? scores[j] : mx;
+    }
+    for (int64_t j = 0; j <= p; j++) scores[j] = exp_approx(scores[j] - mx);
+    const float total = lane_sum(scores, p + 1);
+    for (int64_t d = 0; d < hd; d++) out[d] = 0.0f;
+    for (int64_t j = 0; j <= p; j++) {
+        const float e = scores[j];
+        const float *v = values + j * hd;
+        for (int64_t d = 0; d < hd; d++) out[d] = out[d] + e * v[d];
+    }
+    for (int64_t d = 0; d < hd; d++) out[d] = out[d] / total;
+}
+
+/* tok, pos (M,): each row's pending token and its position; cache rows row0 .. row0+M-1.
+   out (M, C): final hidden states. Returns 0, or -1 when out of memory. */
+int decode_step(const int64_t *params, int64_t n_layers, const int64_t *tok, const int64_t *pos,
+                int64_t M, int64_t row0, int64_t C, int64_t n_heads, int64_t L, float eps, float *out) {
+    const float *wte = (const float *)params[0], *wpe = (const float *)params[1];
+    const int64_t hd = C / n_heads, F = 4 * C;
+    float *buf = malloc(sizeof(float) * (size_t)(M * (C + C + 3 * C + C + F + C) + L + C));
+    if (!buf) return -1;
+    float *x = buf, *xn = x + M * C, *qkv = xn + M * C, *att = qkv + M * 3 * C, *h = att + M * C,
+          *y = h + M * F, *scores = y + M * C, *tmp = scores + L;
+    const float scale = 1.0f / sqrtf((float)hd);
+
+    for (int64_t m = 0; m < M; m++)
+        for (int64_t i = 0; i < C; i++) x[m * C + i] = wte[tok[m] * C + i] + wpe[pos[m] * C + i];
+
+    for (int64_t layer = 0; layer < n_layers; layer++) {
+        const int64_t *p = params + 4 + layer * PER_LAYER;
+        const float *ln1w = (const float *)p[0], *ln1b = (const float *)p[1];
+        const float *attn_wt = (const float *)p[2], *attn_b = (const float *)p[3];
+        const float *proj_wt = (const float *)p[4], *proj_b = (const float *)p[5];
+        const float *ln2w = (const float *)p[6], *ln2b = (const float *)p[7];
+        const float *fc_wt = (const float *)p[8], *fc_b = (const float *)p[9];
+        const float *mp_wt = (const float *)p[10], *mp_b = (const float *)p[11];
+        float *kcache = (float *)p[12], *vcache = (float *)p[13];
+
+        for (int64_t m = 0; m < M; m++) layer_norm(x + m * C, ln1w, ln1b, xn + m * C, C, eps, tmp);
+        rowwise_linear(xn, attn_wt, attn_b, qkv, M, C, 3 * C);
+        for (int64_t m = 0; m < M; m++) {
+            const int64_t r = row0 + m, at = pos[m];
+            for (int64_t hh = 0; hh < n_heads; hh++) {
+                float *keys = kcache + ((r * n_heads + hh) * L) * hd;
+                float *values = vcache + ((r * n_heads + hh) * L) * hd;
+                memcpy(keys + at * hd, qkv + m * 3 * C + C + hh * hd, sizeof(float) * hd);
+                memcpy(values + at * hd, qkv + m * 3 * C + 2 * C + hh * hd, sizeof(float) * hd);
+                attend(qkv + m * 3 * C + hh * hd, keys, values, at, hd, scale, scores,
+                       att + m * C + hh * hd);
+            }
+        }
+        rowwise_linear(att, proj_wt, proj_b, y, M, C, C);
+        for (int64_t i = 0; i < M * C; i++) x[i] = x[i] + y[i];
+        for (int64_t m = 0; m < M; m++) layer_norm(x + m * C, ln2w, ln2b, xn + m * C, C, eps, tmp);
+        rowwise_linear(xn, fc_wt, fc_b, h, M, C, F);
+        gelu_tanh(h, M * F);
+        rowwise_linear(h, mp_wt, mp_b, y, M, F, C);
+        for (int64_t i = 0; i < M * C; i++) x[i] = x[i] + y[i];
+    }
+    const float *lnfw = (const float *)params[2], *lnfb = (const float *)params[3];
+    for (int64_t m = 0; m < M; m++) layer_norm(x + m * C, lnfw, lnfb, out + m * C, C, eps, tmp);
+    free(buf);
+    return 0;
+}

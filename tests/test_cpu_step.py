@@ -1,0 +1,92 @@
+"""The decode step compiled for the CPU (one C call for every layer) against the eager step:
+the same hidden states and cache within a stated tolerance, every row the same in any batch
+bit for bit, weights changed in place are picked up, and the switch is checked."""
+
+import pytest
+import torch
+
+from fractal_flood.manager import cpu_step
+from fractal_flood.models.causal_lm import CausalLM
+from fractal_flood.models.config import CausalLMConfig
+
+TOL = 1e-5  # hidden states of unit scale after a few layers: summation order and exp's last bits
+
+pytestmark = pytest.mark.skipif(cpu_step.library() is None, reason="no C compiler built the step")
+
+
+def model(width=64, heads=4, layers=3, classes=16, context=32, seed=0):
+    torch.manual_seed(seed)
+    return CausalLM(CausalLMConfig(vocab_size=512, n_layers=layers, d_model=width, n_heads=heads,
+                                   context=context, head_classes=classes)).eval()
+
+
+def caches(m):
+    return [c.k for c in m.kv_caches], [c.v for c in m.kv_caches]
+
+
+@pytest.mark.parametrize("width,heads", [(64, 4), (48, 2), (40, 5), (128, 4)])
+@torch.no_grad()
+def test_steps_equal_the_eager_steps(width, heads):
+    m = model(width, heads)
+    B, P = 3, 9
+    m.setup_cache(B)
+    idx = torch.randint(0, 512, (B, 30), generator=torch.Generator().manual_seed(width))
+    m.hidden_cached(idx[:, :P], torch.arange(P))  # prefill (eager), then both step from it
+    k, v = caches(m)
+    step = cpu_step.CpuStep(m, k, v)
+    for t in range(P, 30):
+        before = [(a.clone(), b.clone()) for a, b in zip(k, v)]
+        eager = m.hidden_cached(idx[:, t:t + 1], torch.tensor([t]))[:, 0]
+        eager_cache = [(a.clone(), b.clone()) for a, b in zip(k, v)]
+        for (a, b), (a0, b0) in zip(zip(k, v), before):
+            a.copy_(a0), b.copy_(b0)
+        native = step.hidden(idx[:, t], torch.full((B,), t))
+        torch.testing.assert_close(native, eager, atol=TOL, rtol=TOL)
+        for (ea, eb), a, b in zip(eager_cache, k, v):
+            torch.testing.assert_close(a, ea, atol=TOL, rtol=TOL)
+            torch.testing.assert_close(b, eb, atol=TOL, rtol=TOL)
+
+
+@torch.no_grad()
+def test_a_row_is_the_same_alone_or_among_others_bit_for_bit():
+    m = model()
+    S = 33
+    m.setup_cache(S)
+    g = torch.Generator().manual_seed(1)
+    m.hidden_cached(torch.randint(0, 512, (S, 31), generator=g), torch.arange(31))
+    k, v = caches(m)
+    step = cpu_step.CpuStep(m, k, v)
+    tok = torch.randint(0, 512, (S,), generator=g)
+    pos = torch.randint(0, 31, (S,), generator=g)  # every row at its own position
+    saved = [(a.clone(), b.clone()) for a, b in zip(k, v)]
+    together = step.hidden(tok, pos)
+    for rows in (1, 2, 5, 11, 32):
+        for start in (0, S - rows):
+            for (a, b), (a0, b0) in zip(zip(k, v), saved):
+                a.copy_(a0), b.copy_(b0)
+            part = step.hidden(tok[start:start + rows], pos[start:start + rows], row0=start)
+            assert torch.equal(part, together[start:start + rows]), (rows, start)
+
+
+@torch.no_grad()
+def test_weights_changed_in_place_are_used():
+    m = model()
+    m.setup_cache(1)
+    step = cpu_step.CpuStep(m, *caches(m))
+    before = step.hidden(torch.tensor([3]), torch.tensor([0]))
+    m.blocks[0].mlp.c_fc.weight.mul_(1.5)
+    after = step.hidden(torch.tensor([3]), torch.tensor([0]))
+    torch.testing.assert_close(after, m.hidden_cached(torch.tensor([[3]]), torch.tensor([0]))[:, 0],
+                               atol=TOL, rtol=TOL)
+    assert not torch.equal(before, after)
+
+
+def test_the_switch(monkeypatch):
+    m = model()
+    assert cpu_step.usable(m, "cpu", torch.float32)
+    assert not cpu_step.usable(m, "cpu", torch.bfloat16)
+    monkeypatch.setenv("FRACTAL_FLOOD_CPU_STEP", "eager")
+    assert not cpu_step.usable(m, "cpu", torch.float32)
+    monkeypatch.setenv("FRACTAL_FLOOD_CPU_STEP", "fast")
+    with pytest.raises(ValueError, match="FRACTAL_FLOOD_CPU_STEP='fast'"):
+        cpu_step.wanted()
