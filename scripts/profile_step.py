@@ -1,7 +1,8 @@
 """Profile the manager's decode step at batch 1 with torch.profiler: which kernels (GPU) or
 operators (CPU) one step runs, how often, and how long each takes.
 
-For each mode (eager; on CUDA also the CUDA graph, ``compile``: the compiled step in the
+For each mode (eager: the PyTorch reference step, every linear layer a library call, so
+its operators show; on CUDA also the CUDA graph, ``compile``: the compiled step in the
 graph, ``fused``: the Triton step of ``fused_step.py`` in the graph) it warms the stream
 up, then profiles ``--steps`` decode steps and prints:
   - a table of kernels (CUDA) or aten operators (CPU), sorted by time: calls per step, time
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections import defaultdict
@@ -98,7 +100,25 @@ def work_operators(prof, steps: int) -> float:
     return n / steps
 
 
+REFERENCE = {"FRACTAL_FLOOD_ROWWISE": "blas", "FRACTAL_FLOOD_CPU_STEP": "eager"}
+
+
 def profile_mode(model, prompt, mode: str, device, steps: int, warmup: int, trace_dir) -> dict:
+    if mode == "eager":  # the reference step: library linear layers, no compiled CPU step
+        saved = {k: os.environ.get(k) for k in REFERENCE}
+        os.environ.update(REFERENCE)
+        try:
+            return _profile_mode(model, prompt, mode, device, steps, warmup, trace_dir)
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+    return _profile_mode(model, prompt, mode, device, steps, warmup, trace_dir)
+
+
+def _profile_mode(model, prompt, mode: str, device, steps: int, warmup: int, trace_dir) -> dict:
     cuda = device.type == "cuda"
     stream = ARStream(model, 1, SamplingConfig(temperature=0.8), device, None,
                       cuda_graph=mode != "eager", seed=0, compile=mode == "compile", fused=mode == "fused")

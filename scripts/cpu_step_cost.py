@@ -1,0 +1,103 @@
+"""What the CPU decode runtimes cost, taking turns round after round (a shared CPU moves
+single runs by 10% and more; the median ratio over rounds is the estimate).
+
+Runtimes (environment switches, read when a stream or slot cache is built):
+
+- ``blas``: the eager step with one library call per linear layer for the whole batch
+  (``FRACTAL_FLOOD_ROWWISE=blas FRACTAL_FLOOD_CPU_STEP=eager``): the old default, not
+  batch-invariant;
+- ``rowwise``: the eager step with row-invariant linear layers (``FRACTAL_FLOOD_CPU_STEP=eager``);
+- ``native``: the compiled step, every layer in one C call (the default).
+
+Workloads, fp32 on the CPU with the bench's sampling (temperature 0.8, seed 0): the model's
+end-to-end generate of ``--roots`` roots (flood K=1), its AR peer writing ``--peer-tokens``
+chunks, and the engine's slot cache stepping ``--rows`` requests ``--steps`` times.
+
+Usage: PYTHONPATH=src python scripts/cpu_step_cost.py [--model DIR] [--rounds 7] [--threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+import torch
+
+from fractal_flood.device import describe
+from fractal_flood.manager import cpu_step
+from fractal_flood.manager.slots import SlotManager
+from fractal_flood.sampling.tokens import SamplingConfig
+
+from paired_ratio import generator, load, peer, quartiles  # noqa: E402  (scripts/ is on sys.path)
+
+RUNTIMES = {"blas": {"FRACTAL_FLOOD_ROWWISE": "blas", "FRACTAL_FLOOD_CPU_STEP": "eager"},
+            "rowwise": {"FRACTAL_FLOOD_ROWWISE": "kernel", "FRACTAL_FLOOD_CPU_STEP": "eager"},
+            "native": {"FRACTAL_FLOOD_ROWWISE": "kernel", "FRACTAL_FLOOD_CPU_STEP": "native"}}
+
+
+def slots(m, rows: int, steps: int, sampling: SamplingConfig):
+    def run():
+        s = SlotManager(m.manager, rows, "cpu")
+        for i in range(rows):
+            s.add(i, [1 + i], sampling, seed=i)
+        s.generate(steps)
+        return rows * steps, None, None
+    return run
+
+
+def use(runtime: str) -> None:
+    os.environ.update(RUNTIMES[runtime])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", help="model directory (default: the shipped model)")
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--roots", type=int, default=900)
+    ap.add_argument("--peer-tokens", type=int, default=1024)
+    ap.add_argument("--rows", type=int, default=32)
+    ap.add_argument("--steps", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    if cpu_step.library() is None:
+        raise SystemExit("error: no C compiler built the CPU kernels; nothing to compare")
+    sampling = SamplingConfig(temperature=0.8)
+    m = load(args.model)
+    workloads = {}
+    for runtime in RUNTIMES:  # each runtime's contestants, built and warmed under its switches
+        use(runtime)
+        workloads[("e2e", runtime)] = generator(m, args.roots, sampling)
+        if m.peer is not None:
+            workloads[("peer", runtime)] = peer(m, args.peer_tokens, sampling)
+        run = workloads[("slots", runtime)] = slots(m, args.rows, args.steps, sampling)
+        run()
+    print(f"CPU decode runtimes, tokens/s, on {describe(torch.device('cpu'))}, float32, {args.threads} "
+          f"torch thread(s), torch {torch.__version__}, {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}")
+    names = list(RUNTIMES)
+    speeds: dict = {key: [] for key in workloads}
+    for r in range(args.rounds):
+        order = names[r % len(names):] + names[:r % len(names)]
+        line = []
+        for work in dict.fromkeys(w for w, _ in workloads):
+            got = {}
+            for runtime in order:
+                use(runtime)  # the slot cache is built inside the run
+                t0 = time.perf_counter()
+                tokens, _, _ = workloads[(work, runtime)]()
+                got[runtime] = tokens / (time.perf_counter() - t0)
+                speeds[(work, runtime)].append(got[runtime])
+            line.append(f"{work} " + " / ".join(f"{got[n]:,.0f}" for n in names))
+        print(f"round {r + 1:2d} ({' '.join(names)}): " + "; ".join(line))
+    for work in dict.fromkeys(w for w, _ in workloads):
+        med = {n: statistics.median(speeds[(work, n)]) for n in names}
+        print(f"{work}: median tokens/s " + ", ".join(f"{n} {med[n]:,.0f}" for n in names))
+        for n in names[1:]:
+            ratios = [a / b for a, b in zip(speeds[(work, n)], speeds[(work, "blas")])]
+            print(f"  {n} / blas: {quartiles(ratios)}")
+
+
+if __name__ == "__main__":
+    main()
