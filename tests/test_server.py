@@ -269,3 +269,29 @@ def test_serve_takes_half_the_cores_on_a_cpu_and_torchs_threads_on_a_gpu():
 
     assert default_threads(torch.device("cpu")) == max(1, (os.cpu_count() or 1) // 2)
     assert default_threads(torch.device("cuda")) is None
+
+
+def test_server_errors_are_counted(pipe):
+    """An internal error is a 500 with an OpenAI-shaped body, and /metrics counts it (before,
+    an exception bypassed the request counter and no 5xx series existed)."""
+    app = create_app(pipe, max_batch=1)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    with TestClient(app, raise_server_exceptions=False) as c:
+        assert "fractal_flood_server_errors_total 0.0" in c.get("/metrics").text
+        app.state.engine.submit = broken
+        r = c.post("/v1/completions", json={"prompt": "", "max_tokens": 2})
+        assert r.status_code == 500 and r.json()["error"]["code"] == "internal_error"
+        text = c.get("/metrics").text
+    assert 'fractal_flood_requests_total{endpoint="/v1/completions",status="500"} 1.0' in text
+    assert "fractal_flood_server_errors_total 1.0" in text
+
+
+def test_each_app_has_its_own_metrics(pipe):
+    a, b = create_app(pipe, max_batch=1), create_app(pipe, max_batch=1)
+    with TestClient(a) as ca, TestClient(b) as cb:
+        ca.get("/health")
+        assert 'endpoint="/health"' in ca.get("/metrics").text
+        assert 'endpoint="/health"' not in cb.get("/metrics").text

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Optional
 
 from fastapi import FastAPI, Request as HttpRequest
-from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import FractalFloodError
@@ -80,11 +80,16 @@ def create_app(pipe, max_batch: int = 32, max_queue: int = 64, block_roots: int 
 
     app = FastAPI(title="Fractal Flood", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.engine, app.state.metrics = engine, metrics
+    metrics.watch(engine)
 
     @app.middleware("http")
     async def count(request: HttpRequest, call_next):
-        response = await call_next(request)
         path = request.url.path if request.url.path in KNOWN_PATHS else "other"
+        try:
+            response = await call_next(request)
+        except Exception:
+            metrics.request(path, 500)  # answered by internal_error below
+            raise
         metrics.request(path, response.status_code)
         return response
 
@@ -114,8 +119,7 @@ def create_app(pipe, max_batch: int = 32, max_queue: int = 64, block_roots: int 
 
     @app.get("/metrics")
     async def prometheus():
-        return PlainTextResponse(metrics.render(engine),
-                                 media_type="text/plain; version=0.0.4")
+        return Response(metrics.render(), media_type=metrics.content_type)
 
     async def read_body(request: HttpRequest) -> dict:
         size = request.headers.get("content-length")
@@ -166,6 +170,7 @@ def create_app(pipe, max_batch: int = 32, max_queue: int = 64, block_roots: int 
     def finished(job: Job) -> dict:
         c = job.completion
         if c.finish_reason == "error":
+            metrics.failed()
             raise ApiError(500, f"generation failed: {type(job.error).__name__}", kind="server_error",
                            code="internal_error")
         metrics.completion(len(job.prompt_ids), len(c.root_ids), c.chunks, len(c.text), c.seconds)
