@@ -408,3 +408,20 @@ def test_each_app_has_its_own_metrics(pipe):
         ca.get("/health")
         assert 'endpoint="/health"' in ca.get("/metrics").text
         assert 'endpoint="/health"' not in cb.get("/metrics").text
+
+
+def test_serve_help_names_every_endpoint_and_imports_no_torch():
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import sys\nfrom fractal_flood.cli.main import main\n"
+            "try:\n    main(['serve', '--help'])\nexcept SystemExit as e:\n    assert e.code == 0\n"
+            "assert 'torch' not in sys.modules, 'torch was imported'\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src"), "COLUMNS": "200"}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode == 0, r.stderr
+    for endpoint in ("/v1/completions", "/v1/chat/completions", "/v1/flood", "/v1/models", "/metrics", "/health",
+                     "page at /", "/docs"):
+        assert endpoint in r.stdout, endpoint

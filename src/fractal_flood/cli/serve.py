@@ -11,6 +11,11 @@ from ..errors import FractalFloodError
 from ..render.decoders import DECODERS
 from .args import MAX_BATCH, MAX_ROOTS, int_in
 
+DESCRIPTION = ("An OpenAI-compatible HTTP API with continuous batching: POST /v1/completions and "
+               "/v1/chat/completions (streaming too), POST /v1/flood (every block's roots and chunks as "
+               "server-sent events), GET /v1/models, /health, /metrics (Prometheus); the playground page "
+               "at / and the API's schema at /docs and /openapi.json. Needs the [serve] extra.")
+
 
 def add_arguments(v) -> None:
     v.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
