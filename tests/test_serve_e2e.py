@@ -1,6 +1,7 @@
 """End to end: a real ``fractal-flood serve`` process (uvicorn on 127.0.0.1, a free port, the
 tiny model) driven by the official ``openai`` client, plain and streaming, by 16 concurrent
-clients, by a client that hangs up mid-stream and one that hangs up mid-body."""
+clients, by a client that hangs up mid-stream and one that hangs up mid-body; and a port
+already in use."""
 
 import json
 import os
@@ -128,6 +129,21 @@ def test_hang_up_mid_body_leaves_no_traceback(server, server_log):
         assert "Traceback" not in log and "ClientDisconnect" not in log, log
         time.sleep(0.2)
     assert httpx.get(server + "/health").json()["status"] == "ok"
+
+
+def test_a_port_in_use_is_one_line(tiny_model_dir):
+    """Bound before the model loads: one line and exit 2, at once (before: the model loaded,
+    then uvicorn's seven lines)."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        r = subprocess.run([sys.executable, "-m", "fractal_flood", "serve", "--host", "127.0.0.1", "--port",
+                            str(port), "--model", str(tiny_model_dir), "--device", "cpu"],
+                           capture_output=True, text=True, timeout=STARTUP_S)
+    lines = (r.stdout + r.stderr).strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1, lines
+    assert f"cannot listen on 127.0.0.1:{port}" in lines[0] and "in use" in lines[0]
 
 
 def test_load_test_script_runs_and_checks_texts(tiny_model_dir, tmp_path):
