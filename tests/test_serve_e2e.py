@@ -1,9 +1,11 @@
 """End to end: a real ``fractal-flood serve`` process (uvicorn on 127.0.0.1, a free port, the
 tiny model) driven by the official ``openai`` client, plain and streaming, by 16 concurrent
-clients, and by a client that hangs up mid-stream."""
+clients, by a client that hangs up mid-stream and one that hangs up mid-body; and a port
+already in use."""
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -26,8 +28,13 @@ STARTUP_S = 120
 
 
 @pytest.fixture(scope="module")
-def server(tiny_model_dir, tmp_path_factory):
-    log = tmp_path_factory.mktemp("serve") / "serve.log"
+def server_log(tmp_path_factory):
+    return tmp_path_factory.mktemp("serve") / "serve.log"
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model_dir, server_log):
+    log = server_log
     with serve(["--model", str(tiny_model_dir), "--device", "cpu", "--max-batch", "16", "--block", str(BLOCK),
                 "--log-level", "warning", "--threads", "1"], log, dict(os.environ), STARTUP_S) as base:
         assert "1 torch thread(s)" in log.read_text()  # --threads reached torch
@@ -106,6 +113,37 @@ def test_disconnect_frees_the_slot(server):
         time.sleep(0.2)
     metrics = httpx.get(server + "/metrics").text
     assert "fractal_flood_active_requests 0" in metrics
+
+
+def test_hang_up_mid_body_leaves_no_traceback(server, server_log):
+    """A client that sends half its body and goes away: before, uvicorn logged
+    ClientDisconnect with a traceback ("Exception in ASGI application")."""
+    port = int(server.rsplit(":", 1)[1])
+    for _ in range(3):
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                      b"Content-Length: 1000\r\n\r\n{\"prompt\": \"KI")
+    deadline = time.monotonic() + 2
+    while time.monotonic() < deadline:
+        log = server_log.read_text()
+        assert "Traceback" not in log and "ClientDisconnect" not in log, log
+        time.sleep(0.2)
+    assert httpx.get(server + "/health").json()["status"] == "ok"
+
+
+def test_a_port_in_use_is_one_line(tiny_model_dir):
+    """Bound before the model loads: one line and exit 2, at once (before: the model loaded,
+    then uvicorn's seven lines)."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        r = subprocess.run([sys.executable, "-m", "fractal_flood", "serve", "--host", "127.0.0.1", "--port",
+                            str(port), "--model", str(tiny_model_dir), "--device", "cpu"],
+                           capture_output=True, text=True, timeout=STARTUP_S)
+    lines = (r.stdout + r.stderr).strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1, lines
+    assert f"cannot listen on 127.0.0.1:{port}" in lines[0] and "in use" in lines[0]
 
 
 def test_load_test_script_runs_and_checks_texts(tiny_model_dir, tmp_path):

@@ -269,3 +269,159 @@ def test_serve_takes_half_the_cores_on_a_cpu_and_torchs_threads_on_a_gpu():
 
     assert default_threads(torch.device("cpu")) == max(1, (os.cpu_count() or 1) // 2)
     assert default_threads(torch.device("cuda")) is None
+
+
+# ---------------------------------------------------------------- the schema, strictness, hostile bodies
+
+
+def test_openapi_describes_every_request_field(client):
+    """The bodies are pydantic models: /openapi.json lists every field with a description
+    (and the ranges), and /docs renders it."""
+    spec = client.get("/openapi.json").json()
+    schemas = spec["components"]["schemas"]
+    completion = schemas["CompletionRequest"]["properties"]
+    for name in ("prompt", "model", "max_tokens", "max_chars", "temperature", "top_p", "top_k", "seed", "stop",
+                 "stream", "decoder", "k", "threshold", "n"):
+        assert name in completion, name
+    assert all(field.get("description") for field in completion.values()), \
+        [n for n, f in completion.items() if not f.get("description")]
+    chat = schemas["ChatRequest"]["properties"]
+    assert "messages" in chat and "speaker" in chat and all(f.get("description") for f in chat.values())
+    assert all(f.get("description") for f in schemas["Message"]["properties"].values())
+    assert "'maximum': 2" in str(completion["temperature"]) and "'minimum': 0" in str(completion["seed"])
+    for path, model in (("/v1/completions", "CompletionRequest"), ("/v1/flood", "CompletionRequest"),
+                        ("/v1/chat/completions", "ChatRequest")):
+        body = spec["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]
+        assert body["$ref"].endswith("/" + model)
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and "/openapi.json" in docs.text
+
+
+STRICT = [
+    ({"prompt": "x", "temperature": True}, "temperature", "invalid_type", "number"),
+    ({"prompt": "x", "top_p": False}, "top_p", "invalid_type", "number"),
+    ({"prompt": "x", "seed": 1.0}, "seed", "invalid_type", "integer"),
+    ({"prompt": "x", "top_k": "5"}, "top_k", "invalid_type", "integer"),
+    ({"prompt": "x", "stream": 1}, "stream", "invalid_type", "true or false"),
+    ({"prompt": 5}, "prompt", "invalid_type", "prompt"),
+    ({"prompt": "x", "stop": ["a"] * 5}, "stop", "out_of_range", "at most 4"),
+    ({"prompt": "x", "k": 65}, "k", "out_of_range", "k must be in [1, 64], got 65"),
+    ({"prompt": "x", "echo": True}, "echo", "unsupported", "not supported"),
+]
+
+
+@pytest.mark.parametrize("body,param,code,words", STRICT, ids=[f"{s[1]}-{s[2]}" for s in STRICT])
+def test_booleans_strings_and_floats_are_not_coerced(client, body, param, code, words):
+    r = client.post("/v1/completions", json=body)
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["param"] == param and err["code"] == code and words in err["message"], err
+
+
+@pytest.mark.parametrize("raw", [b'{"prompt": "x", "temperature": 1e400}', b'{"prompt": "x", "top_p": -1e999}'])
+def test_numbers_beyond_a_float_are_refused(client, raw):
+    r = client.post("/v1/completions", content=raw, headers={"content-type": "application/json"})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_type", r.text
+
+
+def test_chat_fields_are_named_in_errors(client):
+    for body, param, code in (
+            ({}, "messages", "invalid_type"),
+            ({"messages": [{"role": "user", "content": 5}]}, "messages[0].content", "invalid_type"),
+            ({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, "messages[0].content",
+             "invalid_type"),
+            ({"messages": [{"role": "user", "content": "x", "name": "a\nb"}]}, "messages[0].name", "invalid_type"),
+            ({"messages": [{"role": "user", "content": "x"}], "speaker": " "}, "speaker", "invalid_type")):
+        r = client.post("/v1/chat/completions", json=body)
+        assert r.status_code == 400, r.text
+        assert (r.json()["error"]["param"], r.json()["error"]["code"]) == (param, code), r.text
+
+
+def test_the_body_is_json_whatever_its_content_type(client):
+    """As before the pydantic models: curl's -d sends application/x-www-form-urlencoded."""
+    for headers in ({"content-type": "application/x-www-form-urlencoded"}, {}):
+        r = client.post("/v1/completions", content=b'{"prompt": "KING", "max_tokens": 2, "seed": 1}',
+                        headers=headers)
+        assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 2, r.text
+
+
+@pytest.mark.parametrize("raw", [b"[" * 100_000 + b"]" * 100_000,
+                                 b'{"prompt": "x", "stop": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+                                 b'{"prompt": ' + b"[" * 900 + b"]" * 900 + b"}"])
+def test_deep_json_is_a_400_not_a_crash(client, raw):
+    """Nested 100,000 levels deep this was a RecursionError, a 500 and a traceback (the test
+    client re-raises what the server would log)."""
+    r = client.post("/v1/completions", content=raw, headers={"content-type": "application/json"})
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["code"] in ("invalid_json", "invalid_type") and len(err["message"]) < 200
+
+
+def test_a_client_hanging_up_mid_body_is_one_log_line(pipe, caplog):
+    """Raw ASGI: the body's first bytes, then the client is gone. Before, ClientDisconnect
+    escaped the app (uvicorn logged it with a traceback)."""
+    import asyncio
+    import logging
+
+    app = create_app(pipe, max_batch=1)
+    messages = iter([{"type": "http.request", "body": b'{"prompt": "KI', "more_body": True}])
+    sent = []
+
+    async def receive():
+        return next(messages, {"type": "http.disconnect"})
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": "/v1/completions", "raw_path": b"/v1/completions", "root_path": "", "query_string": b"",
+             "headers": [(b"host", b"test"), (b"content-type", b"application/json"), (b"content-length", b"100")],
+             "client": ("10.0.0.7", 5555), "server": ("test", 80)}
+    with caplog.at_level(logging.INFO, logger="uvicorn.error"):
+        asyncio.run(app(scope, receive, send))
+    lines = [r.getMessage() for r in caplog.records if r.name == "uvicorn.error"]
+    assert len(lines) == 1 and "10.0.0.7:5555 hung up" in lines[0], lines
+    assert "\n" not in lines[0] and not any(r.exc_info for r in caplog.records)
+
+
+def test_server_errors_are_counted(pipe):
+    """An internal error is a 500 with an OpenAI-shaped body, and /metrics counts it (before,
+    an exception bypassed the request counter and no 5xx series existed)."""
+    app = create_app(pipe, max_batch=1)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    with TestClient(app, raise_server_exceptions=False) as c:
+        assert "fractal_flood_server_errors_total 0.0" in c.get("/metrics").text
+        app.state.engine.submit = broken
+        r = c.post("/v1/completions", json={"prompt": "", "max_tokens": 2})
+        assert r.status_code == 500 and r.json()["error"]["code"] == "internal_error"
+        text = c.get("/metrics").text
+    assert 'fractal_flood_requests_total{endpoint="/v1/completions",status="500"} 1.0' in text
+    assert "fractal_flood_server_errors_total 1.0" in text
+
+
+def test_each_app_has_its_own_metrics(pipe):
+    a, b = create_app(pipe, max_batch=1), create_app(pipe, max_batch=1)
+    with TestClient(a) as ca, TestClient(b) as cb:
+        ca.get("/health")
+        assert 'endpoint="/health"' in ca.get("/metrics").text
+        assert 'endpoint="/health"' not in cb.get("/metrics").text
+
+
+def test_serve_help_names_every_endpoint_and_imports_no_torch():
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import sys\nfrom fractal_flood.cli.main import main\n"
+            "try:\n    main(['serve', '--help'])\nexcept SystemExit as e:\n    assert e.code == 0\n"
+            "assert 'torch' not in sys.modules, 'torch was imported'\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src"), "COLUMNS": "200"}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode == 0, r.stderr
+    for endpoint in ("/v1/completions", "/v1/chat/completions", "/v1/flood", "/v1/models", "/metrics", "/health",
+                     "page at /", "/docs"):
+        assert endpoint in r.stdout, endpoint

@@ -123,8 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_arguments(g)
 
     v = sub.add_parser("serve", help="serve an OpenAI-compatible HTTP API with continuous batching",
-                       description="POST /v1/completions and /v1/chat/completions (streaming too), "
-                                   "GET /v1/models, /health, /metrics. Needs the [serve] extra.")
+                       description=serve.DESCRIPTION)
     serve.add_arguments(v)
 
     e = sub.add_parser("eval", help="evaluate a model: render fidelity, energy detection, manager loss",

@@ -1,15 +1,22 @@
-"""``fractal-flood serve``: the flags, and starting uvicorn. FastAPI and uvicorn are
-imported only here, when the command runs, so the rest of the CLI stays light."""
+"""``fractal-flood serve``: the flags, the listening socket, and starting uvicorn. The
+server's libraries (FastAPI, uvicorn, ...) are imported only when the command runs, so the
+rest of the CLI stays light."""
 
 from __future__ import annotations
 
 import os
+import socket
 import sys
 from pathlib import Path
 
 from ..errors import FractalFloodError
 from ..render.decoders import DECODERS
 from .args import MAX_BATCH, MAX_ROOTS, int_in
+
+DESCRIPTION = ("An OpenAI-compatible HTTP API with continuous batching: POST /v1/completions and "
+               "/v1/chat/completions (streaming too), POST /v1/flood (every block's roots and chunks as "
+               "server-sent events), GET /v1/models, /health, /metrics (Prometheus); the playground page "
+               "at / and the API's schema at /docs and /openapi.json. Needs the [serve] extra.")
 
 
 def add_arguments(v) -> None:
@@ -43,16 +50,46 @@ def default_threads(device) -> int | None:
     return max(1, (os.cpu_count() or 1) // 2)
 
 
+def listen(host: str, port: int) -> socket.socket:
+    """A socket bound to HOST:PORT (uvicorn listens on it), bound before the model loads so a
+    port in use or an address this machine does not have is one line, at once."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                             flags=socket.AI_PASSIVE)[0]
+    except (socket.gaierror, UnicodeError) as e:
+        raise FractalFloodError(f"cannot listen on {host}:{port}: {getattr(e, 'strerror', None) or e}") from None
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+        sock.bind(address)
+    except OSError as e:
+        sock.close()
+        raise FractalFloodError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
 def run(args) -> int:
     try:
         import fastapi  # noqa: F401
+        import prometheus_client  # noqa: F401
         import uvicorn
+        from pydantic import field_validator  # noqa: F401  (pydantic 2)
     except ImportError:
-        raise FractalFloodError("serve needs FastAPI and uvicorn: pip install 'fractal-flood[serve]'") from None
+        raise FractalFloodError("serve needs FastAPI, pydantic 2, uvicorn and prometheus_client: "
+                                "pip install 'fractal-flood[serve]'") from None
     if args.bench_json is not None and not Path(args.bench_json).is_file():
         raise FractalFloodError(f"--bench-json: no such file {args.bench_json}")
     if args.max_queue < 0:
         raise FractalFloodError(f"--max-queue must be >= 0, got {args.max_queue}")
+    sock = listen(args.host, args.port)
+    try:
+        return _serve(args, sock, uvicorn)
+    finally:
+        sock.close()
+
+
+def _serve(args, sock: socket.socket, uvicorn) -> int:
     import torch
 
     from ..generation.pipeline import load_pipeline
@@ -65,12 +102,16 @@ def run(args) -> int:
     limits = Limits(max_tokens=args.max_tokens_limit)
     app = create_app(pipe, args.max_batch, args.max_queue, args.block, limits, args.model_name,
                      Path(args.bench_json) if args.bench_json else None)
+    port = sock.getsockname()[1]  # --port 0: the one the system chose
     print(f"fractal-flood serve: {args.model or 'shipped model'} on {pipe.device}, "
-          f"http://{args.host}:{args.port}/ ({args.max_batch} slots, queue {args.max_queue}, "
+          f"http://{args.host}:{port}/ ({args.max_batch} slots, queue {args.max_queue}, "
           f"{torch.get_num_threads()} torch thread(s))",
           file=sys.stderr, flush=True)
+    server = uvicorn.Server(uvicorn.Config(app, log_level=args.log_level))
     try:
-        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
-    except OSError as e:  # port taken, address not available
-        raise FractalFloodError(f"cannot listen on {args.host}:{args.port}: {e}") from None
+        server.run(sockets=[sock])
+    except KeyboardInterrupt:  # as uvicorn.run: a second Ctrl-C during the shutdown
+        pass
+    if not server.started:  # uvicorn has logged why
+        raise FractalFloodError("the server did not start (see the lines above)")
     return 0

@@ -6,29 +6,39 @@ blocks are handed to the request's coroutine through an ``asyncio.Queue``
 next block boundary, a client that goes away cancels its job (its slot is freed at the next
 boundary), and a full queue is answered at once with 503 and ``Retry-After``.
 
-Every error a client can cause is a 4xx with an OpenAI-shaped body and touches nothing
-else; the server keeps serving.
+Request bodies are pydantic models (``openai_schema``): FastAPI validates them and
+describes them at ``/openapi.json`` and ``/docs``. The body itself is read by
+``JsonBodyRoute``: at most ``MAX_BODY_BYTES``, JSON whatever its Content-Type, NaN,
+Infinity and deep nesting refused. Every error a client can cause is a 4xx with an
+OpenAI-shaped body and touches nothing else; a client that hangs up is one log line; the
+server keeps serving.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 import uuid
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from fastapi import FastAPI, Request as HttpRequest
-from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
+from fastapi.routing import APIRoute
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from ..errors import FractalFloodError
 from ..generation.engine import Engine, Job, QueueFull
 from ..render.result import chars_under
-from .openai_schema import ApiError, Limits, Parsed, parse_chat, parse_completion, parse_json
+from .openai_schema import (ApiError, ChatRequest, CompletionRequest, Limits, Parsed, from_chat, from_completion,
+                            parse_json, validation_error)
 from .prometheus import ServerMetrics
 
 MAX_BODY_BYTES = 1 << 20
@@ -36,8 +46,62 @@ RETRY_AFTER_S = 1
 POLL_S = 0.25  # how often a waiting non-streaming request checks that its client is still there
 STATIC = Path(__file__).parent / "static"
 STATIC_FILES = {"index.html": "text/html", "app.js": "text/javascript", "style.css": "text/css"}
-KNOWN_PATHS = {"/", "/health", "/metrics", "/v1/models", "/v1/completions", "/v1/chat/completions",
-               "/v1/flood", "/bench.json"} | {f"/static/{name}" for name in STATIC_FILES}
+BODIES = {"/v1/completions": CompletionRequest, "/v1/flood": CompletionRequest,
+          "/v1/chat/completions": ChatRequest}
+KNOWN_PATHS = {"/", "/health", "/metrics", "/v1/models", "/bench.json", "/openapi.json", "/docs",
+               *BODIES} | {f"/static/{name}" for name in STATIC_FILES}
+log = logging.getLogger("uvicorn.error")  # uvicorn's own log: its format, its --log-level
+
+
+def who(request: HttpRequest) -> str:
+    return f"{request.client.host}:{request.client.port}" if request.client else "a client"
+
+
+class JsonBodyRequest(HttpRequest):
+    """A request whose body is read at most ``MAX_BODY_BYTES`` long (413 beyond) and parsed
+    by ``parse_json``; FastAPI reads it as JSON whatever the Content-Type says (curl's -d
+    sends application/x-www-form-urlencoded), as this server always has."""
+
+    def __init__(self, request: HttpRequest):
+        super().__init__(request.scope, request.receive, request._send)
+        raw = [(k, v) for k, v in request.scope["headers"] if k.lower() != b"content-type"]
+        self._headers = Headers(raw=raw + [(b"content-type", b"application/json")])
+
+    async def body(self) -> bytes:
+        if not hasattr(self, "_body"):
+            size = self.headers.get("content-length")
+            if size is not None and size.isdigit() and int(size) > MAX_BODY_BYTES:
+                raise ApiError(413, f"the body is larger than {MAX_BODY_BYTES} bytes", code="body_too_large")
+            chunks, n = [], 0
+            async for chunk in self.stream():
+                n += len(chunk)
+                if n > MAX_BODY_BYTES:
+                    raise ApiError(413, f"the body is larger than {MAX_BODY_BYTES} bytes", code="body_too_large")
+                chunks.append(chunk)
+            self._body = b"".join(chunks)
+        return self._body
+
+    async def json(self):
+        if not hasattr(self, "_json"):
+            self._json = parse_json(await self.body())
+        return self._json
+
+
+class JsonBodyRoute(APIRoute):
+    """Reads and parses a POST's body before FastAPI does, so that what is wrong with it
+    (too large, not JSON, too deep, the client gone) reaches this app's handlers as is;
+    FastAPI then validates the parsed body against the endpoint's model."""
+
+    def get_route_handler(self) -> Callable:
+        handler = super().get_route_handler()
+
+        async def route(request: HttpRequest) -> Response:
+            if request.method == "POST":
+                request = JsonBodyRequest(request)
+                await request.json()
+            return await handler(request)
+
+        return route
 
 
 def block_event(block) -> dict:
@@ -78,19 +142,39 @@ def create_app(pipe, max_batch: int = 32, max_queue: int = 64, block_roots: int 
         finally:
             engine.stop()
 
-    app = FastAPI(title="Fractal Flood", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app = FastAPI(title="Fractal Flood", lifespan=lifespan, redoc_url=None,
+                  description="An OpenAI-compatible API over Fractal Flood's batched engine: "
+                              "/v1/completions, /v1/chat/completions, and /v1/flood (every block's roots "
+                              "and chunks, for the playground page at /). max_tokens counts roots.")
+    app.router.route_class = JsonBodyRoute
     app.state.engine, app.state.metrics = engine, metrics
+    metrics.watch(engine)
 
     @app.middleware("http")
     async def count(request: HttpRequest, call_next):
-        response = await call_next(request)
         path = request.url.path if request.url.path in KNOWN_PATHS else "other"
+        try:
+            response = await call_next(request)
+        except Exception:
+            metrics.request(path, 500)  # answered by internal_error below
+            raise
         metrics.request(path, response.status_code)
         return response
 
     @app.exception_handler(ApiError)
     async def api_error(request, e: ApiError):
         return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_body(request, e: RequestValidationError):
+        err = validation_error(list(e.errors()), e.body, BODIES.get(request.url.path, CompletionRequest), limits)
+        return JSONResponse(err.body(), status_code=err.status)
+
+    @app.exception_handler(ClientDisconnect)
+    async def hung_up(request, e: ClientDisconnect):
+        log.info("%s hung up before sending its whole body (%s %s)", who(request), request.method,
+                 request.url.path)
+        return PlainTextResponse("", status_code=499)  # nobody reads this
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request, e: StarletteHTTPException):
@@ -114,17 +198,7 @@ def create_app(pipe, max_batch: int = 32, max_queue: int = 64, block_roots: int 
 
     @app.get("/metrics")
     async def prometheus():
-        return PlainTextResponse(metrics.render(engine),
-                                 media_type="text/plain; version=0.0.4")
-
-    async def read_body(request: HttpRequest) -> dict:
-        size = request.headers.get("content-length")
-        if size is not None and size.isdigit() and int(size) > MAX_BODY_BYTES:
-            raise ApiError(413, f"the body is larger than {MAX_BODY_BYTES} bytes", code="body_too_large")
-        raw = await request.body()
-        if len(raw) > MAX_BODY_BYTES:
-            raise ApiError(413, f"the body is larger than {MAX_BODY_BYTES} bytes", code="body_too_large")
-        return parse_json(raw)
+        return Response(metrics.render(), media_type=metrics.content_type)
 
     def check_model(parsed: Parsed) -> None:
         if parsed.model is not None and parsed.model != model_id:
@@ -158,6 +232,7 @@ def create_app(pipe, max_batch: int = 32, max_queue: int = 64, block_roots: int 
             except asyncio.TimeoutError:
                 if await request.is_disconnected():
                     job.cancel()
+                    log.info("%s hung up before its completion was done; its slot is freed", who(request))
                     return None
                 continue
             if kind == "done":
@@ -166,6 +241,7 @@ def create_app(pipe, max_batch: int = 32, max_queue: int = 64, block_roots: int 
     def finished(job: Job) -> dict:
         c = job.completion
         if c.finish_reason == "error":
+            metrics.failed()
             raise ApiError(500, f"generation failed: {type(job.error).__name__}", kind="server_error",
                            code="internal_error")
         metrics.completion(len(job.prompt_ids), len(c.root_ids), c.chunks, len(c.text), c.seconds)
@@ -185,7 +261,8 @@ def create_app(pipe, max_batch: int = 32, max_queue: int = 64, block_roots: int 
         obj = "chat.completion" if chat else "text_completion"
         now = int(time.time())
         if parsed.stream:
-            return StreamingResponse(stream(job, queue, rid, now, chat), media_type="text/event-stream",
+            return StreamingResponse(stream(job, queue, rid, now, chat, who(request)),
+                                     media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         done = await wait_done(request, job, queue)
         if done is None:
@@ -198,7 +275,7 @@ def create_app(pipe, max_batch: int = 32, max_queue: int = 64, block_roots: int 
         return {"id": rid, "object": obj, "created": now, "model": model_id, "choices": [choice],
                 "usage": usage, "fractal_flood": extension(job)}
 
-    async def stream(job: Job, queue: asyncio.Queue, rid: str, now: int, chat: bool):
+    async def stream(job: Job, queue: asyncio.Queue, rid: str, now: int, chat: bool, client: str):
         obj = "chat.completion.chunk" if chat else "text_completion"
 
         def event(delta: Optional[str], finish: Optional[str], extra: Optional[dict] = None,
@@ -234,6 +311,7 @@ def create_app(pipe, max_batch: int = 32, max_queue: int = 64, block_roots: int 
         finally:
             if not job.done.is_set():
                 job.cancel()  # the client went away mid-stream: free the slot
+                log.info("%s hung up mid-stream; its slot is freed", client)
 
     @app.get("/")
     async def page():
@@ -256,10 +334,11 @@ def create_app(pipe, max_batch: int = 32, max_queue: int = 64, block_roots: int 
             raise ApiError(500, f"cannot read {bench_json}: {e}", kind="server_error", code="bad_bench") from None
 
     @app.post("/v1/flood")
-    async def flood(request: HttpRequest):
-        """Not OpenAI: SSE of every block's roots (id, text, energy, chunks with their
-        characters and energies) and timings, for the playground page."""
-        parsed = parse_completion(await read_body(request), limits, alphabet)
+    async def flood(request: HttpRequest, body: CompletionRequest):
+        """Not OpenAI: server-sent events of every block's roots (id, text, energy, chunks with
+        their characters and energies) and timings, for the playground page. The body is a
+        completion's; stop is not supported."""
+        parsed = from_completion(body, limits, alphabet)
         if parsed.request.stop:
             raise ApiError(400, "stop is not supported by /v1/flood", "stop", "unsupported")
         # the page shows every root's and chunk's energy: ask for the energy pass, which a
@@ -267,6 +346,7 @@ def create_app(pipe, max_batch: int = 32, max_queue: int = 64, block_roots: int 
         opts = parsed.request.options or pipe.options
         parsed.request = replace(parsed.request, options=replace(opts, energies=True))
         job, queue = submit(parsed)
+        client = who(request)
 
         async def events():
             try:
@@ -285,17 +365,21 @@ def create_app(pipe, max_batch: int = 32, max_queue: int = 64, block_roots: int 
             finally:
                 if not job.done.is_set():
                     job.cancel()
+                    log.info("%s hung up mid-stream; its slot is freed", client)
 
         return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
     @app.post("/v1/completions")
-    async def completions(request: HttpRequest):
-        parsed = parse_completion(await read_body(request), limits, alphabet)
-        return await run(request, parsed, chat=False)
+    async def completions(request: HttpRequest, body: CompletionRequest):
+        """OpenAI's completions: the text after the prompt (streamed as server-sent events
+        with stream: true)."""
+        return await run(request, from_completion(body, limits, alphabet), chat=False)
 
     @app.post("/v1/chat/completions")
-    async def chat_completions(request: HttpRequest):
-        parsed, _speaker = parse_chat(await read_body(request), limits, alphabet)
+    async def chat_completions(request: HttpRequest, body: ChatRequest):
+        """OpenAI's chat completions: the conversation is written as the corpus's dialogue
+        and the model speaks the next turn."""
+        parsed, _speaker = from_chat(body, limits, alphabet)
         return await run(request, parsed, chat=True)
 
     return app

@@ -1,73 +1,80 @@
-"""The server's counters, written in the Prometheus text format (version 0.0.4)."""
+"""The server's metrics through ``prometheus_client``, in a registry of the app's own (not
+the process-wide one, so several apps in one process keep apart): request counters by
+endpoint and status (5xx included), completion counters, a latency histogram, and the
+engine's gauges and counters, read when /metrics is scraped."""
 
 from __future__ import annotations
 
-import threading
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 
 
+class EngineCollector:
+    """The engine's (``generation.engine.Engine``) gauges and work counters, at scrape time."""
+
+    def __init__(self, engine):
+        self.engine = engine
+
+    def collect(self):
+        e = self.engine
+        for name, value, text in (("queue_length", e.queued, "Requests waiting for a slot."),
+                                  ("active_requests", e.active, "Requests being generated."),
+                                  ("slots", e.max_batch, "Requests generated at once, at most.")):
+            yield GaugeMetricFamily(f"fractal_flood_{name}", text, value=value)
+        for name, value, text in (
+                ("engine_rounds", e.rounds, "Engine rounds (manager steps for a block, then a flood)."),
+                ("engine_busy_seconds", e.busy_s, "Seconds the engine spent in rounds."),
+                ("engine_flood_seconds", e.flood_s,
+                 "Of those, seconds in renders (the rest: the manager's steps and bookkeeping)."),
+                ("manager_steps", e.slots.steps_run, "Batched manager decode steps."),
+                ("manager_row_steps", e.slots.row_steps,
+                 "Rows in those steps, summed (divided by manager_steps: the mean batch).")):
+            yield CounterMetricFamily(f"fractal_flood_{name}", text, value=value)
+
+
 class ServerMetrics:
+    content_type = CONTENT_TYPE_LATEST
+
     def __init__(self):
-        self._lock = threading.Lock()
-        self.requests: dict = {}  # (endpoint, status code) -> count
-        self.roots = self.chunks = self.chars = self.prompt_roots = 0
-        self.latency_counts = [0] * len(LATENCY_BUCKETS)
-        self.latency_sum = 0.0
-        self.latency_n = 0
+        self.registry = r = CollectorRegistry()
+        self.requests = Counter("fractal_flood_requests", "HTTP requests answered, by endpoint and status.",
+                                ["endpoint", "status"], registry=r)
+        self.server_errors = Counter("fractal_flood_server_errors",
+                                     "HTTP requests answered with a 5xx status (503: the queue was full); "
+                                     "requests_total has them by endpoint and status.", registry=r)
+        self.failed_completions = Counter(
+            "fractal_flood_failed_completions",
+            "Completions whose generation failed (a 500, or an error event in a stream already answered 200).",
+            registry=r)
+        self.prompt_tokens = Counter("fractal_flood_prompt_tokens", "Prompt roots read.", registry=r)
+        self.completion_tokens = Counter("fractal_flood_completion_tokens",
+                                         "Roots generated (the manager's tokens).", registry=r)
+        self.completion_chunks = Counter("fractal_flood_completion_chunks",
+                                         "Chunks rendered (the project's unit of tokens/s).", registry=r)
+        self.completion_chars = Counter("fractal_flood_completion_chars", "Characters returned.", registry=r)
+        self.latency = Histogram("fractal_flood_request_seconds",
+                                 "Completion latency, from arrival to the last text.", buckets=LATENCY_BUCKETS,
+                                 registry=r)
+
+    def watch(self, engine) -> None:
+        self.registry.register(EngineCollector(engine))
 
     def request(self, endpoint: str, status: int) -> None:
-        with self._lock:
-            key = (endpoint, status)
-            self.requests[key] = self.requests.get(key, 0) + 1
+        self.requests.labels(endpoint, str(status)).inc()
+        if status >= 500:
+            self.server_errors.inc()
+
+    def failed(self) -> None:
+        self.failed_completions.inc()
 
     def completion(self, prompt_roots: int, roots: int, chunks: int, chars: int, seconds: float) -> None:
-        with self._lock:
-            self.prompt_roots += prompt_roots
-            self.roots += roots
-            self.chunks += chunks
-            self.chars += chars
-            for i, bound in enumerate(LATENCY_BUCKETS):
-                if seconds <= bound:
-                    self.latency_counts[i] += 1
-            self.latency_sum += seconds
-            self.latency_n += 1
+        self.prompt_tokens.inc(prompt_roots)
+        self.completion_tokens.inc(roots)
+        self.completion_chunks.inc(chunks)
+        self.completion_chars.inc(chars)
+        self.latency.observe(seconds)
 
-    def render(self, engine) -> str:
-        """The counters, and the engine's gauges and work counters (``engine.Engine``)."""
-        queued, active, slots = engine.queued, engine.active, engine.max_batch
-        with self._lock:
-            out = ["# HELP fractal_flood_requests_total HTTP requests answered, by endpoint and status.",
-                   "# TYPE fractal_flood_requests_total counter"]
-            for (endpoint, status), n in sorted(self.requests.items()):
-                out.append(f'fractal_flood_requests_total{{endpoint="{endpoint}",status="{status}"}} {n}')
-            for name, value, text in (
-                    ("prompt_tokens", self.prompt_roots, "Prompt roots read."),
-                    ("completion_tokens", self.roots, "Roots generated (the manager's tokens)."),
-                    ("completion_chunks", self.chunks, "Chunks rendered (the project's unit of tokens/s)."),
-                    ("completion_chars", self.chars, "Characters returned.")):
-                out += [f"# HELP fractal_flood_{name}_total {text}", f"# TYPE fractal_flood_{name}_total counter",
-                        f"fractal_flood_{name}_total {value}"]
-            for name, value, text in (("queue_length", queued, "Requests waiting for a slot."),
-                                      ("active_requests", active, "Requests being generated."),
-                                      ("slots", slots, "Requests generated at once, at most.")):
-                out += [f"# HELP fractal_flood_{name} {text}", f"# TYPE fractal_flood_{name} gauge",
-                        f"fractal_flood_{name} {value}"]
-            for name, value, text in (
-                    ("engine_rounds", engine.rounds, "Engine rounds (manager steps for a block, then a flood)."),
-                    ("engine_busy_seconds", round(engine.busy_s, 6), "Seconds the engine spent in rounds."),
-                    ("engine_flood_seconds", round(engine.flood_s, 6),
-                     "Of those, seconds in renders (the rest: the manager's steps and bookkeeping)."),
-                    ("manager_steps", engine.slots.steps_run, "Batched manager decode steps."),
-                    ("manager_row_steps", engine.slots.row_steps,
-                     "Rows in those steps, summed (divided by manager_steps: the mean batch).")):
-                out += [f"# HELP fractal_flood_{name}_total {text}", f"# TYPE fractal_flood_{name}_total counter",
-                        f"fractal_flood_{name}_total {value}"]
-            out += ["# HELP fractal_flood_request_seconds Completion latency, from arrival to the last text.",
-                    "# TYPE fractal_flood_request_seconds histogram"]
-            for bound, n in zip(LATENCY_BUCKETS, self.latency_counts):
-                out.append(f'fractal_flood_request_seconds_bucket{{le="{bound}"}} {n}')
-            out += [f'fractal_flood_request_seconds_bucket{{le="+Inf"}} {self.latency_n}',
-                    f"fractal_flood_request_seconds_sum {self.latency_sum:.6f}",
-                    f"fractal_flood_request_seconds_count {self.latency_n}"]
-        return "\n".join(out) + "\n"
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
