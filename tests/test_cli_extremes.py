@@ -331,3 +331,74 @@ def test_a_real_sigint_stops_training_with_one_line(tmp_path, small_corpus_file)
     assert "renderer saved at step" in line
     assert not (tmp_path / "m" / "train.lock").exists()
     assert not any(".tmp" in p.name for p in (tmp_path / "m").rglob("*"))
+
+
+@pytest.mark.slow
+def test_a_real_sigterm_saves_and_releases_like_sigint(tmp_path, small_corpus_file):
+    """SIGTERM (kill, a scheduler, a container stopping) to `python -m fractal_flood train`:
+    the state is saved, the lock released, one line, exit 143."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fractal_flood", "train", "--preset", "tiny", "--corpus", str(small_corpus_file),
+         "--out", str(tmp_path / "m"), "--parts", "renderer", "--steps", "100000", "--no-progress"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    for line in proc.stdout:  # the loop has started once the parameter count is logged
+        if "parameters" in line:
+            break
+    time.sleep(3)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    line = one_line_error(proc.returncode, "", err)
+    assert "interrupted by SIGTERM" in line and "renderer saved at step" in line and "--resume" in line, line
+    assert (tmp_path / "m" / "train_state" / "renderer.json").exists()
+    assert not (tmp_path / "m" / "train.lock").exists()
+    assert not any(".tmp" in p.name for p in (tmp_path / "m").rglob("*"))
+
+
+def _train_args(corpus, out, *extra):
+    return ["train", "--preset", "tiny", "--corpus", str(corpus), "--out", str(out), "--parts", "renderer",
+            "--steps", "3", "--batch", "8", "--no-progress", *extra]
+
+
+def test_sigterm_in_train_saves_and_releases_in_process(tmp_path, small_corpus_file, capsys, monkeypatch):
+    """The same, in this process: SIGTERM arrives in step 4 of 6."""
+    from fractal_flood.train.renderer_task import RendererTask
+    real_loss, calls = RendererTask.loss, []
+
+    def loss(self, *args):
+        calls.append(1)
+        if len(calls) == 4:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_loss(self, *args)
+
+    before = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(RendererTask, "loss", loss)
+    out = tmp_path / "m"
+    rc, o, err = run_main(_train_args(small_corpus_file, out, "--steps", "6"), capsys)
+    assert rc == 143
+    line = one_line_error(rc, o, err)
+    assert "interrupted by SIGTERM" in line and "renderer saved at step 3 of 6" in line, line
+    assert not (out / "train.lock").exists()
+    assert signal.getsignal(signal.SIGTERM) is before  # put back when main returns
+
+
+def test_a_full_disk_in_train_is_one_line_naming_the_file(tmp_path, small_corpus_file, capsys, monkeypatch):
+    """ENOSPC while the renderer's checkpoint is written: one line naming the model's file
+    (not a temporary name), no temporary file left, the lock released."""
+    import errno
+    real = os.fsync
+
+    def fsync(fd):
+        if "renderer" in os.readlink(f"/proc/self/fd/{fd}"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    out = tmp_path / "m"
+    rc, o, err = run_main(_train_args(small_corpus_file, out), capsys)
+    line = one_line_error(rc, o, err)
+    assert rc == 2 and f"cannot write {out}" in line and "renderer" in line, line
+    assert "No space left on device" in line and ".tmp" not in line
+    assert not (out / "train.lock").exists()
+    assert not any(".tmp" in p.name for p in out.rglob("*"))

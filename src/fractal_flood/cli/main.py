@@ -7,7 +7,9 @@ for where there is none) is printed as one line on stderr with a non-zero exit.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 from .. import __version__
@@ -159,6 +161,27 @@ def _add_model_and_device(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda or auto")
 
 
+@contextmanager
+def _sigterm_as_ctrl_c(terminated: list):
+    """SIGTERM (``kill``, a batch scheduler, a container stopping) raises KeyboardInterrupt
+    in the main thread, so it saves and releases like a Ctrl-C; a second one while that runs
+    is ignored. ``serve`` keeps its server's own handling."""
+    def handler(signum, frame):
+        if not terminated:
+            terminated.append(signum)
+            raise KeyboardInterrupt
+
+    try:
+        before = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -166,14 +189,19 @@ def main(argv=None) -> int:
         parser.print_help()
         return 0
     where = f"fractal-flood {args.command}"
+    terminated = []
     try:
-        return _run(args)
+        if args.command == "serve":
+            return _run(args)
+        with _sigterm_as_ctrl_c(terminated):
+            return _run(args)
     except FractalFloodError as e:
         print(f"{where}: error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt as e:  # training says what it saved
-        print(f"{where}: interrupted" + (f": {e}" if str(e) else ""), file=sys.stderr)
-        return 130
+        how = "interrupted by SIGTERM" if terminated else "interrupted"
+        print(f"{where}: {how}" + (f": {e}" if str(e) else ""), file=sys.stderr)
+        return 128 + signal.SIGTERM if terminated else 130
     except OSError as e:  # a disk that is full or read-only, a path that vanished
         what = f"{e.strerror}: {e.filename}" if e.strerror and e.filename else (e.strerror or str(e))
         print(f"{where}: error: {what}", file=sys.stderr)
