@@ -299,7 +299,7 @@ def test_ctrl_c_in_train_saves_and_resume_continues(tmp_path, small_corpus_file,
 
     monkeypatch.setattr(RendererTask, "loss", loss)
     args = ["train", "--preset", "tiny", "--corpus", str(small_corpus_file), "--out", str(tmp_path / "m"),
-            "--parts", "renderer", "--steps", "6", "--batch", "8", "--no-progress"]
+            "--parts", "renderer", "--steps", "6", "--batch", "8", "--no-progress", "--keep-below-bar"]
     rc, out, err = run_main(args, capsys)
     assert rc == 130
     line = one_line_error(rc, out, err)
@@ -402,3 +402,16 @@ def test_a_full_disk_in_train_is_one_line_naming_the_file(tmp_path, small_corpus
     assert "No space left on device" in line and ".tmp" not in line
     assert not (out / "train.lock").exists()
     assert not any(".tmp" in p.name for p in out.rglob("*"))
+
+
+def test_a_part_below_its_bar_exits_non_zero_unless_kept(tmp_path, small_corpus_file, capsys):
+    rc, out, err = run_main(_train_args(small_corpus_file, tmp_path / "m"), capsys)
+    assert rc == 3, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "renderer: below its validation bar after 3 steps: render fidelity" in lines[0], err
+    assert "--keep-below-bar" in lines[0] and "Traceback" not in err
+    assert lines[0] in out  # in the run's log too
+    rc, out, err = run_main(_train_args(small_corpus_file, tmp_path / "k", "--keep-below-bar"), capsys)
+    assert rc == 0, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "kept (--keep-below-bar)" in lines[0], err

@@ -21,6 +21,7 @@ from .args import (LEVELS_HELP, MAX_BATCH, MAX_K, MAX_STEPS, class_count, corpus
                    int_in, level_list, lm_shape, nonneg_float, output_dir, output_file, positive_float, seed_int)
 
 EXIT_USER_ERROR = 2
+EXIT_BELOW_BAR = 3  # train: a part ended below its validation bar (--keep-below-bar accepts it)
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -88,8 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--tokenizer-chars", type=int_in(1, 10 ** 12), default=TOKENIZER_SAMPLE_CHARS,
                    help="the tokenizer learns its merges from this many leading characters of the corpus")
     t.add_argument("--time-limit", type=positive_float,
-                   help="seconds for the whole run: the parts share it, each fitting its schedule "
-                        "to its share after timing steps 10-40")
+                   help="seconds for the whole run: the parts share it, each fitting its schedule to its "
+                        "share from step 40 on and refitting it as it runs, so a busy stretch does not "
+                        "starve the rest")
+    t.add_argument("--keep-below-bar", action="store_true",
+                   help="accept a part that ends below its validation bar (renderer: render fidelity "
+                        "99.9%% at every level; manager, peer: a held-out loss that improved on its first "
+                        f"evaluation). Without it such a part is still saved, but train exits {EXIT_BELOW_BAR}")
     t.add_argument("--dropout", type=dropout_rate,
                    help="language models' dropout in training (default: the preset's)")
     t.add_argument("--head-classes", type=class_count,
@@ -264,18 +270,21 @@ def _stats(args) -> int:
 def _train(args) -> int:
     from ..train.run import TrainOptions, run_training
     parts = tuple(p.strip() for p in args.parts.split(",") if p.strip())
-    run_training(TrainOptions(out_dir=Path(args.out), preset=args.preset, corpus=args.corpus, parts=parts,
-                              levels=args.levels,
-                              steps=args.steps, lm_steps=args.lm_steps, batch=args.batch,
-                              grad_accum=args.grad_accum, tokenizer_chars=args.tokenizer_chars,
-                              time_limit=args.time_limit, device=args.device, resume=args.resume,
-                              overwrite=args.overwrite,
-                              seed=args.seed, eval_every=args.eval_every, save_every=args.save_every,
-                              progress=not args.no_progress, dropout=args.dropout,
-                              head_classes=args.head_classes, top_lengths=args.top_lengths,
-                              lm_shape=args.lm_shape,
-                              weight_decay=args.weight_decay, decay=args.decay))
-    return 0
+    opts = TrainOptions(out_dir=Path(args.out), preset=args.preset, corpus=args.corpus, parts=parts,
+                        levels=args.levels,
+                        steps=args.steps, lm_steps=args.lm_steps, batch=args.batch,
+                        grad_accum=args.grad_accum, tokenizer_chars=args.tokenizer_chars,
+                        time_limit=args.time_limit, device=args.device, resume=args.resume,
+                        overwrite=args.overwrite,
+                        seed=args.seed, eval_every=args.eval_every, save_every=args.save_every,
+                        progress=not args.no_progress, dropout=args.dropout,
+                        head_classes=args.head_classes, top_lengths=args.top_lengths,
+                        lm_shape=args.lm_shape,
+                        weight_decay=args.weight_decay, decay=args.decay,
+                        keep_below_bar=args.keep_below_bar)
+    results = run_training(opts)
+    below = [part for part, r in results.items() if r.get("below_bar")]
+    return EXIT_BELOW_BAR if below and not args.keep_below_bar else 0  # each said why on stderr
 
 
 if __name__ == "__main__":
