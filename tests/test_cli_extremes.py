@@ -415,3 +415,61 @@ def test_a_part_below_its_bar_exits_non_zero_unless_kept(tmp_path, small_corpus_
     assert rc == 0, err
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "kept (--keep-below-bar)" in lines[0], err
+
+
+def test_a_batch_that_does_not_split_names_the_users_numbers(tmp_path, small_corpus_file, capsys):
+    rc, out, err = run_main(_train_args(small_corpus_file, tmp_path / "m", "--batch", "7", "--grad-accum", "2"),
+                            capsys)
+    line = one_line_error(rc, out, err)
+    assert "--batch 7" in line and "--grad-accum 2" in line and "a batch of 3" not in line, line
+    assert not (tmp_path / "m").exists()
+
+
+def test_tokenizer_chars_too_few_to_merge_is_refused(tmp_path, small_corpus_file, capsys):
+    rc, out, err = run_main(_train_args(small_corpus_file, tmp_path / "m", "--tokenizer-chars", "1"), capsys)
+    line = one_line_error(rc, out, err)
+    assert "learned no merges" in line and "--tokenizer-chars 1" in line, line
+    assert not (tmp_path / "m").exists()
+
+
+def test_negative_infinity_is_read_as_a_value(capsys):
+    rc, out, err = run_main(["generate", "--device", "cpu", "--threshold", "-inf"], capsys)
+    line = one_line_error(rc, out, err)
+    assert "expected one argument" not in line and "--threshold" in line and "finite" in line, line
+    parser = build_parser()
+    assert parser.parse_args(["generate", "--threshold", "-1e3"]).threshold == -1000.0
+    assert parser.parse_args(["generate", "--threshold", "-.5"]).threshold == -0.5
+
+
+def test_a_symlink_loop_is_called_one(tmp_path, capsys):
+    loop = tmp_path / "loop"
+    loop.symlink_to(tmp_path / "loop2")
+    (tmp_path / "loop2").symlink_to(loop)
+    for argv in (["stats", "--corpus", loop], ["generate", "--device", "cpu", "--prompts", loop],
+                 ["generate", "--device", "cpu", "--model", loop], ["train", "--out", loop],
+                 ["bench", "--corpus", loop]):
+        rc, out, err = run_main(argv, capsys)
+        line = one_line_error(rc, out, err)
+        assert f"{loop} is a symlink loop" in line and "not found" not in line, (argv, line)
+    broken = tmp_path / "broken"
+    broken.symlink_to(tmp_path / "nowhere")
+    rc, out, err = run_main(["stats", "--corpus", broken], capsys)
+    assert f"{broken} is a broken symlink to {tmp_path / 'nowhere'}" in one_line_error(rc, out, err)
+
+
+def _help(command):
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
+    return sub.format_help()
+
+
+def test_eval_help_quotes_no_count_that_can_go_stale():
+    text = " ".join(_help("eval").split())
+    assert "17.9k" not in text and "~" not in text
+    assert "--max-roots" in text and "the report says how many" in text
+
+
+def test_train_without_a_preset_takes_the_devices(tmp_path):
+    assert build_parser().parse_args(["train", "--out", str(tmp_path / "m")]).preset is None
+    text = " ".join(_help("train").split())
+    assert "small on a CPU and seed on a GPU" in text and "(default: seed)" not in text

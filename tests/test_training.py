@@ -765,3 +765,48 @@ def test_a_manager_evaluated_once_cannot_show_it_improved(tmp_path, small_corpus
                              eval_every=1000, warn=lambda s: None))
     assert "evaluated once" in res["manager"]["below_bar"]
 
+
+# ---------------------------------------------------------------- the default preset
+
+
+def test_the_default_preset_suits_the_device():
+    from fractal_flood.train.run import default_preset
+    assert default_preset(torch.device("cpu")) == "small"
+    assert default_preset(torch.device("cuda")) == "seed"  # the plan's sizes, hours on a CPU
+
+
+def test_train_without_a_preset_takes_the_devices_then_the_directorys(tmp_path, small_corpus_file):
+    log = []
+    out = tmp_path / "m"
+    run_training(_opts(out, small_corpus_file, preset=None, device="cpu", steps=1, batch=8, log=log.append))
+    assert "preset small: the default on a CPU (--preset picks another)" in log
+    assert ckpt.read_meta(out, "renderer")["preset"] == "small"
+    assert _state(out)["step"] == 1
+    tiny = tmp_path / "t"  # a directory trained with another preset keeps it when continued
+    run_training(_opts(tiny, small_corpus_file, steps=1))
+    log.clear()
+    run_training(_opts(tiny, small_corpus_file, preset=None, device="cpu", steps=2, resume=True, log=log.append))
+    assert f"preset tiny: the one {tiny} was trained with" in log, log
+    assert ckpt.read_meta(tiny, "renderer")["preset"] == "tiny"
+
+
+# ---------------------------------------------------------------- numbers the user gave
+
+
+def test_a_batch_that_does_not_split_names_the_users_numbers(tmp_path, small_corpus_file):
+    with pytest.raises(FractalFloodError) as e:
+        run_training(_opts(tmp_path / "m", small_corpus_file, batch=7, grad_accum=2))
+    msg = str(e.value)
+    assert "--batch 7" in msg and "--grad-accum 2" in msg and "a multiple of 8" in msg, msg
+    assert "a batch of 3" not in msg
+    assert not (tmp_path / "m").exists()  # refused before anything was written
+    with pytest.raises(FractalFloodError, match=r"manager: --batch 7 .*--grad-accum 2.*a multiple of 2"):
+        run_training(_opts(tmp_path / "m", small_corpus_file, parts=("manager",), batch=7, grad_accum=2))
+    res = run_training(_opts(tmp_path / "m", small_corpus_file, batch=8, grad_accum=2, steps=1))  # 8 splits
+    assert res["renderer"]["steps"] == 1
+
+
+def test_a_tokenizer_sample_too_short_to_merge_is_refused(tmp_path, small_corpus_file):
+    with pytest.raises(FractalFloodError, match=r"learned no merges at level '(roots|chunks)'.*--tokenizer-chars 1\b"):
+        run_training(_opts(tmp_path / "m", small_corpus_file, tokenizer_chars=1))
+    assert not (tmp_path / "m").exists()

@@ -18,6 +18,7 @@ message), since nobody else can remove it.
 from __future__ import annotations
 
 import datetime
+import errno
 import hashlib
 import json
 import math
@@ -215,6 +216,29 @@ def check_writable(path: Path) -> None:
 
 def write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda p: Path(p).write_text(text, encoding="utf-8"))
+
+
+# ---------------------------------------------------------------- a path that is not there
+
+
+def why_missing(path, what: str = "file") -> str:
+    """Why ``path`` cannot be opened, in a few words naming it: a symlink loop, a broken
+    symlink, or not found."""
+    path = Path(path)
+    try:
+        os.stat(path)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return f"{path} is a symlink loop (too many levels of symbolic links)"
+        if path.is_symlink():
+            try:
+                return f"{path} is a broken symlink to {os.readlink(path)}"
+            except OSError:
+                pass
+        if e.errno == errno.ENOENT:
+            return f"{what} not found: {path}"
+        return f"cannot open {path}: {e.strerror or e}"
+    return f"{what} not found: {path}"
 
 
 # ---------------------------------------------------------------- a file's hash

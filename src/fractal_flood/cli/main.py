@@ -17,8 +17,9 @@ from ..errors import FractalFloodError
 from ..fileio import dumps
 from ..hierarchy.bpe_json import MAX_VOCAB
 from . import generate, serve
-from .args import (LEVELS_HELP, MAX_BATCH, MAX_K, MAX_STEPS, class_count, corpus_spec, dropout_rate, input_file,
-                   int_in, level_list, lm_shape, nonneg_float, output_dir, output_file, positive_float, seed_int)
+from .args import (LEVELS_HELP, MAX_BATCH, MAX_K, MAX_STEPS, NEGATIVE_NUMBER, class_count, corpus_spec,
+                   dropout_rate, input_file, int_in, level_list, lm_shape, nonneg_float, output_dir, output_file,
+                   positive_float, seed_int)
 
 EXIT_USER_ERROR = 2
 EXIT_BELOW_BAR = 3  # train: a part ended below its validation bar (--keep-below-bar accepts it)
@@ -37,6 +38,7 @@ class _Parser(argparse.ArgumentParser):
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("formatter_class", _Formatter)
         super().__init__(*args, **kwargs)
+        self._negative_number_matcher = NEGATIVE_NUMBER  # `--threshold -inf` is a value, not an option
 
     def error(self, message):  # one line, not usage + message
         sys.stderr.write(f"{self.prog}: error: {message}\n")
@@ -70,8 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "--overwrite replaces a trained model. Under torchrun, trains data "
                                    "parallel over its processes.")
     t.add_argument("--out", required=True, type=output_dir, help="model directory to write")
-    t.add_argument("--preset", default="seed", choices=sorted(PRESETS),
-                   help="model sizes and schedule: tiny (tests) or seed (renderer 6x256x8, manager 4x128)")
+    t.add_argument("--preset", choices=sorted(PRESETS),
+                   help="model sizes and schedule: small (renderer 1x64, manager 4x128), seed (the plan's: "
+                        "renderer 6x256x8, which a CPU trains for hours) or tiny (tests). Default: the one "
+                        "the model in --out was trained with, else small on a CPU and seed on a GPU")
     t.add_argument("--corpus", type=corpus_spec,
                    help="UTF-8 text: a file, a directory of files or a quoted glob "
                         "('books/*.txt'), read in sorted order (default: the shipped TinyShakespeare)")
@@ -142,7 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="UTF-8 text: a file, a directory or a quoted glob (default: the shipped TinyShakespeare)")
     e.add_argument("--k", type=int_in(1, MAX_K), default=1, help="best-of-K for the fidelity render")
     e.add_argument("--max-roots", type=int_in(1, 10 ** 7), default=5000,
-                   help="held-out roots to evaluate (the tail has ~17.9k)")
+                   help="held-out roots to evaluate, from the start of the corpus's held-out tail "
+                        "(fewer if the tail is shorter; the report says how many)")
     e.add_argument("--json", action="store_true", help="print JSON")
 
     b = sub.add_parser("bench", help="benchmark decoders against the sequential and AR baselines",

@@ -20,6 +20,7 @@ gradients, and rank 0 alone prints, validates and writes.
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 import sys
@@ -35,6 +36,7 @@ from tqdm import tqdm
 from ..corpus import shards as shards_mod
 from ..corpus.reader import open_corpus
 from ..corpus.streams import TokenStream
+from ..device import resolve_device
 from ..errors import FractalFloodError, UnknownCharacterError
 from ..fileio import DirectoryLock, file_sha256
 from ..hierarchy.level_specs import check_specs, default_specs, format_specs
@@ -56,10 +58,16 @@ def _to_stderr(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
+def default_preset(device: torch.device) -> str:
+    """The preset a run without one trains: ``seed`` (the plan's sizes) on a GPU, ``small``
+    (the shipped model's sizes, minutes on a CPU) anywhere else."""
+    return "seed" if torch.device(device).type == "cuda" else "small"
+
+
 @dataclass
 class TrainOptions:
     out_dir: Path
-    preset: str = "seed"
+    preset: str | None = None  # None: the preset of the parts the directory holds, else default_preset
     corpus: str | None = None  # a file, a directory or a glob; None is the shipped corpus
     levels: list | None = None  # the tokenizer's BPE levels, top first (level_specs); None: the preset's
     parts: tuple = ("renderer", "manager")
@@ -101,6 +109,7 @@ def run_training(opts: TrainOptions) -> dict:
     renderer, a held-out loss that improved on its first evaluation for the language models)
     also has ``"below_bar"``, the reason, which was logged and warned (one line each)."""
     t_start = time.perf_counter()
+    opts, preset_note = _with_preset(opts)
     preset = get_preset(opts.preset)
     _check_options(opts)
     corpus = open_corpus(opts.corpus)
@@ -108,6 +117,11 @@ def run_training(opts: TrainOptions) -> dict:
         if not ctx.is_main:
             opts = replace(opts, log=lambda line: None, warn=lambda line: None, progress=False)
         opts.log(f"training on {ctx.device}, {ctx.describe()}")
+        if preset_note:
+            opts.log(preset_note)
+        depth = _depth(preset, opts)
+        for part in opts.parts:  # every part's batch splits into its micro-batches
+            _check_batch(part, depth, preset, opts, ctx.world_size)
         tokenizer = _tokenizer(corpus, preset, opts, ctx)
         tok_sha = file_sha256(Path(opts.out_dir) / ckpt.TOKENIZER_FILE)
         shards = _shards(corpus, tokenizer, opts, ctx) if set(opts.parts) & {"manager", "peer"} else None
@@ -125,6 +139,73 @@ def run_training(opts: TrainOptions) -> dict:
             results[part] = _train_part(part, tokenizer, shards, preset, opts, ctx, deadline, tok_sha)
             distributed.barrier(ctx)  # no rank starts the next part before rank 0 has saved
         return results
+
+
+def _with_preset(opts: TrainOptions) -> tuple[TrainOptions, str | None]:
+    """``opts`` with its preset named, and a line saying why when it was not asked for: the
+    preset of the parts the directory already holds (continued or extended), else the
+    device's (:func:`default_preset`)."""
+    if opts.preset is not None:
+        return opts, None
+    held = None if opts.overwrite else _held_preset(Path(opts.out_dir))
+    if held is not None:
+        return replace(opts, preset=held), f"preset {held}: the one {opts.out_dir} was trained with"
+    name = default_preset(resolve_device(opts.device))
+    where = "a GPU" if name == "seed" else "a CPU"
+    return replace(opts, preset=name), f"preset {name}: the default on {where} (--preset picks another)"
+
+
+def _held_preset(out: Path) -> str | None:
+    """The preset recorded by the first part (or its training state) found in ``out``."""
+    for part in ALL_PARTS:
+        for path in (out / STATE_DIR / f"{part}.json", out / f"{part}.json"):
+            try:
+                name = json.loads(path.read_text(encoding="utf-8")).get("preset")
+            except (OSError, ValueError, AttributeError):
+                continue  # missing or unreadable: loading it later says which
+            if isinstance(name, str):
+                try:
+                    get_preset(name)
+                except ValueError:
+                    continue
+                return name
+    return None
+
+
+def _depth(preset: Preset, opts: TrainOptions) -> int:
+    """The expanding levels the run's tokenizer has (or will have)."""
+    if opts.levels:
+        return len(opts.levels)
+    if not opts.overwrite and (Path(opts.out_dir) / ckpt.TOKENIZER_FILE).exists():  # the one it reuses
+        return ckpt.load_tokenizer(opts.out_dir).depth
+    return len(default_specs(preset.num_chunks, preset.num_roots))
+
+
+def _check_batch(part: str, levels: int, preset: Preset, opts: TrainOptions, world_size: int) -> None:
+    """Refuse, naming the user's numbers, a global batch that does not split into equal
+    micro-batches (processes x --grad-accum). The renderer splits each level's share of the
+    batch, and the first half of that share (its energy pairs), so it needs a multiple of
+    2 x levels x micro-batches."""
+    pieces = world_size * opts.grad_accum
+    if pieces == 1:
+        return
+    if part == "renderer":
+        batch = opts.batch or preset.renderer_batch
+        per_level = max(2, batch // levels)
+        ok = per_level % pieces == 0 and (per_level // 2) % pieces == 0
+        unit = 2 * levels * pieces
+    else:
+        batch = opts.batch or preset.lm_batch
+        ok, unit = batch % pieces == 0, pieces
+    if ok:
+        return
+    how = f"{world_size} processes x --grad-accum {opts.grad_accum}" if world_size > 1 else \
+        f"--grad-accum {opts.grad_accum}"
+    given = f"--batch {batch}" if opts.batch else f"the {preset.name} preset's batch of {batch}"
+    why = (f": each of its {levels} levels gets {per_level} items, {per_level // 2} of them paired for the "
+           "energy, and each group is split" if part == "renderer" else "")
+    raise FractalFloodError(f"{part}: {given} does not split into {pieces} equal pieces ({how}){why}; "
+                            f"give a --batch that is a multiple of {unit}")
 
 
 def _check_options(opts: TrainOptions) -> None:
@@ -232,10 +313,23 @@ def _tokenizer(corpus, preset: Preset, opts: TrainOptions, ctx) -> HierarchicalT
                                                         alphabet=corpus.alphabet(), progress=opts.log)
             except ValueError as e:
                 raise FractalFloodError(f"cannot train the tokenizer on {corpus.spec}: {e}") from None
+            _check_merges(tokenizer, corpus, opts.tokenizer_chars)
             ckpt.save_tokenizer(out, tokenizer)
             opts.log(f"tokenizer: trained in {time.perf_counter() - t0:.1f}s -> {tokenizer}")
     distributed.barrier(ctx)
     return ckpt.load_tokenizer(out)
+
+
+def _check_merges(tokenizer: HierarchicalTokenizer, corpus, sample_chars: int) -> None:
+    """Refuse a tokenizer with a level that learned no merge (its tokens are the level
+    below's): its roots would be single characters, which the parts cannot learn from."""
+    levels = tokenizer.levels
+    for upper, lower in reversed(list(zip(levels, levels[1:]))):  # the lowest level first
+        if upper.size <= lower.size:
+            raise FractalFloodError(
+                f"the tokenizer learned no merges at level {upper.name!r} ({upper.size} tokens, as many as the "
+                f"{lower.name} below it) from the lines up to character {sample_chars:,} of {corpus.spec} "
+                f"(--tokenizer-chars {sample_chars}): give it more text (default {TOKENIZER_SAMPLE_CHARS:,})")
 
 
 def _check_alphabet(corpus, tokenizer: HierarchicalTokenizer) -> None:
