@@ -95,7 +95,8 @@ def main() -> int:
                 continue
             cmd = [sys.executable, "-c", CHILD, "train", "--preset", "tiny", "--corpus", str(corpus),
                    "--out", str(out), "--parts", "renderer,manager,peer", "--steps", str(args.steps),
-                   "--lm-steps", str(args.steps), "--device", "cpu", "--no-progress"]
+                   "--lm-steps", str(args.steps), "--device", "cpu", "--no-progress",
+                   "--keep-below-bar"]  # a memory probe: its few steps are far below the bars
             proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
             peak = [json.loads(line[5:]) for line in proc.stdout.splitlines() if line.startswith("PEAK ")]
             if proc.returncode or not peak:

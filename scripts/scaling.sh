@@ -31,7 +31,8 @@ for n in 1 "$N"; do
     rm -rf "$dir" "$dir.shards"
     "$PY" -m torch.distributed.run --standalone --nproc_per_node "$n" -m fractal_flood train \
         --preset "$PRESET" --parts "$PART" --lm-steps "$STEPS" --batch $((PER_GPU * n)) \
-        --eval-every 1000000 --save-every 1000000 --device "$DEVICE" --no-progress --out "$dir" | tee "$dir.log"
+        --eval-every 1000000 --save-every 1000000 --device "$DEVICE" --no-progress --keep-below-bar \
+        --out "$dir" | tee "$dir.log"
     awk -v n="$n" -v b=$((PER_GPU * n)) -v T="$CONTEXT" -v part="$PART" '
         $0 ~ part": done," { steps = $3; secs = $6; sub(/s$/, "", secs)
             tps = steps * b * T / secs

@@ -444,3 +444,21 @@ def test_cpu_targets_compare_with_the_peer_in_the_same_run():
     rows[0]["fidelity"] = 0.99
     t = {x["target"]: x for x in compute_targets(rows, "cpu")}
     assert t["issue 8: end-to-end single-stream vs the AR peer"]["status"] == "not met"
+
+
+def test_output_paths_are_checked_before_the_run(tmp_path, capsys, monkeypatch):
+    """A folder no file can be created in (/proc here; a read-only or full disk alike) is
+    refused in one line naming the user's path, before anything is measured."""
+    import fractal_flood.measure.bench as bench_mod
+
+    def never(*args, **kwargs):
+        raise AssertionError("measured before the output paths were checked")
+
+    monkeypatch.setattr(bench_mod, "run_bench", never)
+    for flag in ("--json", "--markdown"):
+        try:
+            rc = main(["bench", "--quick", "--device", "cpu", flag, "/proc/x.out"])
+        except SystemExit as e:  # where /proc is not writable to os.access, parsing refuses it
+            rc = e.code
+        err = capsys.readouterr().err.strip()
+        assert rc == 2 and "\n" not in err and "/proc/x.out" in err and ".tmp" not in err, err

@@ -572,3 +572,75 @@ def test_loading_does_not_import_dynamo():
         torch.manual_seed(0)
         real = {k: tuple(v.shape) for k, v in cls(cfg).state_dict().items() if not k.startswith("lm_head.")}
         assert ckpt._expected(ckpt._build(cls, cfg)) == real
+
+
+def _disk_full(*args):
+    import errno
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_a_full_disk_names_the_file_not_its_temporary_name(tmp_path, monkeypatch):
+    import errno
+    target = tmp_path / "file.bin"
+    target.write_bytes(b"old contents")
+    monkeypatch.setattr(os, "fsync", _disk_full)
+    with pytest.raises(fileio.WriteError) as e:
+        fileio.atomic_write(target, lambda p: Path(p).write_bytes(b"new"))
+    assert str(e.value) == f"cannot write {target}: No space left on device"
+    assert isinstance(e.value, OSError) and e.value.errno == errno.ENOSPC  # still an OSError to callers
+    assert target.read_bytes() == b"old contents"
+    assert no_temp_files(tmp_path) == []
+
+
+def test_a_full_disk_reported_by_safetensors_names_the_file(tmp_path, monkeypatch):
+    """safetensors reports a failed write as its own error with the OS error in the text."""
+    from safetensors import SafetensorError
+
+    def full(*args, **kwargs):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28) at "
+                              f'path "{tmp_path}/.tmpXYZ"')
+
+    monkeypatch.setattr(ckpt, "save_file", full)
+    with pytest.raises(fileio.WriteError, match=f"cannot write {tmp_path / 'renderer.safetensors'}: "
+                                                "No space left on device$"):
+        ckpt.save_part(tmp_path, "renderer", renderer())
+    assert no_temp_files(tmp_path) == [] and not (tmp_path / "renderer.json").exists()
+
+
+def test_other_errors_while_writing_keep_their_traceback(tmp_path):
+    def bug(p):
+        raise ValueError("a bug, not the disk")
+
+    with pytest.raises(ValueError, match="a bug"):
+        fileio.atomic_write(tmp_path / "x", bug)
+    assert no_temp_files(tmp_path) == []
+
+
+def test_check_writable_fails_before_the_work(tmp_path):
+    fileio.check_writable(tmp_path / "out.json")
+    assert list(tmp_path.iterdir()) == []  # it leaves nothing behind
+    with pytest.raises(fileio.WriteError, match=r"^cannot write /proc/x\.json: "):
+        fileio.check_writable(Path("/proc/x.json"))
+
+
+def test_a_full_disk_while_taking_the_lock_leaves_no_lock(tmp_path, monkeypatch):
+    real_fdopen = os.fdopen
+
+    class Full:
+        def __init__(self, f):
+            self.f = f
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def write(self, text):
+            _disk_full()
+
+    monkeypatch.setattr(os, "fdopen", lambda fd, *a, **k: Full(real_fdopen(fd, *a, **k)))
+    with pytest.raises(fileio.WriteError, match="cannot write .*train.lock: No space left on device"):
+        with fileio.DirectoryLock(tmp_path, log=lambda s: None):
+            pass
+    assert not (tmp_path / fileio.LOCK_FILE).exists()

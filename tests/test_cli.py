@@ -158,7 +158,7 @@ def test_stats_json(capsys, small_corpus_file, small_text):
 def test_train_makes_a_loadable_model(tmp_path, small_corpus_file, capsys):
     out_dir = tmp_path / "trained"
     rc, out, err = run_main(["train", "--preset", "tiny", "--corpus", small_corpus_file, "--out", out_dir,
-                             "--steps", "20", "--lm-steps", "20", "--no-progress"], capsys)
+                             "--steps", "20", "--lm-steps", "20", "--no-progress", "--keep-below-bar"], capsys)
     assert rc == 0, err
     tok = ckpt.load_tokenizer(out_dir)
     renderer, meta = ckpt.load_renderer(out_dir, tok)

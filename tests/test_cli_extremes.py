@@ -299,7 +299,7 @@ def test_ctrl_c_in_train_saves_and_resume_continues(tmp_path, small_corpus_file,
 
     monkeypatch.setattr(RendererTask, "loss", loss)
     args = ["train", "--preset", "tiny", "--corpus", str(small_corpus_file), "--out", str(tmp_path / "m"),
-            "--parts", "renderer", "--steps", "6", "--batch", "8", "--no-progress"]
+            "--parts", "renderer", "--steps", "6", "--batch", "8", "--no-progress", "--keep-below-bar"]
     rc, out, err = run_main(args, capsys)
     assert rc == 130
     line = one_line_error(rc, out, err)
@@ -331,3 +331,145 @@ def test_a_real_sigint_stops_training_with_one_line(tmp_path, small_corpus_file)
     assert "renderer saved at step" in line
     assert not (tmp_path / "m" / "train.lock").exists()
     assert not any(".tmp" in p.name for p in (tmp_path / "m").rglob("*"))
+
+
+@pytest.mark.slow
+def test_a_real_sigterm_saves_and_releases_like_sigint(tmp_path, small_corpus_file):
+    """SIGTERM (kill, a scheduler, a container stopping) to `python -m fractal_flood train`:
+    the state is saved, the lock released, one line, exit 143."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fractal_flood", "train", "--preset", "tiny", "--corpus", str(small_corpus_file),
+         "--out", str(tmp_path / "m"), "--parts", "renderer", "--steps", "100000", "--no-progress"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    for line in proc.stdout:  # the loop has started once the parameter count is logged
+        if "parameters" in line:
+            break
+    time.sleep(3)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    line = one_line_error(proc.returncode, "", err)
+    assert "interrupted by SIGTERM" in line and "renderer saved at step" in line and "--resume" in line, line
+    assert (tmp_path / "m" / "train_state" / "renderer.json").exists()
+    assert not (tmp_path / "m" / "train.lock").exists()
+    assert not any(".tmp" in p.name for p in (tmp_path / "m").rglob("*"))
+
+
+def _train_args(corpus, out, *extra):
+    return ["train", "--preset", "tiny", "--corpus", str(corpus), "--out", str(out), "--parts", "renderer",
+            "--steps", "3", "--batch", "8", "--no-progress", *extra]
+
+
+def test_sigterm_in_train_saves_and_releases_in_process(tmp_path, small_corpus_file, capsys, monkeypatch):
+    """The same, in this process: SIGTERM arrives in step 4 of 6."""
+    from fractal_flood.train.renderer_task import RendererTask
+    real_loss, calls = RendererTask.loss, []
+
+    def loss(self, *args):
+        calls.append(1)
+        if len(calls) == 4:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_loss(self, *args)
+
+    before = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(RendererTask, "loss", loss)
+    out = tmp_path / "m"
+    rc, o, err = run_main(_train_args(small_corpus_file, out, "--steps", "6"), capsys)
+    assert rc == 143
+    line = one_line_error(rc, o, err)
+    assert "interrupted by SIGTERM" in line and "renderer saved at step 3 of 6" in line, line
+    assert not (out / "train.lock").exists()
+    assert signal.getsignal(signal.SIGTERM) is before  # put back when main returns
+
+
+def test_a_full_disk_in_train_is_one_line_naming_the_file(tmp_path, small_corpus_file, capsys, monkeypatch):
+    """ENOSPC while the renderer's checkpoint is written: one line naming the model's file
+    (not a temporary name), no temporary file left, the lock released."""
+    import errno
+    real = os.fsync
+
+    def fsync(fd):
+        if "renderer" in os.readlink(f"/proc/self/fd/{fd}"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    out = tmp_path / "m"
+    rc, o, err = run_main(_train_args(small_corpus_file, out), capsys)
+    line = one_line_error(rc, o, err)
+    assert rc == 2 and f"cannot write {out}" in line and "renderer" in line, line
+    assert "No space left on device" in line and ".tmp" not in line
+    assert not (out / "train.lock").exists()
+    assert not any(".tmp" in p.name for p in out.rglob("*"))
+
+
+def test_a_part_below_its_bar_exits_non_zero_unless_kept(tmp_path, small_corpus_file, capsys):
+    rc, out, err = run_main(_train_args(small_corpus_file, tmp_path / "m"), capsys)
+    assert rc == 3, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "renderer: below its validation bar after 3 steps: render fidelity" in lines[0], err
+    assert "--keep-below-bar" in lines[0] and "Traceback" not in err
+    assert lines[0] in out  # in the run's log too
+    rc, out, err = run_main(_train_args(small_corpus_file, tmp_path / "k", "--keep-below-bar"), capsys)
+    assert rc == 0, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "kept (--keep-below-bar)" in lines[0], err
+
+
+def test_a_batch_that_does_not_split_names_the_users_numbers(tmp_path, small_corpus_file, capsys):
+    rc, out, err = run_main(_train_args(small_corpus_file, tmp_path / "m", "--batch", "7", "--grad-accum", "2"),
+                            capsys)
+    line = one_line_error(rc, out, err)
+    assert "--batch 7" in line and "--grad-accum 2" in line and "a batch of 3" not in line, line
+    assert not (tmp_path / "m").exists()
+
+
+def test_tokenizer_chars_too_few_to_merge_is_refused(tmp_path, small_corpus_file, capsys):
+    rc, out, err = run_main(_train_args(small_corpus_file, tmp_path / "m", "--tokenizer-chars", "1"), capsys)
+    line = one_line_error(rc, out, err)
+    assert "learned no merges" in line and "--tokenizer-chars 1" in line, line
+    assert not (tmp_path / "m").exists()
+
+
+def test_negative_infinity_is_read_as_a_value(capsys):
+    rc, out, err = run_main(["generate", "--device", "cpu", "--threshold", "-inf"], capsys)
+    line = one_line_error(rc, out, err)
+    assert "expected one argument" not in line and "--threshold" in line and "finite" in line, line
+    parser = build_parser()
+    assert parser.parse_args(["generate", "--threshold", "-1e3"]).threshold == -1000.0
+    assert parser.parse_args(["generate", "--threshold", "-.5"]).threshold == -0.5
+
+
+def test_a_symlink_loop_is_called_one(tmp_path, capsys):
+    loop = tmp_path / "loop"
+    loop.symlink_to(tmp_path / "loop2")
+    (tmp_path / "loop2").symlink_to(loop)
+    for argv in (["stats", "--corpus", loop], ["generate", "--device", "cpu", "--prompts", loop],
+                 ["generate", "--device", "cpu", "--model", loop], ["train", "--out", loop],
+                 ["bench", "--corpus", loop]):
+        rc, out, err = run_main(argv, capsys)
+        line = one_line_error(rc, out, err)
+        assert f"{loop} is a symlink loop" in line and "not found" not in line, (argv, line)
+    broken = tmp_path / "broken"
+    broken.symlink_to(tmp_path / "nowhere")
+    rc, out, err = run_main(["stats", "--corpus", broken], capsys)
+    assert f"{broken} is a broken symlink to {tmp_path / 'nowhere'}" in one_line_error(rc, out, err)
+
+
+def _help(command):
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
+    return sub.format_help()
+
+
+def test_eval_help_quotes_no_count_that_can_go_stale():
+    text = " ".join(_help("eval").split())
+    assert "17.9k" not in text and "~" not in text
+    assert "--max-roots" in text and "the report says how many" in text
+
+
+def test_train_without_a_preset_takes_the_devices(tmp_path):
+    assert build_parser().parse_args(["train", "--out", str(tmp_path / "m")]).preset is None
+    text = " ".join(_help("train").split())
+    assert "small on a CPU and seed on a GPU" in text and "(default: seed)" not in text

@@ -72,7 +72,8 @@ def _metrics(lines) -> dict:
 
 
 TRAIN_ARGS = ["--preset", "tiny", "--parts", "renderer,manager", "--steps", "4", "--lm-steps", "6",
-              "--batch", "32", "--eval-every", "2", "--save-every", "3", "--device", "cpu", "--no-progress"]
+              "--batch", "32", "--eval-every", "2", "--save-every", "3", "--device", "cpu", "--no-progress",
+              "--keep-below-bar"]  # a few steps: below the renderer's bar by design
 
 
 # ---------------------------------------------------------------- the pieces
@@ -174,7 +175,8 @@ def test_a_run_killed_under_torchrun_resumes_and_generates(tmp_path, small_corpu
     out = tmp_path / "m"
     args = ["-m", "fractal_flood", "train", "--corpus", str(small_corpus_file), "--out", str(out),
             "--preset", "tiny", "--parts", "renderer,manager", "--steps", "100", "--lm-steps", "6",
-            "--batch", "64", "--eval-every", "1000", "--save-every", "10", "--device", "cpu", "--no-progress"]
+            "--batch", "64", "--eval-every", "1000", "--save-every", "10", "--device", "cpu", "--no-progress",
+            "--keep-below-bar"]
     state = out / "train_state" / "renderer.json"  # written last of a save
     proc = subprocess.Popen(_torchrun(*args), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:

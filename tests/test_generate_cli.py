@@ -119,3 +119,59 @@ def test_bad_values_are_one_line(base, capsys, extra, words):
     rc, out, err = run(base + extra, capsys)
     assert rc == 2 and out == ""
     assert len(err.strip().splitlines()) == 1 and words in err, err
+
+
+def test_a_full_disk_on_output_is_one_line_and_writes_nothing(base, tmp_path, capsys, monkeypatch):
+    import errno
+    import os
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("KING\n", encoding="utf-8")
+    out_file = tmp_path / "out.jsonl"
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", full)
+    rc, out, err = run(base + ["--prompts", str(prompts), "--roots", "4", "--seed", "1", "--output", str(out_file)],
+                       capsys)
+    lines = err.strip().splitlines()
+    assert rc == 2 and len(lines) == 1 and "Traceback" not in err, err
+    assert f"cannot write {out_file}: No space left on device" in lines[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.txt"]  # nothing half-written
+
+
+def test_an_output_that_cannot_be_written_is_refused_before_generating(base, tmp_path, capsys, monkeypatch):
+    import fractal_flood.generation.pipeline as pipeline
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("KING\n", encoding="utf-8")
+
+    def never(*args, **kwargs):
+        raise AssertionError("the model was loaded before the output path was checked")
+
+    monkeypatch.setattr(pipeline, "load_pipeline", never)
+    rc, out, err = run(base + ["--prompts", str(prompts), "--output", "/proc/out.jsonl"], capsys)
+    lines = err.strip().splitlines()
+    assert rc == 2 and len(lines) == 1 and "/proc/out.jsonl" in lines[0] and ".tmp" not in lines[0], err
+
+
+def test_ctrl_c_with_json_prints_the_finished_blocks_as_json(base, capsys, monkeypatch):
+    from fractal_flood.generation.pipeline import TextPipeline
+    args = base + ["--roots", "15", "--seed", "4", "--json"]  # three blocks of 5 roots
+    rc, whole, err = run(args, capsys)
+    assert rc == 0, err
+    full = json.loads(whole)
+    real = TextPipeline.stream
+
+    def two_blocks(self, *a, **k):
+        for i, block in enumerate(real(self, *a, **k)):
+            if i == 2:
+                raise KeyboardInterrupt
+            yield block
+
+    monkeypatch.setattr(TextPipeline, "stream", two_blocks)
+    rc, out, err = run(args, capsys)
+    assert rc == 130 and len(err.strip().splitlines()) == 1 and "interrupted" in err, err
+    part = json.loads(out)
+    assert part["finish_reason"] == "interrupted" and part["roots"] == 10
+    assert part["root_ids"] == full["root_ids"][:10] and part["seed"] == 4
+    assert part["text"] and full["text"].startswith(part["text"])

@@ -102,7 +102,7 @@ def trained(small_corpus_file, tmp_path_factory):
             common = dict(steps=STEPS, lm_steps=20, eval_every=STEPS, save_every=STEPS)
             if depth == 3:
                 rc = main(["train", "--preset", "tiny", "--corpus", str(small_corpus_file), "--out", str(out),
-                           "--levels", spec, "--no-progress", "--parts", "renderer,manager",
+                           "--levels", spec, "--no-progress", "--parts", "renderer,manager", "--keep-below-bar",
                            *[a for k, v in common.items() for a in (f"--{k.replace('_', '-')}", str(v))]])
                 assert rc == 0
             else:

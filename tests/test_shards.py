@@ -202,3 +202,24 @@ def test_training_reads_the_shards_of_a_directory_corpus(corpus_dir, tmp_path):
                               lm_steps=4, eval_every=4, save_every=4, progress=False, log=logs.append,
                               resume=True))  # the directory holds a trained manager now
     assert any("shards: reusing" in line for line in logs)
+
+
+def test_a_full_disk_while_building_leaves_no_shards_and_names_the_file(corpus_dir, tiny_tokenizer, tmp_path,
+                                                                       monkeypatch):
+    import errno
+
+    from fractal_flood.fileio import WriteError
+    real = os.fsync
+
+    def fsync(fd):
+        if "chunks-" in os.readlink(f"/proc/self/fd/{fd}"):  # the roots' first shard is written, then full
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    with pytest.raises(WriteError, match=r"cannot write .*/cache/chunks-00000\.npy: No space left on device"):
+        _build(open_corpus(str(corpus_dir)), tiny_tokenizer, tmp_path)
+    monkeypatch.undo()
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == []  # no index, no shard, no temp
+    shards = _build(open_corpus(str(corpus_dir)), tiny_tokenizer, tmp_path)  # the next run builds it
+    assert len(shards["roots"]) > 0

@@ -655,3 +655,158 @@ def test_a_state_with_nan_weights_is_refused(small_corpus_file, trained_copy):
     save_file(tensors, str(p), metadata=meta)
     with pytest.raises(CheckpointError, match="NaN or infinite"):
         run_training(_opts(out, small_corpus_file, resume=True))
+
+
+# ---------------------------------------------------------------- time limits under load
+
+
+def _fake_clock(monkeypatch, slow_steps, slow, fast):
+    """The training run's clock, advanced only by its steps: the first ``slow_steps`` steps
+    take ``slow`` seconds each (another job holds the machine), the rest ``fast``. -> the
+    clock, a one-item list."""
+    from types import SimpleNamespace
+
+    import fractal_flood.train.run as run_mod
+    from fractal_flood.train.renderer_task import RendererTask
+    clock, real_loss, calls = [1000.0], RendererTask.loss, []
+
+    def loss(self, *args):
+        calls.append(1)
+        clock[0] += slow if len(calls) <= slow_steps else fast
+        return real_loss(self, *args)
+
+    monkeypatch.setattr(run_mod, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    monkeypatch.setattr(RendererTask, "loss", loss)
+    return clock
+
+
+def test_time_limit_refits_the_schedule_after_a_slow_start(tmp_path, small_corpus_file, monkeypatch):
+    """Steps 0-39 take 0.5 s (a busy machine), the rest 0.1 s, under a 30 s limit. Sized once
+    from steps 10-40, the run would stop at step 60, 21 s into its 30; refitted as it runs,
+    it takes ~150 steps and uses its time."""
+    clock = _fake_clock(monkeypatch, slow_steps=40, slow=0.5, fast=0.1)
+    log = []
+    res = run_training(_opts(tmp_path / "m", small_corpus_file, steps=10_000, batch=8, time_limit=30.0,
+                             eval_every=10 ** 6, save_every=10 ** 6, log=log.append))
+    used = clock[0] - 1000.0
+    steps = res["renderer"]["steps"]
+    fits = [int(line.split("the schedule is now ")[1].split()[0]) for line in log if "the schedule is now" in line]
+    assert fits[0] == 60 and max(fits) > 120, log  # first sized by the slow stretch, then refitted
+    assert 130 <= steps <= 160, (steps, log)
+    assert 0.9 * 30 <= used <= 30.5, used
+    assert _state(tmp_path / "m")["step"] == steps
+
+
+def test_time_limit_shortens_the_schedule_when_the_machine_gets_busy(tmp_path, small_corpus_file, monkeypatch):
+    """The other way round: fast first (0.05 s a step), then 0.5 s from step 60 on. The run
+    still ends at its deadline, not ~20x past it."""
+    from fractal_flood.train.renderer_task import RendererTask
+    clock = _fake_clock(monkeypatch, slow_steps=0, slow=0.0, fast=0.05)
+    real_loss, calls = RendererTask.loss, []  # the fake clock's loss, slowed from step 60
+
+    def slower(self, *args):
+        calls.append(1)
+        if len(calls) > 60:
+            clock[0] += 0.45
+        return real_loss(self, *args)
+
+    monkeypatch.setattr(RendererTask, "loss", slower)
+    res = run_training(_opts(tmp_path / "m", small_corpus_file, steps=10_000, batch=8, time_limit=20.0,
+                             eval_every=10 ** 6, save_every=10 ** 6))
+    used = clock[0] - 1000.0
+    assert 0.9 * 20 <= used <= 20.6, used
+    assert 60 < res["renderer"]["steps"] < 120, res
+
+
+# ---------------------------------------------------------------- validation bars
+
+
+def test_a_renderer_below_its_bar_says_so_in_one_line(tmp_path, small_corpus_file):
+    log, warned = [], []
+    res = run_training(_opts(tmp_path / "m", small_corpus_file, steps=2, log=log.append, warn=warned.append))
+    reason = res["renderer"]["below_bar"]
+    assert "render fidelity" in reason and "99.9%" in reason
+    assert len(warned) == 1 and reason in warned[0] and "--keep-below-bar" in warned[0], warned
+    assert warned[0] in log  # and in the run's log
+    assert ckpt.read_meta(tmp_path / "m", "renderer")["step"] == 2  # saved: --resume continues it
+    warned.clear()
+    res = run_training(_opts(tmp_path / "k", small_corpus_file, steps=2, keep_below_bar=True,
+                             warn=warned.append))
+    assert len(warned) == 1 and "kept (--keep-below-bar)" in warned[0], warned
+
+
+def test_a_renderer_at_its_bar_is_not_flagged():
+    from fractal_flood.train.renderer_task import RendererTask
+    assert RendererTask.below_bar(None, {"exact0": 1.0, "detect0": 0.6, "exact1": 0.999}) is None
+    assert "exact1=0.9980" in RendererTask.below_bar(None, {"exact0": 1.0, "exact1": 0.998})
+    assert RendererTask.below_bar(None, {"exact0": float("nan")}) is not None
+
+
+def test_a_manager_that_never_improves_on_its_first_evaluation_says_so(tmp_path, small_corpus_file, monkeypatch):
+    """Held-out losses 5.0, 5.1, 5.2 at steps 1-3: the first stays the best (and the published
+    checkpoint); the run says so. One that improves once is not flagged."""
+    from fractal_flood.train.lm_task import LMTask
+    losses = iter([5.0, 5.1, 5.2, 5.0, 4.9, 5.3])
+    monkeypatch.setattr(LMTask, "validate", lambda self: {"val_loss": next(losses), "val_bpc": 1.0})
+    warned = []
+    res = run_training(_opts(tmp_path / "m", small_corpus_file, parts=("manager",), lm_steps=3, eval_every=1,
+                             warn=warned.append))
+    assert "never improved on its first evaluation (5.0000) in 3 evaluations" in res["manager"]["below_bar"]
+    assert len(warned) == 1 and warned[0].startswith("manager: below its validation bar"), warned
+    assert ckpt.read_meta(tmp_path / "m", "manager")["step"] == 1
+    warned.clear()
+    res = run_training(_opts(tmp_path / "n", small_corpus_file, parts=("manager",), lm_steps=3, eval_every=1,
+                             warn=warned.append))
+    assert "below_bar" not in res["manager"] and warned == []
+
+
+def test_a_manager_evaluated_once_cannot_show_it_improved(tmp_path, small_corpus_file):
+    res = run_training(_opts(tmp_path / "m", small_corpus_file, parts=("manager",), lm_steps=2,
+                             eval_every=1000, warn=lambda s: None))
+    assert "evaluated once" in res["manager"]["below_bar"]
+
+
+# ---------------------------------------------------------------- the default preset
+
+
+def test_the_default_preset_suits_the_device():
+    from fractal_flood.train.run import default_preset
+    assert default_preset(torch.device("cpu")) == "small"
+    assert default_preset(torch.device("cuda")) == "seed"  # the plan's sizes, hours on a CPU
+
+
+def test_train_without_a_preset_takes_the_devices_then_the_directorys(tmp_path, small_corpus_file):
+    log = []
+    out = tmp_path / "m"
+    run_training(_opts(out, small_corpus_file, preset=None, device="cpu", steps=1, batch=8, log=log.append))
+    assert "preset small: the default on a CPU (--preset picks another)" in log
+    assert ckpt.read_meta(out, "renderer")["preset"] == "small"
+    assert _state(out)["step"] == 1
+    tiny = tmp_path / "t"  # a directory trained with another preset keeps it when continued
+    run_training(_opts(tiny, small_corpus_file, steps=1))
+    log.clear()
+    run_training(_opts(tiny, small_corpus_file, preset=None, device="cpu", steps=2, resume=True, log=log.append))
+    assert f"preset tiny: the one {tiny} was trained with" in log, log
+    assert ckpt.read_meta(tiny, "renderer")["preset"] == "tiny"
+
+
+# ---------------------------------------------------------------- numbers the user gave
+
+
+def test_a_batch_that_does_not_split_names_the_users_numbers(tmp_path, small_corpus_file):
+    with pytest.raises(FractalFloodError) as e:
+        run_training(_opts(tmp_path / "m", small_corpus_file, batch=7, grad_accum=2))
+    msg = str(e.value)
+    assert "--batch 7" in msg and "--grad-accum 2" in msg and "a multiple of 8" in msg, msg
+    assert "a batch of 3" not in msg
+    assert not (tmp_path / "m").exists()  # refused before anything was written
+    with pytest.raises(FractalFloodError, match=r"manager: --batch 7 .*--grad-accum 2.*a multiple of 2"):
+        run_training(_opts(tmp_path / "m", small_corpus_file, parts=("manager",), batch=7, grad_accum=2))
+    res = run_training(_opts(tmp_path / "m", small_corpus_file, batch=8, grad_accum=2, steps=1))  # 8 splits
+    assert res["renderer"]["steps"] == 1
+
+
+def test_a_tokenizer_sample_too_short_to_merge_is_refused(tmp_path, small_corpus_file):
+    with pytest.raises(FractalFloodError, match=r"learned no merges at level '(roots|chunks)'.*--tokenizer-chars 1\b"):
+        run_training(_opts(tmp_path / "m", small_corpus_file, tokenizer_chars=1))
+    assert not (tmp_path / "m").exists()

@@ -18,6 +18,7 @@ message), since nobody else can remove it.
 from __future__ import annotations
 
 import datetime
+import errno
 import hashlib
 import json
 import math
@@ -138,25 +139,106 @@ def _file_mode() -> int:
     return 0o666 & ~umask
 
 
+class WriteError(FractalFloodError, OSError):
+    """A file we could not write (a full disk, a read-only or vanished folder): one line
+    naming the file the user asked for, never the temporary name it was written under."""
+
+    def __init__(self, path, cause: OSError):
+        reason = cause.strerror or str(cause) or type(cause).__name__
+        super().__init__(cause.errno, f"cannot write {path}: {reason}")
+        self.path, self.cause = Path(path), cause
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
+_OS_ERROR = re.compile(r"\(os error (\d+)\)")
+
+
+def _as_os_error(e: BaseException):
+    """``e`` as an OSError: itself, or the one a library reports in its message (safetensors
+    says "I/O error: No space left on device (os error 28)"); None for anything else."""
+    if isinstance(e, OSError):
+        return e
+    m = _OS_ERROR.search(str(e)) if isinstance(e, Exception) else None
+    return OSError(int(m.group(1)), os.strerror(int(m.group(1)))) if m else None
+
+
+def temp_name(path: Path) -> Path:
+    """The temporary name :func:`atomic_write` writes ``path`` under."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.tmp{os.getpid()}")
+
+
 def atomic_write(path: Path, write) -> None:
     """Call ``write(tmp_path)`` on a temporary name in the same folder, fsync, set the mode
-    a plain ``open`` would give (0644 under the usual umask), then rename over ``path``."""
+    a plain ``open`` would give (0644 under the usual umask), then rename over ``path``.
+    Any failure leaves ``path`` as it was and no temporary file; an OSError (or a library's
+    error that carries one) is raised as :class:`WriteError`, naming ``path``."""
     path = Path(path)
     remove_stale_temps(path.parent)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = temp_name(path)
     try:
         write(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.chmod(tmp, _file_mode())
         os.replace(tmp, path)
+    except WriteError:
+        raise
+    except Exception as e:
+        err = _as_os_error(e)
+        if err is None:
+            raise  # a bug, not the disk: keep its traceback
+        raise WriteError(path, err) from e
     finally:
-        if tmp.exists():
+        try:
             tmp.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError:
+            pass  # a folder that vanished or went read-only: nothing was left there either
+
+
+def check_writable(path: Path) -> None:
+    """Fail now, with :class:`WriteError` naming ``path``, if :func:`atomic_write` could not
+    write it later: create and remove its temporary file (a long run checks its outputs
+    first)."""
+    path = Path(path)
+    tmp = temp_name(path)
+    try:
+        fd = os.open(tmp, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o644)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        raise WriteError(path, e) from None
 
 
 def write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda p: Path(p).write_text(text, encoding="utf-8"))
+
+
+# ---------------------------------------------------------------- a path that is not there
+
+
+def why_missing(path, what: str = "file") -> str:
+    """Why ``path`` cannot be opened, in a few words naming it: a symlink loop, a broken
+    symlink, or not found."""
+    path = Path(path)
+    try:
+        os.stat(path)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return f"{path} is a symlink loop (too many levels of symbolic links)"
+        if path.is_symlink():
+            try:
+                return f"{path} is a broken symlink to {os.readlink(path)}"
+            except OSError:
+                pass
+        if e.errno == errno.ENOENT:
+            return f"{what} not found: {path}"
+        return f"cannot open {path}: {e.strerror or e}"
+    return f"{what} not found: {path}"
 
 
 # ---------------------------------------------------------------- a file's hash
@@ -215,8 +297,12 @@ class DirectoryLock:
                     continue
                 raise FractalFloodError(f"{self.path.parent} is being written by {_describe(held)}; "
                                         f"wait for it, or delete {self.path} if that run is gone") from None
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(json.dumps(info) + "\n")
+            try:
+                with os.fdopen(fd, "w", encoding="utf-8") as f:
+                    f.write(json.dumps(info) + "\n")
+            except OSError as e:  # a full disk: no half-written lock is left behind
+                self.path.unlink(missing_ok=True)
+                raise WriteError(self.path, e) from None
             self.info = info
             return self
         raise FractalFloodError(f"cannot take the lock {self.path}")  # a racing writer took it

@@ -6,8 +6,10 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 from pathlib import Path
 
+from ..fileio import why_missing
 from ..hierarchy.level_specs import parse_specs
 
 # Upper bounds keep a typo from asking for unbounded memory or time; they sit far above any
@@ -17,6 +19,12 @@ MAX_K = 256  # one item's K candidates share a forward pass: memory grows with K
 MAX_STEPS = 10 ** 9
 MAX_BATCH = 1 << 16
 SEED_MAX = 2 ** 32 - 1
+
+
+# argparse takes an argument that starts with "-" for an option unless it looks like a
+# negative number, and its own test misses "-inf", "-nan" and "-1e3": this one knows them, so
+# `--threshold -inf` reaches the option's type, which accepts or refuses it by value.
+NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)(e[-+]?\d+)?$|^-(inf|infinity|nan)$", re.IGNORECASE)
 
 
 def int_in(lo: int, hi: int):
@@ -139,6 +147,8 @@ def output_file(s: str) -> str:
 def output_dir(s: str) -> str:
     """A directory to create or write into: not a file, under a writable existing folder."""
     path = Path(s).absolute()
+    if path.is_symlink() and not path.exists():
+        raise argparse.ArgumentTypeError(why_missing(s, "directory"))
     if path.exists() and not path.is_dir():
         raise argparse.ArgumentTypeError(f"{s} is a file, not a directory")
     existing = path
@@ -163,7 +173,7 @@ def corpus_spec(s: str) -> str:
 def input_file(s: str) -> str:
     path = Path(s)
     if not path.exists():
-        raise argparse.ArgumentTypeError(f"file not found: {s}")
+        raise argparse.ArgumentTypeError(why_missing(s))
     if path.is_dir():
         raise argparse.ArgumentTypeError(f"{s} is a directory, not a file")
     if not os.access(path, os.R_OK):

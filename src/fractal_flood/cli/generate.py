@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from ..errors import FractalFloodError
-from ..fileio import dumps
+from ..fileio import check_writable, dumps, write_text
 from ..hierarchy.bpe_json import MAX_VOCAB
 from ..render.decoders import DECODERS
 from .args import (MAX_BATCH, MAX_K, MAX_ROOTS, finite_float, input_file, int_in, nonneg_float, output_file,
@@ -88,6 +88,8 @@ def run(args) -> int:
     if any(not s for s in stop):
         raise FractalFloodError("--stop needs a non-empty text")
     jobs = _read_prompts(args.prompts) if args.prompts is not None else None
+    if args.output is not None:  # before the model loads and the prompts are generated
+        check_writable(Path(args.output))
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
     pipe = load_pipeline(args.model, args.device, args.dtype, args.decoder, options, compile=args.compile,
                          fused=args.fused_step)
@@ -111,10 +113,15 @@ def run(args) -> int:
     try:
         result = pipe.generate(prompt, roots, sampling, seed, args.block, on_block, max_chars=args.max_chars,
                                stop=stop)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         if streaming:
             sys.stdout.write("\n")
-        elif not args.json:
+        elif args.json:  # the finished blocks, as the JSON a whole run prints
+            partial = getattr(e, "partial", None)
+            print(dumps(partial.to_dict() if partial is not None else
+                        {"prompt": prompt, "text": "".join(done), "seed": seed, "finish_reason": "interrupted"},
+                        indent=1))
+        else:
             print(prompt + "".join(done))
         sys.stdout.flush()
         raise KeyboardInterrupt(f"after {len(done)} finished block(s) of up to {args.block} roots") from None
@@ -211,16 +218,16 @@ def _many(pipe, args, specs, sampling, seed, stop) -> int:
     while engine.step():
         pass
     seconds = time.perf_counter() - t0
-    out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
-    try:
-        for job in jobs:
-            d = job.completion.to_dict()
-            if not args.json:
-                d.pop("root_ids")
-            out.write(dumps(d) + "\n")
-    finally:
-        if out is not sys.stdout:
-            out.close()
+    lines = []
+    for job in jobs:
+        d = job.completion.to_dict()
+        if not args.json:
+            d.pop("root_ids")
+        lines.append(dumps(d) + "\n")
+    if args.output:  # atomically: a full disk leaves no half-written file, and says which
+        write_text(Path(args.output), "".join(lines))
+    else:
+        sys.stdout.write("".join(lines))
     chunks = sum(j.completion.chunks for j in jobs)
     print(f"[{len(jobs)} prompts, {chunks} chunks in {seconds:.3f}s on {pipe.device} "
           f"({chunks / seconds:.0f} tokens/s), first seed {seed}]", file=sys.stderr)

@@ -7,7 +7,9 @@ for where there is none) is printed as one line on stderr with a non-zero exit.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 from .. import __version__
@@ -15,10 +17,12 @@ from ..errors import FractalFloodError
 from ..fileio import dumps
 from ..hierarchy.bpe_json import MAX_VOCAB
 from . import generate, serve
-from .args import (LEVELS_HELP, MAX_BATCH, MAX_K, MAX_STEPS, class_count, corpus_spec, dropout_rate, input_file,
-                   int_in, level_list, lm_shape, nonneg_float, output_dir, output_file, positive_float, seed_int)
+from .args import (LEVELS_HELP, MAX_BATCH, MAX_K, MAX_STEPS, NEGATIVE_NUMBER, class_count, corpus_spec,
+                   dropout_rate, input_file, int_in, level_list, lm_shape, nonneg_float, output_dir, output_file,
+                   positive_float, seed_int)
 
 EXIT_USER_ERROR = 2
+EXIT_BELOW_BAR = 3  # train: a part ended below its validation bar (--keep-below-bar accepts it)
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -34,6 +38,7 @@ class _Parser(argparse.ArgumentParser):
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("formatter_class", _Formatter)
         super().__init__(*args, **kwargs)
+        self._negative_number_matcher = NEGATIVE_NUMBER  # `--threshold -inf` is a value, not an option
 
     def error(self, message):  # one line, not usage + message
         sys.stderr.write(f"{self.prog}: error: {message}\n")
@@ -67,8 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "--overwrite replaces a trained model. Under torchrun, trains data "
                                    "parallel over its processes.")
     t.add_argument("--out", required=True, type=output_dir, help="model directory to write")
-    t.add_argument("--preset", default="seed", choices=sorted(PRESETS),
-                   help="model sizes and schedule: tiny (tests) or seed (renderer 6x256x8, manager 4x128)")
+    t.add_argument("--preset", choices=sorted(PRESETS),
+                   help="model sizes and schedule: small (renderer 1x64, manager 4x128), seed (the plan's: "
+                        "renderer 6x256x8, which a CPU trains for hours) or tiny (tests). Default: the one "
+                        "the model in --out was trained with, else small on a CPU and seed on a GPU")
     t.add_argument("--corpus", type=corpus_spec,
                    help="UTF-8 text: a file, a directory of files or a quoted glob "
                         "('books/*.txt'), read in sorted order (default: the shipped TinyShakespeare)")
@@ -86,8 +93,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--tokenizer-chars", type=int_in(1, 10 ** 12), default=TOKENIZER_SAMPLE_CHARS,
                    help="the tokenizer learns its merges from this many leading characters of the corpus")
     t.add_argument("--time-limit", type=positive_float,
-                   help="seconds for the whole run: the parts share it, each fitting its schedule "
-                        "to its share after timing steps 10-40")
+                   help="seconds for the whole run: the parts share it, each fitting its schedule to its "
+                        "share from step 40 on and refitting it as it runs, so a busy stretch does not "
+                        "starve the rest")
+    t.add_argument("--keep-below-bar", action="store_true",
+                   help="accept a part that ends below its validation bar (renderer: render fidelity "
+                        "99.9%% at every level; manager, peer: a held-out loss that improved on its first "
+                        f"evaluation). Without it such a part is still saved, but train exits {EXIT_BELOW_BAR}")
     t.add_argument("--dropout", type=dropout_rate,
                    help="language models' dropout in training (default: the preset's)")
     t.add_argument("--head-classes", type=class_count,
@@ -133,7 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="UTF-8 text: a file, a directory or a quoted glob (default: the shipped TinyShakespeare)")
     e.add_argument("--k", type=int_in(1, MAX_K), default=1, help="best-of-K for the fidelity render")
     e.add_argument("--max-roots", type=int_in(1, 10 ** 7), default=5000,
-                   help="held-out roots to evaluate (the tail has ~17.9k)")
+                   help="held-out roots to evaluate, from the start of the corpus's held-out tail "
+                        "(fewer if the tail is shorter; the report says how many)")
     e.add_argument("--json", action="store_true", help="print JSON")
 
     b = sub.add_parser("bench", help="benchmark decoders against the sequential and AR baselines",
@@ -158,6 +171,27 @@ def _add_model_and_device(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda or auto")
 
 
+@contextmanager
+def _sigterm_as_ctrl_c(terminated: list):
+    """SIGTERM (``kill``, a batch scheduler, a container stopping) raises KeyboardInterrupt
+    in the main thread, so it saves and releases like a Ctrl-C; a second one while that runs
+    is ignored. ``serve`` keeps its server's own handling."""
+    def handler(signum, frame):
+        if not terminated:
+            terminated.append(signum)
+            raise KeyboardInterrupt
+
+    try:
+        before = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -165,14 +199,19 @@ def main(argv=None) -> int:
         parser.print_help()
         return 0
     where = f"fractal-flood {args.command}"
+    terminated = []
     try:
-        return _run(args)
+        if args.command == "serve":
+            return _run(args)
+        with _sigterm_as_ctrl_c(terminated):
+            return _run(args)
     except FractalFloodError as e:
         print(f"{where}: error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt as e:  # training says what it saved
-        print(f"{where}: interrupted" + (f": {e}" if str(e) else ""), file=sys.stderr)
-        return 130
+        how = "interrupted by SIGTERM" if terminated else "interrupted"
+        print(f"{where}: {how}" + (f": {e}" if str(e) else ""), file=sys.stderr)
+        return 128 + signal.SIGTERM if terminated else 130
     except OSError as e:  # a disk that is full or read-only, a path that vanished
         what = f"{e.strerror}: {e.filename}" if e.strerror and e.filename else (e.strerror or str(e))
         print(f"{where}: error: {what}", file=sys.stderr)
@@ -235,18 +274,21 @@ def _stats(args) -> int:
 def _train(args) -> int:
     from ..train.run import TrainOptions, run_training
     parts = tuple(p.strip() for p in args.parts.split(",") if p.strip())
-    run_training(TrainOptions(out_dir=Path(args.out), preset=args.preset, corpus=args.corpus, parts=parts,
-                              levels=args.levels,
-                              steps=args.steps, lm_steps=args.lm_steps, batch=args.batch,
-                              grad_accum=args.grad_accum, tokenizer_chars=args.tokenizer_chars,
-                              time_limit=args.time_limit, device=args.device, resume=args.resume,
-                              overwrite=args.overwrite,
-                              seed=args.seed, eval_every=args.eval_every, save_every=args.save_every,
-                              progress=not args.no_progress, dropout=args.dropout,
-                              head_classes=args.head_classes, top_lengths=args.top_lengths,
-                              lm_shape=args.lm_shape,
-                              weight_decay=args.weight_decay, decay=args.decay))
-    return 0
+    opts = TrainOptions(out_dir=Path(args.out), preset=args.preset, corpus=args.corpus, parts=parts,
+                        levels=args.levels,
+                        steps=args.steps, lm_steps=args.lm_steps, batch=args.batch,
+                        grad_accum=args.grad_accum, tokenizer_chars=args.tokenizer_chars,
+                        time_limit=args.time_limit, device=args.device, resume=args.resume,
+                        overwrite=args.overwrite,
+                        seed=args.seed, eval_every=args.eval_every, save_every=args.save_every,
+                        progress=not args.no_progress, dropout=args.dropout,
+                        head_classes=args.head_classes, top_lengths=args.top_lengths,
+                        lm_shape=args.lm_shape,
+                        weight_decay=args.weight_decay, decay=args.decay,
+                        keep_below_bar=args.keep_below_bar)
+    results = run_training(opts)
+    below = [part for part, r in results.items() if r.get("below_bar")]
+    return EXIT_BELOW_BAR if below and not args.keep_below_bar else 0  # each said why on stderr
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ..errors import FractalFloodError
+from ..fileio import why_missing
 
 DEFAULT_CORPUS_NAME = "tinyshakespeare.txt"
 READ_BYTES = 1 << 20  # raw bytes per read; a block is at least one whole line
@@ -126,7 +127,7 @@ def open_corpus(spec: str | Path | None = None) -> Corpus:
         if not files:
             raise FractalFloodError(f"corpus glob matches no files: {spec}")
         return Corpus(spec, tuple(files))
-    raise FractalFloodError(f"corpus file not found: {spec}")
+    raise FractalFloodError(why_missing(spec, "corpus file"))
 
 
 def load_corpus(path: str | Path | None = None) -> str:

@@ -24,7 +24,7 @@ import torch
 from tqdm import tqdm
 
 from ..errors import FractalFloodError, UnknownCharacterError
-from ..fileio import atomic_write, file_sha256
+from ..fileio import WriteError, atomic_write, file_sha256
 from .reader import Corpus
 
 FORMAT = "fractal-flood-shards"
@@ -145,10 +145,29 @@ def build(corpus: Corpus, tokenizer, key: dict, cache_dir: Path, progress: bool 
     """Tokenize the corpus block by block (whole lines, so the ids equal those of the whole
     text) into shards of at most ``shard_tokens`` ids, then write the index."""
     cache_dir = Path(cache_dir)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    (cache_dir / INDEX_FILE).unlink(missing_ok=True)  # invalid until the new index is written
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        (cache_dir / INDEX_FILE).unlink(missing_ok=True)  # invalid until the new index is written
+        _remove_shards(cache_dir)
+    except OSError as e:
+        raise WriteError(cache_dir, e) from None
+    try:
+        _build(corpus, tokenizer, key, cache_dir, progress, shard_tokens)
+    except BaseException:  # a full disk, a Ctrl-C: no index, and the space the shards took is freed
+        _remove_shards(cache_dir, quiet=True)
+        raise
+
+
+def _remove_shards(cache_dir: Path, quiet: bool = False) -> None:
     for old in cache_dir.glob("*.npy"):
-        old.unlink()
+        try:
+            old.unlink()
+        except OSError:
+            if not quiet:
+                raise
+
+
+def _build(corpus, tokenizer, key, cache_dir: Path, progress: bool, shard_tokens: int) -> None:
     writers = {
         "roots": _ShardWriter(cache_dir, "roots", tokenizer.num_roots, shard_tokens),
         "chunks": _ShardWriter(cache_dir, "chunks", tokenizer.num_chunks, shard_tokens),

@@ -35,7 +35,7 @@ class GenerationResult:
     seconds: float = 0.0
     manager_steps: int = 0
     seed: int = 0
-    finish_reason: str = "length"  # or "stop": a stop string ended it
+    finish_reason: str = "length"  # or "stop": a stop string ended it; "interrupted": Ctrl-C
 
     @property
     def num_chunks(self) -> int:
@@ -161,14 +161,19 @@ class TextPipeline:
         synchronize(self.device)
         t0 = time.perf_counter()
         root_ids, renders = [], []
-        for ids, render in self.stream(prompt, roots, sampling, seed, block_roots, decoder, options):
-            root_ids += ids
-            renders.append(render)
-            text = limit.feed(render.text, len(root_ids) == roots)
-            if on_block is not None:
-                on_block(text)
-            if limit.finish_reason is not None:
-                break
+        try:
+            for ids, render in self.stream(prompt, roots, sampling, seed, block_roots, decoder, options):
+                root_ids += ids
+                renders.append(render)
+                text = limit.feed(render.text, len(root_ids) == roots)
+                if on_block is not None:
+                    on_block(text)
+                if limit.finish_reason is not None:
+                    break
+        except KeyboardInterrupt as e:  # the finished blocks go with it: ``e.partial``
+            e.partial = GenerationResult(prompt, limit.result, root_ids, renders, time.perf_counter() - t0,
+                                         len(root_ids), seed, "interrupted")
+            raise
         synchronize(self.device)
         seconds = time.perf_counter() - t0
         return GenerationResult(prompt, limit.result, root_ids, renders, seconds, len(root_ids), seed,

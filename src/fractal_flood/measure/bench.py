@@ -39,7 +39,7 @@ from ..corpus.reader import load_corpus
 from ..corpus.streams import TokenStream
 from ..device import describe, resolve_device, resolve_dtype
 from ..errors import FractalFloodError, UnknownCharacterError
-from ..fileio import write_text
+from ..fileio import check_writable, write_text
 from ..generation.engine import Engine, Request
 from ..generation.pipeline import TextPipeline
 from ..manager.stream import ARStream
@@ -602,6 +602,8 @@ def run_bench_cli(args) -> int:
             raise FractalFloodError(f"cannot write {p}: folder {Path(p).parent} does not exist")
     if len(set(map(str, outs))) < len(outs):
         raise FractalFloodError("--json, --markdown and --plot must name different files")
+    for p in outs:  # a folder we cannot create files in (/proc, read-only, full): now, not after the run
+        check_writable(Path(p))
     if args.plot:
         report.require_matplotlib()
     baseline = getattr(args, "baseline_model", None)

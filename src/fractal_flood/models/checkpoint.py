@@ -24,7 +24,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from ..errors import CheckpointError, TokenizerFileError
-from ..fileio import atomic_write, dumps, file_sha256, read_json, write_text
+from ..fileio import atomic_write, dumps, file_sha256, read_json, why_missing, write_text
 from ..hierarchy.levels import check_hierarchy
 from ..hierarchy.tokenizer import HierarchicalTokenizer
 from .causal_lm import CausalLM
@@ -212,7 +212,7 @@ def load_part(model_dir: str | Path, part: str, device="cpu", dtype: torch.dtype
 
 def _check_dir(model_dir: Path) -> None:
     if not model_dir.exists():
-        raise CheckpointError(f"model directory not found: {model_dir}")
+        raise CheckpointError(why_missing(model_dir, "model directory"))
     if not model_dir.is_dir():
         raise CheckpointError(f"not a model directory: {model_dir}")
 

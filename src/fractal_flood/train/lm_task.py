@@ -3,6 +3,8 @@ random windows, validated on the held-out tail of the stream."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ..corpus.streams import TokenStream, random_starts, windows
@@ -23,14 +25,39 @@ class LMTask:
         self.gen = gen  # CPU generator
         self.context = model.config.context
         self.chars_per_token = val_chars / len(stream.val)
-        self.best = float("inf")
+        self.best = float("inf")  # a resumed run sets the best of the run before
+        self.first = None  # the held-out loss to improve on: the first evaluation's, or the resumed best
+        self.resumed = False  # self.first is the best of the run this one continues
+        self.evaluations = self.improvements = 0  # in this run
 
     def improved(self, metrics: dict) -> bool:
         loss = metrics.get("val_loss")
-        if loss is None or loss < self.best:
-            self.best = loss if loss is not None else self.best
+        if loss is None:
+            return True
+        self.evaluations += 1
+        if self.first is None:
+            self.resumed = math.isfinite(self.best)
+            self.first = self.best if self.resumed else loss
+        if loss < self.best:
+            self.improvements += math.isfinite(self.best)
+            self.best = loss
             return True
         return False
+
+    def below_bar(self, metrics: dict) -> str | None:
+        """Why the run misses a language model's bar (its held-out loss never improved on its
+        first evaluation, or on the best it resumed from), or None. A run that evaluated once
+        shows no improvement either: it stopped too soon to tell."""
+        if not self.evaluations or self.improvements:
+            return None
+        if self.resumed:
+            return (f"its held-out loss never improved on {self.first:.4f}, the best before --resume, in "
+                    f"{self.evaluations} evaluation(s)")
+        if self.evaluations == 1:
+            return (f"its held-out loss ({self.first:.4f}) was evaluated once, so it never improved on its "
+                    "first evaluation")
+        return (f"its held-out loss never improved on its first evaluation ({self.first:.4f}) in "
+                f"{self.evaluations} evaluations")
 
     def draw(self) -> torch.Tensor:
         """The step's batch: window starts in the training stream. -> (B,)"""

@@ -36,6 +36,9 @@ class LevelBatch:
     slots: int  # real target slots of the whole level batch: the token loss's denominator
 
 
+FIDELITY_BAR = 0.999  # render fidelity per level: the bar of docs/DESIGN.md
+
+
 def _slots_mask(lengths: torch.Tensor, L: int) -> torch.Tensor:
     return torch.arange(L, device=lengths.device).view(1, L) < lengths.view(-1, 1)
 
@@ -58,6 +61,12 @@ class RendererTask:
 
     def improved(self, metrics: dict) -> bool:
         return True
+
+    def below_bar(self, metrics: dict) -> str | None:
+        """Why the validation ``metrics`` miss the renderer's bar (render fidelity from pure
+        noise below 99.9% at some level), or None."""
+        low = [f"{k}={v:.4f}" for k, v in metrics.items() if k.startswith("exact") and not v >= FIDELITY_BAR]
+        return f"render fidelity {', '.join(low)}, under the {FIDELITY_BAR:.1%} bar" if low else None
 
     def draw(self) -> list[LevelBatch]:
         """The step's whole batch (the same on every rank; each takes its pieces)."""

@@ -7,7 +7,9 @@ atomic checkpoint every ``save_every`` steps that ``resume=True`` continues from
 A model directory belongs to one run: a lock file keeps a second writer out, and training
 a part the directory already holds needs ``resume`` (continue it) or ``overwrite`` (start
 the directory afresh). Every part's data is checked before the first one trains, a time
-limit bounds the whole run, and a Ctrl-C saves the state of the part in progress first.
+limit bounds the whole run (each part refits its schedule to its share while it runs), a
+part that ends below its validation bar says so, and a Ctrl-C (or the CLI's SIGTERM) saves
+the state of the part in progress first.
 
 The language models read random windows from the corpus tokenized once into memory-mapped
 shards (:mod:`shards`), so memory does not grow with the corpus. Under ``torchrun`` the loop
@@ -18,8 +20,10 @@ gradients, and rank 0 alone prints, validates and writes.
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -32,6 +36,7 @@ from tqdm import tqdm
 from ..corpus import shards as shards_mod
 from ..corpus.reader import open_corpus
 from ..corpus.streams import TokenStream
+from ..device import resolve_device
 from ..errors import FractalFloodError, UnknownCharacterError
 from ..fileio import DirectoryLock, file_sha256
 from ..hierarchy.level_specs import check_specs, default_specs, format_specs
@@ -49,10 +54,20 @@ from .state import STATE_DIR, has_state, restore_state, save_state
 ALL_PARTS = ("renderer", "manager", "peer")
 
 
+def _to_stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def default_preset(device: torch.device) -> str:
+    """The preset a run without one trains: ``seed`` (the plan's sizes) on a GPU, ``small``
+    (the shipped model's sizes, minutes on a CPU) anywhere else."""
+    return "seed" if torch.device(device).type == "cuda" else "small"
+
+
 @dataclass
 class TrainOptions:
     out_dir: Path
-    preset: str = "seed"
+    preset: str | None = None  # None: the preset of the parts the directory holds, else default_preset
     corpus: str | None = None  # a file, a directory or a glob; None is the shipped corpus
     levels: list | None = None  # the tokenizer's BPE levels, top first (level_specs); None: the preset's
     parts: tuple = ("renderer", "manager")
@@ -70,6 +85,8 @@ class TrainOptions:
     save_every: int = 500
     progress: bool = True
     log: Callable[[str], None] = field(default=print)
+    warn: Callable[[str], None] = field(default=_to_stderr)  # a part below its bar: one line
+    keep_below_bar: bool = False  # a part below its validation bar is accepted (the CLI exits 0)
     # the language models' regularisation for this run (None: the preset's)
     dropout: float | None = None
     head_classes: int | str | None = None  # the manager's output layer (None: the preset's)
@@ -85,15 +102,26 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 def run_training(opts: TrainOptions) -> dict:
     """Train the tokenizer (or reuse the directory's) and each asked-for part; under
-    ``torchrun``, data parallel over its processes (see :mod:`distributed`)."""
+    ``torchrun``, data parallel over its processes (see :mod:`distributed`).
+
+    -> ``{part: {"steps", "seconds", validation metrics...}}``; a part that ended below its
+    validation bar (its task's ``below_bar``: render fidelity 99.9% at every level for the
+    renderer, a held-out loss that improved on its first evaluation for the language models)
+    also has ``"below_bar"``, the reason, which was logged and warned (one line each)."""
     t_start = time.perf_counter()
+    opts, preset_note = _with_preset(opts)
     preset = get_preset(opts.preset)
     _check_options(opts)
     corpus = open_corpus(opts.corpus)
     with distributed.session(opts.device) as ctx, _own_directory(opts, ctx):
         if not ctx.is_main:
-            opts = replace(opts, log=lambda line: None, progress=False)
+            opts = replace(opts, log=lambda line: None, warn=lambda line: None, progress=False)
         opts.log(f"training on {ctx.device}, {ctx.describe()}")
+        if preset_note:
+            opts.log(preset_note)
+        depth = _depth(preset, opts)
+        for part in opts.parts:  # every part's batch splits into its micro-batches
+            _check_batch(part, depth, preset, opts, ctx.world_size)
         tokenizer = _tokenizer(corpus, preset, opts, ctx)
         tok_sha = file_sha256(Path(opts.out_dir) / ckpt.TOKENIZER_FILE)
         shards = _shards(corpus, tokenizer, opts, ctx) if set(opts.parts) & {"manager", "peer"} else None
@@ -111,6 +139,73 @@ def run_training(opts: TrainOptions) -> dict:
             results[part] = _train_part(part, tokenizer, shards, preset, opts, ctx, deadline, tok_sha)
             distributed.barrier(ctx)  # no rank starts the next part before rank 0 has saved
         return results
+
+
+def _with_preset(opts: TrainOptions) -> tuple[TrainOptions, str | None]:
+    """``opts`` with its preset named, and a line saying why when it was not asked for: the
+    preset of the parts the directory already holds (continued or extended), else the
+    device's (:func:`default_preset`)."""
+    if opts.preset is not None:
+        return opts, None
+    held = None if opts.overwrite else _held_preset(Path(opts.out_dir))
+    if held is not None:
+        return replace(opts, preset=held), f"preset {held}: the one {opts.out_dir} was trained with"
+    name = default_preset(resolve_device(opts.device))
+    where = "a GPU" if name == "seed" else "a CPU"
+    return replace(opts, preset=name), f"preset {name}: the default on {where} (--preset picks another)"
+
+
+def _held_preset(out: Path) -> str | None:
+    """The preset recorded by the first part (or its training state) found in ``out``."""
+    for part in ALL_PARTS:
+        for path in (out / STATE_DIR / f"{part}.json", out / f"{part}.json"):
+            try:
+                name = json.loads(path.read_text(encoding="utf-8")).get("preset")
+            except (OSError, ValueError, AttributeError):
+                continue  # missing or unreadable: loading it later says which
+            if isinstance(name, str):
+                try:
+                    get_preset(name)
+                except ValueError:
+                    continue
+                return name
+    return None
+
+
+def _depth(preset: Preset, opts: TrainOptions) -> int:
+    """The expanding levels the run's tokenizer has (or will have)."""
+    if opts.levels:
+        return len(opts.levels)
+    if not opts.overwrite and (Path(opts.out_dir) / ckpt.TOKENIZER_FILE).exists():  # the one it reuses
+        return ckpt.load_tokenizer(opts.out_dir).depth
+    return len(default_specs(preset.num_chunks, preset.num_roots))
+
+
+def _check_batch(part: str, levels: int, preset: Preset, opts: TrainOptions, world_size: int) -> None:
+    """Refuse, naming the user's numbers, a global batch that does not split into equal
+    micro-batches (processes x --grad-accum). The renderer splits each level's share of the
+    batch, and the first half of that share (its energy pairs), so it needs a multiple of
+    2 x levels x micro-batches."""
+    pieces = world_size * opts.grad_accum
+    if pieces == 1:
+        return
+    if part == "renderer":
+        batch = opts.batch or preset.renderer_batch
+        per_level = max(2, batch // levels)
+        ok = per_level % pieces == 0 and (per_level // 2) % pieces == 0
+        unit = 2 * levels * pieces
+    else:
+        batch = opts.batch or preset.lm_batch
+        ok, unit = batch % pieces == 0, pieces
+    if ok:
+        return
+    how = f"{world_size} processes x --grad-accum {opts.grad_accum}" if world_size > 1 else \
+        f"--grad-accum {opts.grad_accum}"
+    given = f"--batch {batch}" if opts.batch else f"the {preset.name} preset's batch of {batch}"
+    why = (f": each of its {levels} levels gets {per_level} items, {per_level // 2} of them paired for the "
+           "energy, and each group is split" if part == "renderer" else "")
+    raise FractalFloodError(f"{part}: {given} does not split into {pieces} equal pieces ({how}){why}; "
+                            f"give a --batch that is a multiple of {unit}")
 
 
 def _check_options(opts: TrainOptions) -> None:
@@ -218,10 +313,23 @@ def _tokenizer(corpus, preset: Preset, opts: TrainOptions, ctx) -> HierarchicalT
                                                         alphabet=corpus.alphabet(), progress=opts.log)
             except ValueError as e:
                 raise FractalFloodError(f"cannot train the tokenizer on {corpus.spec}: {e}") from None
+            _check_merges(tokenizer, corpus, opts.tokenizer_chars)
             ckpt.save_tokenizer(out, tokenizer)
             opts.log(f"tokenizer: trained in {time.perf_counter() - t0:.1f}s -> {tokenizer}")
     distributed.barrier(ctx)
     return ckpt.load_tokenizer(out)
+
+
+def _check_merges(tokenizer: HierarchicalTokenizer, corpus, sample_chars: int) -> None:
+    """Refuse a tokenizer with a level that learned no merge (its tokens are the level
+    below's): its roots would be single characters, which the parts cannot learn from."""
+    levels = tokenizer.levels
+    for upper, lower in reversed(list(zip(levels, levels[1:]))):  # the lowest level first
+        if upper.size <= lower.size:
+            raise FractalFloodError(
+                f"the tokenizer learned no merges at level {upper.name!r} ({upper.size} tokens, as many as the "
+                f"{lower.name} below it) from the lines up to character {sample_chars:,} of {corpus.spec} "
+                f"(--tokenizer-chars {sample_chars}): give it more text (default {TOKENIZER_SAMPLE_CHARS:,})")
 
 
 def _check_alphabet(corpus, tokenizer: HierarchicalTokenizer) -> None:
@@ -272,7 +380,18 @@ def _train_part(part, tokenizer, shards, preset: Preset, opts: TrainOptions, ctx
     run = _build_part(part, tokenizer, shards, preset, opts, ctx.device)
     run.deadline, run.tokenizer_sha256 = deadline, tokenizer_sha256
     _resume_part(run, opts)
-    return _train_loop(run, preset, opts, ctx)
+    result = _train_loop(run, preset, opts, ctx)
+    reason = run.task.below_bar(result) if ctx.is_main else None
+    if reason:
+        result["below_bar"] = reason
+        flag = "--steps" if part == "renderer" else "--lm-steps"
+        line = (f"{part}: below its validation bar after {result['steps']} steps: {reason}; " +
+                ("kept (--keep-below-bar)" if opts.keep_below_bar else
+                 f"saved in {opts.out_dir}, but not accepted: train --resume with more {flag} continues it, "
+                 "--keep-below-bar accepts it"))
+        opts.log(line)
+        opts.warn(line)
+    return result
 
 
 def _lm_stream(part: str, shards) -> TokenStream:
@@ -374,8 +493,7 @@ def _train_loop(run: PartRun, preset: Preset, opts: TrainOptions, ctx) -> dict:
                dynamic_ncols=True)
     last = {}
     t0 = time.perf_counter()
-    # a time limit: time steps 10..40 (after warm-up), then fit the schedule to the deadline
-    probe_from, probe_to, t_probe = start + 10, start + 40, None
+    fit = _DeadlineFit(run, steps, start, opts, ctx, part) if run.deadline else None
     done, step, rng_at_step = start, start, None
 
     def save(step):
@@ -387,20 +505,10 @@ def _train_loop(run: PartRun, preset: Preset, opts: TrainOptions, ctx) -> dict:
         for step in bar:
             if step >= steps:
                 break
-            if run.deadline and step in (probe_from, probe_to):
+            if fit is not None and step == fit.next_step:
                 if device.type == "cuda":
                     torch.cuda.synchronize()
-                if step == probe_from:
-                    t_probe = time.perf_counter()
-            if run.deadline and step == probe_to:
-                per_step = (time.perf_counter() - t_probe) / (probe_to - probe_from)
-                fit = int((run.deadline - time.perf_counter()) / per_step) + step
-                fit = distributed.broadcast_int(ctx, fit)  # every rank runs rank 0's schedule
-                if fit < steps:
-                    opts.log(f"{part}: {per_step * 1000:.0f} ms/step, --time-limit {opts.time_limit:g}s "
-                             f"caps the run at {fit} of {steps} steps")
-                    steps = max(fit, step + 1)
-                    bar.total = steps
+                steps = bar.total = fit.refit(step, steps)
             elif run.deadline and step > start and distributed.broadcast_int(
                     ctx, int(time.perf_counter() > run.deadline)):
                 opts.log(f"{part}: --time-limit {opts.time_limit:g}s reached, stopping at step {step} of {steps}")
@@ -445,6 +553,40 @@ def _train_loop(run: PartRun, preset: Preset, opts: TrainOptions, ctx) -> dict:
     seconds = time.perf_counter() - t0
     opts.log(f"{part}: done, {steps - start} steps in {seconds:.1f}s -> {opts.out_dir}")
     return {"steps": steps, "seconds": seconds, **last}
+
+
+class _DeadlineFit:
+    """Fits a part's schedule to its deadline while it runs. Steps from ``start + 10`` on
+    (after warm-up) are timed; at ``start + 40``, and then every tenth of the steps left (at
+    least 10), the schedule's length is set to the steps that fit in the time left at the
+    pace of the steps since the previous fit, validations and saves included. A busy stretch
+    (another job on the machine) therefore shortens the schedule only while it lasts: once
+    the pace recovers, the schedule grows back, up to the steps asked for."""
+
+    def __init__(self, run: PartRun, asked: int, start: int, opts: TrainOptions, ctx, part: str):
+        self.run, self.asked, self.opts, self.ctx, self.part = run, asked, opts, ctx, part
+        self.next_step, self.first_fit = start + 10, start + 40
+        self.mark = None  # (step, time) the pace is measured from
+        self.logged = asked  # the schedule length last reported
+
+    def refit(self, step: int, steps: int) -> int:
+        """At ``step`` (== ``next_step``): the new schedule length (``steps`` unchanged while
+        only starting the clock)."""
+        now = time.perf_counter()
+        if self.mark is None:  # warm-up is over: start the clock
+            self.mark, self.next_step = (step, now), self.first_fit
+            return steps
+        per_step = (now - self.mark[1]) / (step - self.mark[0])
+        fit = step + int(max(0.0, self.run.deadline - now) / max(per_step, 1e-9))
+        fit = distributed.broadcast_int(self.ctx, min(fit, self.asked))  # every rank runs rank 0's schedule
+        new = max(fit, step + 1)
+        if new != steps and (self.logged == self.asked or abs(new - self.logged) > 0.1 * self.logged):
+            self.opts.log(f"{self.part}: {per_step * 1000:.0f} ms/step over steps {self.mark[0]}-{step}, "
+                          f"--time-limit {self.opts.time_limit:g}s: the schedule is now {new} of {self.asked} steps")
+            self.logged = new
+        self.mark = (step, now)
+        self.next_step = step + max(10, (new - step) // 10)
+        return new
 
 
 def _validate(run: PartRun, done: int, steps: int, opts: TrainOptions, device, use_bf16, bar) -> dict:
