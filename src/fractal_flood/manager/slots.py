@@ -29,10 +29,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..models.causal_lm import CausalLM
-from ..models.layers import layer_norm, linear
 from ..sampling.tokens import RowSampling, SamplingConfig, check_seed
 
 BLAS_MIN_MACS = 512  # a CPU matmul under 400 multiply-adds per matrix runs a plain loop instead
@@ -59,6 +57,28 @@ def batch_invariant_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     splits its work by the batch's size over threads and rounds differently, ~1e-7.)"""
     att = (q @ k.transpose(-1, -2)) * (1.0 / q.size(-1) ** 0.5)
     return att.masked_fill(~mask, float("-inf")).softmax(-1) @ v
+
+
+class SlotRows:
+    """One layer's slot cache as one step sees it: ``k``, ``v`` (B, nh, L, hd) are views of
+    the step's rows, each row writing at its own positions. The cache argument of
+    ``Block.decode`` (``KVCache`` is the one-position-for-all-rows counterpart)."""
+
+    __slots__ = ("k", "v", "batch")
+
+    def __init__(self, k: torch.Tensor, v: torch.Tensor, batch: torch.Tensor):
+        self.k, self.v, self.batch = k, v, batch  # batch: (B, 1) = arange(B), the rows' indices
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor,
+               input_pos: torch.Tensor) -> torch.Tensor:
+        """Write k, v (B, nh, T, hd) at each row's positions ``input_pos`` (B, T), then
+        ``batch_invariant_attention`` over the first S cache slots, S = ``attn_mask``'s
+        last size ((B, 1, T, S), True where a query may see a slot)."""
+        self.k.transpose(1, 2)[self.batch, input_pos] = k.transpose(1, 2).to(self.k.dtype)
+        self.v.transpose(1, 2)[self.batch, input_pos] = v.transpose(1, 2).to(self.v.dtype)
+        S = attn_mask.size(-1)
+        return batch_invariant_attention(q, self.k[:, :, :S].to(q.dtype), self.v[:, :, :S].to(q.dtype),
+                                         attn_mask)
 
 
 class SlotManager:
@@ -196,29 +216,16 @@ class SlotManager:
         """idx, pos (B, T) -> final hidden states (B, T, C) for cache rows row .. row+B-1;
         ``last`` is the largest position in ``pos`` (known on the host).
 
-        ``CausalLM.forward_cached`` with per-row positions: the same ops in the same order.
-        Attention reads the cache up to ``last`` rounded up to ``span_step`` slots, not the
-        whole context: the rows' positions decide how far, and a row's numbers stay the same
-        whatever the others' positions are (see ``span_step``; tested bitwise).
+        ``CausalLM.decode_hidden`` with per-row positions: each layer's cache is a
+        ``SlotRows`` view of rows row .. row+B-1. Attention reads the cache up to ``last``
+        rounded up to ``span_step`` slots, not the whole context: the rows' positions decide
+        how far, and a row's numbers stay the same whatever the others' positions are (see
+        ``span_step``; tested bitwise).
         """
-        m = self.model
-        x = F.embedding(idx, m.wte.weight) + F.embedding(pos, m.wpe.weight)  # (B, T, C)
-        B_, T, C = x.shape
         S = min(self.context, -(-(last + 1) // self.span_step) * self.span_step)
         # mask[b, t, j]: the query at pos[b, t] may see cache slot j <= pos[b, t]
         mask = torch.arange(S, device=self.device)[None, None] <= pos[:, :, None]
-        mask = mask[:, None]  # (B, 1, T, L)
-        batch = torch.arange(row, row + B, device=self.device)[:, None]  # (B, 1)
-        for block, kc, vc in zip(m.blocks, self.k, self.v):
-            att = block.attn
-            q, k, v = linear(att.c_attn, layer_norm(block.ln_1, x)).split(C, dim=2)
-            q = q.view(B, T, att.n_heads, att.head_dim).transpose(1, 2)  # (B, nh, T, hd)
-            k = k.view(B, T, att.n_heads, att.head_dim)  # (B, T, nh, hd): indexed per (row, pos)
-            v = v.view(B, T, att.n_heads, att.head_dim)
-            kc.transpose(1, 2)[batch, pos] = k.to(kc.dtype)
-            vc.transpose(1, 2)[batch, pos] = v.to(vc.dtype)
-            keys, values = kc[row:row + B, :, :S].to(q.dtype), vc[row:row + B, :, :S].to(q.dtype)
-            y = batch_invariant_attention(q, keys, values, mask)
-            x = x + linear(att.c_proj, y.transpose(1, 2).contiguous().view(B, T, C))
-            x = x + block.mlp.decode(layer_norm(block.ln_2, x))
-        return layer_norm(m.ln_f, x)  # (B, T, C)
+        mask = mask[:, None]  # (B, 1, T, S)
+        batch = torch.arange(B, device=self.device)[:, None]  # (B, 1)
+        caches = [SlotRows(kc[row:row + B], vc[row:row + B], batch) for kc, vc in zip(self.k, self.v)]
+        return self.model.decode_hidden(idx, pos, mask, caches)  # (B, T, C)
