@@ -9,7 +9,7 @@ that row's position (a per-row scatter instead of one shared ``index_copy_``).
 Active rows are kept packed in slots ``0 .. n-1``: a step runs on a slice (a view, no
 gather), and a row that leaves is replaced by the last active row (one row copy).
 
-The window rule is ``ARStream``'s, applied per row, and the draws are the same
+The window rule is ``ARStream``'s (``window.py``), applied per row, and the draws are the same
 counter-based ones keyed on (seed, step), so a request's tokens equal a batch-1
 ``ARStream`` run with the same prompt, seed and settings (tested; up to floating-point
 near-ties, below).
@@ -32,6 +32,7 @@ import torch
 
 from ..models.causal_lm import CausalLM
 from ..sampling.tokens import RowSampling, SamplingConfig, check_seed
+from .window import keep_length, kept_window
 
 BLAS_MIN_MACS = 512  # a CPU matmul under 400 multiply-adds per matrix runs a plain loop instead
 
@@ -91,7 +92,7 @@ class SlotManager:
         cfg = model.config
         self.model, self.slots = model, slots
         self.device = torch.device(device)
-        self.context, self.keep = cfg.context, max(1, cfg.context // 2)
+        self.context, self.keep = cfg.context, keep_length(cfg.context)
         dtype = dtype or model.wte.weight.dtype
         hd = cfg.d_model // cfg.n_heads
         self.span_step = span_step(hd)  # attention reads the cache in steps of this many slots
@@ -207,7 +208,7 @@ class SlotManager:
 
     def _slide(self, r: int) -> None:
         """Row r's window of context + 1 tokens -> its last ``keep``, re-encoded (ARStream's rule)."""
-        kept = self.window[r, self.context - self.keep + 1:].clone()  # (keep - 1,)
+        kept = kept_window(self.window[r], self.context).clone()  # (keep - 1,)
         self._prefill(r, kept)
         self.pos[r] = self.host_pos[r] = self.keep - 1
 
