@@ -100,3 +100,43 @@ def test_attention_over_a_longer_span_gives_the_same_bits(head_dim, threads):
     for S in range(3 * step, L + 1, step):
         assert torch.equal(attend(S), shortest)
     torch.testing.assert_close(shortest, attend(L))
+
+
+@pytest.mark.parametrize("sampling", [SamplingConfig(0.9), SamplingConfig(1.1, top_k=20, top_p=0.9)],
+                         ids=str)
+def test_one_row_in_slots_equals_the_stream_across_window_slides(sampling):
+    """The two callers of ``CausalLM.decode_hidden``: a request in the slot cache (its own
+    position per row, batch-invariant attention over a span of the cache) and a batch-1
+    ``ARStream`` (one position, fused attention over the whole cache) compute the same
+    hidden states up to rounding and, with this seed, draw the same tokens, through five
+    window slides (the one window rule)."""
+    from fractal_flood.manager.stream import ARStream
+
+    context = 32
+    m = model(context=context)
+    prompt = [5, 9, 2, 7, 7, 1]
+    n = 3 * context + 5
+    slots = SlotManager(m, 1, "cpu")
+    slots.add("me", prompt, sampling, seed=11)
+    stream = ARStream(m, 1, sampling, "cpu", seed=11)
+    stream.start(torch.tensor(prompt))
+    seen = {"slots": [], "stream": []}
+    inner_slots, inner_stream = slots.step_hidden, stream._step_forward
+
+    def slots_hidden(A):
+        hidden = inner_slots(A)
+        seen["slots"].append(hidden[0].clone())
+        return hidden
+
+    def stream_hidden(tok, pos):
+        hidden = inner_stream(tok, pos)
+        seen["stream"].append(hidden[0, -1].clone())
+        return hidden
+
+    slots.step_hidden, stream._step_forward = slots_hidden, stream_hidden
+    a, b = slots.generate(n)[0], stream.generate(n)[0]
+    assert slots.prefills == stream.prefills == 6  # the prompt, then 5 slides (every 17 steps)
+    assert len(seen["slots"]) == len(seen["stream"]) == n
+    torch.testing.assert_close(torch.stack(seen["slots"]), torch.stack(seen["stream"]),
+                               atol=1e-5, rtol=1e-5)
+    assert torch.equal(a, b)

@@ -9,7 +9,7 @@ that row's position (a per-row scatter instead of one shared ``index_copy_``).
 Active rows are kept packed in slots ``0 .. n-1``: a step runs on a slice (a view, no
 gather), and a row that leaves is replaced by the last active row (one row copy).
 
-The window rule is ``ARStream``'s, applied per row, and the draws are the same
+The window rule is ``ARStream``'s (``window.py``), applied per row, and the draws are the same
 counter-based ones keyed on (seed, step), so a request's tokens equal a batch-1
 ``ARStream`` run with the same prompt, seed and settings (tested; up to floating-point
 near-ties, below).
@@ -29,11 +29,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..models.causal_lm import CausalLM
-from ..models.layers import layer_norm, linear
 from ..sampling.tokens import RowSampling, SamplingConfig, check_seed
+from .window import keep_length, kept_window
 
 BLAS_MIN_MACS = 512  # a CPU matmul under 400 multiply-adds per matrix runs a plain loop instead
 
@@ -61,6 +60,28 @@ def batch_invariant_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     return att.masked_fill(~mask, float("-inf")).softmax(-1) @ v
 
 
+class SlotRows:
+    """One layer's slot cache as one step sees it: ``k``, ``v`` (B, nh, L, hd) are views of
+    the step's rows, each row writing at its own positions. The cache argument of
+    ``Block.decode`` (``KVCache`` is the one-position-for-all-rows counterpart)."""
+
+    __slots__ = ("k", "v", "batch")
+
+    def __init__(self, k: torch.Tensor, v: torch.Tensor, batch: torch.Tensor):
+        self.k, self.v, self.batch = k, v, batch  # batch: (B, 1) = arange(B), the rows' indices
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor,
+               input_pos: torch.Tensor) -> torch.Tensor:
+        """Write k, v (B, nh, T, hd) at each row's positions ``input_pos`` (B, T), then
+        ``batch_invariant_attention`` over the first S cache slots, S = ``attn_mask``'s
+        last size ((B, 1, T, S), True where a query may see a slot)."""
+        self.k.transpose(1, 2)[self.batch, input_pos] = k.transpose(1, 2).to(self.k.dtype)
+        self.v.transpose(1, 2)[self.batch, input_pos] = v.transpose(1, 2).to(self.v.dtype)
+        S = attn_mask.size(-1)
+        return batch_invariant_attention(q, self.k[:, :, :S].to(q.dtype), self.v[:, :, :S].to(q.dtype),
+                                         attn_mask)
+
+
 class SlotManager:
     """Up to ``slots`` independent generation rows over one ``CausalLM`` (weights shared)."""
 
@@ -71,7 +92,7 @@ class SlotManager:
         cfg = model.config
         self.model, self.slots = model, slots
         self.device = torch.device(device)
-        self.context, self.keep = cfg.context, max(1, cfg.context // 2)
+        self.context, self.keep = cfg.context, keep_length(cfg.context)
         dtype = dtype or model.wte.weight.dtype
         hd = cfg.d_model // cfg.n_heads
         self.span_step = span_step(hd)  # attention reads the cache in steps of this many slots
@@ -187,7 +208,7 @@ class SlotManager:
 
     def _slide(self, r: int) -> None:
         """Row r's window of context + 1 tokens -> its last ``keep``, re-encoded (ARStream's rule)."""
-        kept = self.window[r, self.context - self.keep + 1:].clone()  # (keep - 1,)
+        kept = kept_window(self.window[r], self.context).clone()  # (keep - 1,)
         self._prefill(r, kept)
         self.pos[r] = self.host_pos[r] = self.keep - 1
 
@@ -196,29 +217,16 @@ class SlotManager:
         """idx, pos (B, T) -> final hidden states (B, T, C) for cache rows row .. row+B-1;
         ``last`` is the largest position in ``pos`` (known on the host).
 
-        ``CausalLM.forward_cached`` with per-row positions: the same ops in the same order.
-        Attention reads the cache up to ``last`` rounded up to ``span_step`` slots, not the
-        whole context: the rows' positions decide how far, and a row's numbers stay the same
-        whatever the others' positions are (see ``span_step``; tested bitwise).
+        ``CausalLM.decode_hidden`` with per-row positions: each layer's cache is a
+        ``SlotRows`` view of rows row .. row+B-1. Attention reads the cache up to ``last``
+        rounded up to ``span_step`` slots, not the whole context: the rows' positions decide
+        how far, and a row's numbers stay the same whatever the others' positions are (see
+        ``span_step``; tested bitwise).
         """
-        m = self.model
-        x = F.embedding(idx, m.wte.weight) + F.embedding(pos, m.wpe.weight)  # (B, T, C)
-        B_, T, C = x.shape
         S = min(self.context, -(-(last + 1) // self.span_step) * self.span_step)
         # mask[b, t, j]: the query at pos[b, t] may see cache slot j <= pos[b, t]
         mask = torch.arange(S, device=self.device)[None, None] <= pos[:, :, None]
-        mask = mask[:, None]  # (B, 1, T, L)
-        batch = torch.arange(row, row + B, device=self.device)[:, None]  # (B, 1)
-        for block, kc, vc in zip(m.blocks, self.k, self.v):
-            att = block.attn
-            q, k, v = linear(att.c_attn, layer_norm(block.ln_1, x)).split(C, dim=2)
-            q = q.view(B, T, att.n_heads, att.head_dim).transpose(1, 2)  # (B, nh, T, hd)
-            k = k.view(B, T, att.n_heads, att.head_dim)  # (B, T, nh, hd): indexed per (row, pos)
-            v = v.view(B, T, att.n_heads, att.head_dim)
-            kc.transpose(1, 2)[batch, pos] = k.to(kc.dtype)
-            vc.transpose(1, 2)[batch, pos] = v.to(vc.dtype)
-            keys, values = kc[row:row + B, :, :S].to(q.dtype), vc[row:row + B, :, :S].to(q.dtype)
-            y = batch_invariant_attention(q, keys, values, mask)
-            x = x + linear(att.c_proj, y.transpose(1, 2).contiguous().view(B, T, C))
-            x = x + block.mlp.decode(layer_norm(block.ln_2, x))
-        return layer_norm(m.ln_f, x)  # (B, T, C)
+        mask = mask[:, None]  # (B, 1, T, S)
+        batch = torch.arange(B, device=self.device)[:, None]  # (B, 1)
+        caches = [SlotRows(kc[row:row + B], vc[row:row + B], batch) for kc, vc in zip(self.k, self.v)]
+        return self.model.decode_hidden(idx, pos, mask, caches)  # (B, T, C)

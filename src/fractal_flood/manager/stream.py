@@ -1,11 +1,10 @@
 """Incremental autoregressive generation with a static KV cache, optionally one CUDA graph.
 
-Window rule (shared by ``ARStream`` and ``generate_reference``, so they agree token for
-token): the model sees at most ``context`` tokens. A prompt longer than that is cut to its
-last ``context`` tokens. When the window is full and one more token is needed, it is cut
-to its last ``keep = max(1, context // 2)`` tokens, which are re-encoded at positions
-0..keep-1 (learned absolute positions cannot shift, so the cache is rebuilt, not rolled),
-and generation goes on. Halving means one re-prefill every ``context - keep`` tokens.
+Window rule (``window.py``, shared by ``ARStream``, the slot cache and
+``generate_reference``, so they agree token for token): the model sees at most ``context``
+tokens. A prompt longer than that is cut to its last ``context`` tokens. When the window is
+full and one more token is needed, it is cut to its last ``keep_length(context)`` tokens,
+which are re-encoded at positions 0..keep-1, and generation goes on.
 
 The stream keeps one *pending* token: the last token of the window, not yet in the cache.
 A decode step feeds it at its position, samples the next one, and that becomes pending.
@@ -23,6 +22,7 @@ from ..errors import DeviceError
 from ..models.causal_lm import CausalLM
 from ..sampling.tokens import RowSampling, SamplingConfig, check_seed
 from .fused_step import FusedStep
+from .window import keep_length, kept_window
 
 
 def _as_batch(prompt: torch.Tensor, batch: Optional[int]) -> torch.Tensor:
@@ -67,7 +67,7 @@ class ARStream:
                               f"(CUDA available: {torch.cuda.is_available()}); use cuda_graph=False")
         self.model, self.batch_size, self.sampling, self.seed = model, batch_size, sampling, seed
         self.context = model.config.context
-        self.keep = max(1, self.context // 2)
+        self.keep = keep_length(self.context)
         model.setup_cache(batch_size, dtype, self.device)
         # this stream's own cache: another stream on the same model installs its own, so
         # each call puts ours back (the CUDA graph captured these very buffers)
@@ -158,7 +158,7 @@ class ARStream:
 
     def _slide(self) -> None:
         """Window of context + 1 tokens (slots + pending) -> its last ``keep``, re-encoded."""
-        kept = self._window[:, self.context - self.keep + 1:].clone()  # (B, keep - 1)
+        kept = kept_window(self._window, self.context).clone()  # (B, keep - 1)
         self._prefill(kept)
         self._pos.fill_(self.keep - 1)  # pending token stays, moves to the end of the window
         self.pos = self.keep - 1
@@ -190,14 +190,14 @@ def generate_reference(model: CausalLM, prompt: torch.Tensor, n: int,
     tokens as ``ARStream(..., seed=seed)``.
     """
     window = _as_batch(prompt, None)
-    context, keep = model.config.context, max(1, model.config.context // 2)
+    context = model.config.context
     window = window[:, -context:]
     B = window.size(0)
     seeds = row_seeds(seed, B, window.device)
     out = torch.empty(B, n, dtype=torch.long, device=window.device)
     for i in range(n):
         if window.size(1) > context:
-            window = window[:, -keep:]
+            window = kept_window(window, context)
         steps = torch.full((B,), i, dtype=torch.long, device=window.device)
         nxt = model.reference_draw(model.hidden(window)[:, -1], sampling, seeds, steps)  # (B,)
         out[:, i] = nxt

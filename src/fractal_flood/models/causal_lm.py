@@ -6,7 +6,9 @@ Two forward paths over the same weights:
 - ``forward_cached``: writes keys/values into a preallocated static cache (module buffers,
   as in gpt-fast) and attends through a boolean mask over the *whole* cache length. Every
   decode step therefore has the same shapes and touches the same memory, so it can be
-  captured once in a CUDA graph and replayed (``stream.ARStream``).
+  captured once in a CUDA graph and replayed (``stream.ARStream``). Its eval-mode step,
+  ``decode_hidden``, takes any per-layer caches with ``attend`` (``layers.Block.decode``):
+  the manager's slot cache runs the same step with a position per row.
 
 The output layer is one softmax over the vocabulary, or (``config.head_classes`` = K > 0)
 P(class) x P(token | class) over K classes of consecutive ids (``class_head.py``), which a
@@ -82,10 +84,14 @@ class CausalLM(nn.Module):
                 {"params": kept, "weight_decay": 0.0}]
 
     def _embed(self, idx: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        x = F.embedding(idx, self.wte.weight) + F.embedding(pos, self.wpe.weight)  # no Module call: decode steps
+        x = self._embed_eval(idx, pos)
         if self.training and self.config.dropout > 0:
             x = F.dropout(x, self.config.dropout, True)
         return x
+
+    def _embed_eval(self, idx: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        # no Module call (decode steps); pos broadcasts: (T,) for every row, or (B, T)
+        return F.embedding(idx, self.wte.weight) + F.embedding(pos, self.wpe.weight)
 
     # ---- full causal path (training, reference) -------------------------------------------
 
@@ -168,11 +174,25 @@ class CausalLM(nn.Module):
         """
         if self.kv_caches is None:
             raise RuntimeError("call setup_cache(batch, dtype, device) before forward_cached")
-        x = self._embed(idx, input_pos)  # (B, T, C)
         mask = self.cache_mask[input_pos][None, None]  # (1, 1, T, L), broadcast over B, nh
-        for block, cache in zip(self.blocks, self.kv_caches):
-            if self.training:  # dropout: the modules
+        if self.training:  # dropout: the modules, over the same cache
+            x = self._embed(idx, input_pos)
+            for block, cache in zip(self.blocks, self.kv_caches):
                 x = block(x, attn_mask=mask, cache=cache, input_pos=input_pos)
-            else:
-                x = block.decode(x, mask, cache, input_pos)
+            return layer_norm(self.ln_f, x)
+        return self.decode_hidden(idx, input_pos, mask, self.kv_caches)
+
+    def decode_hidden(self, idx: torch.Tensor, pos: torch.Tensor, attn_mask: torch.Tensor,
+                      caches) -> torch.Tensor:
+        """The cached decode step in eval mode: idx (B, T) at positions ``pos`` ((T,) for all
+        rows, or (B, T) per row) -> final hidden states (B, T, C).
+
+        Embedding, every block's ``Block.decode`` over its cache (``caches``: one per block,
+        each with ``attend``), final layer norm. ``hidden_cached`` runs it over the model's
+        ``KVCache``s, the slot cache (``manager/slots.py``) over its per-row views; the fused
+        step (``manager/fused_step.py``) is tested against it. No dropout, whatever the mode.
+        """
+        x = self._embed_eval(idx, pos)  # (B, T, C)
+        for block, cache in zip(self.blocks, caches):
+            x = block.decode(x, attn_mask, cache, pos)
         return layer_norm(self.ln_f, x)  # (B, T, C)

@@ -36,6 +36,15 @@ class KVCache(nn.Module):
         self.v.index_copy_(2, input_pos, v.to(self.v.dtype))
         return self.k, self.v
 
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor,
+               input_pos: torch.Tensor) -> torch.Tensor:
+        """The cache's part of ``Block.decode``: write k, v (B, nh, T, hd) at the positions
+        ``input_pos`` (T,), shared by every row, then q (B, nh, T, hd) attends over the whole
+        cache through ``attn_mask`` (True where a query may see a slot). Fixed shapes, no host
+        reads: a step over it can be captured in a CUDA graph."""
+        keys, values = self.update(input_pos, k, v)
+        return F.scaled_dot_product_attention(q, keys.to(q.dtype), values.to(q.dtype), attn_mask=attn_mask)
+
 
 def layer_norm(m: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
     """``m(x)`` without ``nn.Module.__call__``: the same kernel, ~2 us less per call on a CPU,
@@ -113,19 +122,24 @@ class Block(nn.Module):
         x = x + self.attn(self.ln_1(x), **attn_kwargs)
         return x + self.mlp(self.ln_2(x))
 
-    def decode(self, x: torch.Tensor, attn_mask: torch.Tensor, cache: KVCache,
+    def decode(self, x: torch.Tensor, attn_mask: torch.Tensor, cache,
                input_pos: torch.Tensor) -> torch.Tensor:
-        """``forward`` over a KV cache in eval mode, the same ops in the same order by direct
-        calls (``layer_norm``, ``linear``): bitwise the module path (tested), fewer Python
-        layers per step. Training and the reference paths keep the modules."""
+        """One cached step of the block in eval mode: ``forward``'s ops in the same order by
+        direct calls (``layer_norm``, ``linear``), bitwise the module path over a ``KVCache``
+        (tested), fewer Python layers per step. Training and the reference paths keep the
+        modules.
+
+        ``cache`` is this layer's cache: anything with ``attend(q, k, v, attn_mask,
+        input_pos)`` that writes this step's keys and values and returns the attention
+        output (B, nh, T, hd). A ``KVCache`` holds one position for all rows; the slot cache
+        (``manager/slots.py``) writes each row at its own position."""
         a = self.attn
         B, T, C = x.shape
         q, k, v = linear(a.c_attn, layer_norm(self.ln_1, x)).split(C, dim=2)
-        q = q.view(B, T, a.n_heads, a.head_dim).transpose(1, 2)
+        q = q.view(B, T, a.n_heads, a.head_dim).transpose(1, 2)  # (B, nh, T, hd)
         k = k.view(B, T, a.n_heads, a.head_dim).transpose(1, 2)
         v = v.view(B, T, a.n_heads, a.head_dim).transpose(1, 2)
-        k, v = cache.update(input_pos, k, v)
-        y = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), attn_mask=attn_mask)
+        y = cache.attend(q, k, v, attn_mask, input_pos)
         x = x + linear(a.c_proj, y.transpose(1, 2).contiguous().view(B, T, C))
         return x + self.mlp.decode(layer_norm(self.ln_2, x))
 
