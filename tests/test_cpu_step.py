@@ -90,3 +90,31 @@ def test_the_switch(monkeypatch):
     monkeypatch.setenv("FRACTAL_FLOOD_CPU_STEP", "fast")
     with pytest.raises(ValueError, match="FRACTAL_FLOOD_CPU_STEP='fast'"):
         cpu_step.wanted()
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    from fractal_flood.models import checkpoint as ckpt
+
+    return ckpt.load_model_dir(None, "cpu", torch.float32, optional=("peer",))
+
+
+@pytest.mark.parametrize("part", ["manager", "peer"])
+@pytest.mark.parametrize("sampling", [dict(temperature=0.0), dict(temperature=0.8, top_k=40),
+                                      dict(temperature=1.3, top_p=0.9)], ids=str)
+def test_the_shipped_models_write_the_eager_tokens_over_512_steps(shipped, part, sampling, monkeypatch):
+    """The shipped manager and AR peer, 512 steps (two window slides): the compiled step's
+    tokens are the eager step's (greedy, and sampled with top-k and top-p rows)."""
+    from fractal_flood.manager.stream import ARStream
+    from fractal_flood.sampling.tokens import SamplingConfig
+
+    m = getattr(shipped, part)
+    prompt = torch.tensor([1, 2, 3])
+    runs = {}
+    for runtime in ("eager", "native"):
+        monkeypatch.setenv("FRACTAL_FLOOD_CPU_STEP", runtime)
+        stream = ARStream(m, 1, SamplingConfig(**sampling), "cpu", seed=5)
+        assert (stream._native is not None) == (runtime == "native")
+        stream.start(prompt)
+        runs[runtime] = stream.generate(512)[0]
+    assert torch.equal(runs["native"], runs["eager"])

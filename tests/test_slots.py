@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from fractal_flood.manager import cpu_step
 from fractal_flood.manager.slots import SlotManager, batch_invariant_attention, span_step
 from fractal_flood.models.causal_lm import CausalLM
 from fractal_flood.models.config import CausalLMConfig
@@ -104,13 +105,15 @@ def test_attention_over_a_longer_span_gives_the_same_bits(head_dim, threads):
 
 @pytest.mark.parametrize("sampling", [SamplingConfig(0.9), SamplingConfig(1.1, top_k=20, top_p=0.9)],
                          ids=str)
-def test_one_row_in_slots_equals_the_stream_across_window_slides(sampling):
+def test_one_row_in_slots_equals_the_stream_across_window_slides(sampling, monkeypatch):
     """The two callers of ``CausalLM.decode_hidden``: a request in the slot cache (its own
     position per row, batch-invariant attention over a span of the cache) and a batch-1
     ``ARStream`` (one position, fused attention over the whole cache) compute the same
     hidden states up to rounding and, with this seed, draw the same tokens, through five
-    window slides (the one window rule)."""
+    window slides (the one window rule). (The eager step: the compiled CPU step is off.)"""
     from fractal_flood.manager.stream import ARStream
+
+    monkeypatch.setenv("FRACTAL_FLOOD_CPU_STEP", "eager")
 
     context = 32
     m = model(context=context)
@@ -139,4 +142,26 @@ def test_one_row_in_slots_equals_the_stream_across_window_slides(sampling):
     assert len(seen["slots"]) == len(seen["stream"]) == n
     torch.testing.assert_close(torch.stack(seen["slots"]), torch.stack(seen["stream"]),
                                atol=1e-5, rtol=1e-5)
+    assert torch.equal(a, b)
+
+
+@pytest.mark.skipif(cpu_step.library() is None, reason="no C compiler built the compiled CPU step")
+@pytest.mark.parametrize("sampling", [SamplingConfig(0.9), SamplingConfig(1.1, top_k=20, top_p=0.9)],
+                         ids=str)
+def test_the_compiled_step_gives_one_row_the_same_bits_in_slots_and_stream(sampling):
+    """The compiled CPU step (the default here) in both callers: a row's hidden states and
+    tokens are bit for bit the same in the slot cache and a batch-1 stream, through five
+    window slides (each row is computed alone, whatever its caller)."""
+    from fractal_flood.manager.stream import ARStream
+
+    m = model(context=32)
+    prompt = [5, 9, 2, 7, 7, 1]
+    slots = SlotManager(m, 3, "cpu")
+    slots.add("other", [3, 3, 3], SamplingConfig(1.0), seed=1)
+    slots.add("me", prompt, sampling, seed=11)
+    stream = ARStream(m, 1, sampling, "cpu", seed=11)
+    assert slots._native is not None and stream._native is not None
+    stream.start(torch.tensor(prompt))
+    n = 3 * 32 + 5
+    a, b = slots.generate(n)[1], stream.generate(n)[0]
     assert torch.equal(a, b)

@@ -62,7 +62,7 @@ def usable(model: CausalLM, device: torch.device, dtype: Optional[torch.dtype]) 
     """The compiled step runs this model here: a CPU, float32 weights and cache, asked for,
     and a C compiler built it."""
     dtype = dtype or model.wte.weight.dtype
-    return (torch.device(device).type == "cpu" and dtype == torch.float32
+    return (torch.device(device).type == "cpu" and not model.training and dtype == torch.float32
             and model.wte.weight.dtype == torch.float32 and model.wte.weight.device.type == "cpu"
             and wanted() and library() is not None)
 

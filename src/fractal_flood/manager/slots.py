@@ -32,6 +32,8 @@ import torch
 
 from ..models.causal_lm import CausalLM
 from ..sampling.tokens import RowSampling, SamplingConfig, check_seed
+from . import cpu_step
+from .cpu_step import CpuStep
 from .window import keep_length, kept_window
 
 BLAS_MIN_MACS = 512  # a CPU matmul under 400 multiply-adds per matrix runs a plain loop instead
@@ -108,6 +110,8 @@ class SlotManager:
         self.steps = torch.zeros(S, dtype=torch.long, device=self.device)
         self.rows = RowSampling.of([SamplingConfig()] * S, self.device)
         self.host_pos = np.zeros(S, dtype=np.int64)  # mirror of pos: when is a row's window full
+        # on a CPU the default: every layer of a step in one C call, each row alone (cpu_step.py)
+        self._native = CpuStep(model, self.k, self.v) if cpu_step.usable(model, self.device, dtype) else None
         self.host_filters = np.zeros(S, dtype=bool)  # row asks for top-k / top-p (a sort per step)
         self.owner: list = []  # owner[i]: who holds active row i (rows 0..n-1)
         self.steps_run = 0  # decode steps (each over all active rows)
@@ -193,6 +197,8 @@ class SlotManager:
         """Final hidden states (A, C) of the pending tokens of rows 0..A-1. (A row's cache
         entries at or below its position are always its own: a step writes its key and
         value before attending, and a prefill writes all of them.)"""
+        if self._native is not None:
+            return self._native.hidden(self.tok[:A], self.pos[:A])
         return self._forward(self.tok[:A, None], self.pos[:A, None], A,
                              last=int(self.host_pos[:A].max(initial=0)))[:, -1]
 

@@ -21,6 +21,8 @@ import torch
 from ..errors import DeviceError
 from ..models.causal_lm import CausalLM
 from ..sampling.tokens import RowSampling, SamplingConfig, check_seed
+from . import cpu_step
+from .cpu_step import CpuStep
 from .fused_step import FusedStep
 from .window import keep_length, kept_window
 
@@ -90,6 +92,10 @@ class ARStream:
         # the Triton step (fused_step.py): 21 kernels for the shipped manager where the eager
         # step runs 154 operators (CUDA; tests: the CPU under TRITON_INTERPRET=1)
         self._fused = FusedStep(model, batch_size) if fused else None
+        # on a CPU the default: every layer of the step in one C call (cpu_step.py)
+        self._native = (CpuStep(model, [c.k for c in model.kv_caches], [c.v for c in model.kv_caches])
+                        if not (compile or fused or cuda_graph) and cpu_step.usable(model, self.device, dtype)
+                        else None)
         self._graph = self._capture() if cuda_graph else None
 
     @property
@@ -140,7 +146,10 @@ class ARStream:
         if self._fused is not None:
             nxt = self._fused.step(self._tok, self._pos, self._rows, self._seeds, self._steps)
         else:
-            hidden = self._step_forward(self._tok, self._pos)  # (B, 1, C)
+            if self._native is not None:
+                hidden = self._native.hidden(self._tok[:, 0], self._pos.expand(self.batch_size))[:, None]
+            else:
+                hidden = self._step_forward(self._tok, self._pos)  # (B, 1, C)
             rows = self.sampling if self.sampling.greedy else self._rows  # greedy: a plain argmax
             nxt = self.model.draw(hidden[:, -1], rows, self._seeds, self._steps)  # (B,)
         self._tok.copy_(nxt[:, None])
