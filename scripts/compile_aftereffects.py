@@ -1,6 +1,6 @@
 """Does torch.compile slow later, uncompiled work in the same process, and what undoes it?
 
-RESULTS.md ("open observations") saw uncompiled single-stream rows run ~28% slower after a
+docs/log/notebook.md ("open observations") saw uncompiled single-stream rows run ~28% slower after a
 compiled manager step in the same process on an H200. This script runs, in ONE process,
 the same three uncompiled measurements in phases, in this order:
   fresh        first measurement

@@ -1,5 +1,5 @@
 """Write a stand-in for "a user's own corpus": about 50 KB of text over a 120-character
-alphabet, deterministic, for the CPU training check in RESULTS.md (issue: a user's own
+alphabet, deterministic, for the CPU training check in docs/log/notebook.md (issue: a user's own
 50 KB corpus with a 120-character alphabet must reach >= 99% render fidelity in minutes).
 
 It takes the first ~50,000 characters of the shipped TinyShakespeare (65 characters) and

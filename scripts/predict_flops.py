@@ -1,6 +1,6 @@
 """Predicted matrix FLOPs per token (one level-1 chunk) of each way to render, from shapes
 only (flops.py) and the held-out tail's real lengths: the prediction written next to each
-speed change in RESULTS.md. No model is loaded or run.
+speed change in docs/log/notebook.md. No model is loaded or run.
 
 Usage: python scripts/predict_flops.py [MODEL_DIR]
 """

@@ -1,6 +1,6 @@
 """CPU seconds of one renderer training step, the packed lower levels in one padded pass
 against length-sorted groups (the default): the prediction-and-measurement row for packed
-training in RESULTS.md. Same batch, same loss (tests/test_training.py checks equality).
+training in docs/log/notebook.md. Same batch, same loss (tests/test_training.py checks equality).
 
 Usage: OMP_NUM_THREADS=1 python scripts/renderer_step_cost.py [LAYERS WIDTH HEADS]
 """

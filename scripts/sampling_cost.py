@@ -2,7 +2,7 @@
 over (batch, vocabulary) at temperature 0.8, with and without top-p, and plain argmax.
 
 It times whichever ``fractal_flood`` is on the path, so one command per checkout compares
-two versions of the sampler on the same machine (RESULTS.md, "Sampling cost"):
+two versions of the sampler on the same machine (docs/log/notebook.md, "Sampling cost"):
 
     PYTHONPATH=src python scripts/sampling_cost.py
     PYTHONPATH=/tmp/old/src python scripts/sampling_cost.py   # a checkout of an older commit

@@ -1,4 +1,4 @@
-"""Speed experiments behind RESULTS.md's "predicted / measured" table, one run, one device.
+"""Speed experiments behind docs/log/notebook.md's "predicted / measured" table, one run, one device.
 
 Each probe changes one thing and times it against its baseline in the same process:
   1. manager decode step at batch 1: eager vs CUDA graph vs CUDA graph + torch.compile,

@@ -1,5 +1,5 @@
 """`fractal-flood train` with the `small` preset's renderer resized: the renderer size sweep
-of RESULTS.md. Everything else (schedule, batch, corpus, logging) is the preset's.
+of docs/log/notebook.md. Everything else (schedule, batch, corpus, logging) is the preset's.
 
 Usage: python scripts/train_renderer_size.py LAYERS WIDTH HEADS train --out DIR --preset small ...
 (the arguments after HEADS are `fractal-flood`'s own). Run it single-threaded

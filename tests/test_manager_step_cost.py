@@ -1,4 +1,4 @@
-"""scripts/manager_step_cost.py (RESULTS.md's step, draw and engine-split figures) runs on a
+"""scripts/manager_step_cost.py (docs/log/notebook.md's step, draw and engine-split figures) runs on a
 tiny trained model directory and prints one line per directory and the engine split."""
 
 import subprocess

@@ -1,4 +1,4 @@
-"""scripts/paired_ratio.py (RESULTS.md's alternated single-stream ratios) runs on a tiny trained
+"""scripts/paired_ratio.py (docs/log/notebook.md's alternated single-stream ratios) runs on a tiny trained
 model directory: rounds in rotating order, and a model against itself writes the same text."""
 
 import subprocess

@@ -38,7 +38,7 @@ def add_arguments(v) -> None:
     v.add_argument("--threads", type=int_in(1, 1024), default=None,
                    help="torch intra-op threads (default on a CPU: half the cores, at least 1; the "
                         "HTTP loop and the engine's Python need the rest: on 2 cores one thread "
-                        "beat two at every load, RESULTS.md 'Serving'; on a GPU: torch's)")
+                        "beat two at every load, docs/log/notebook.md 'Serving'; on a GPU: torch's)")
     v.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
 
 

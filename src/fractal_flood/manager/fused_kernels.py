@@ -4,7 +4,7 @@ A batch-1 eager decode step of the shipped 4 x 128 manager runs 154 operators (l
 products, bias adds, GELU, residual adds, cache writes, the draw's softmax / cumsum / search
 / hash), each at least one kernel on a GPU and each a few microseconds of launch latency
 for almost no work: the step is launch-bound, even in a CUDA graph (measured in
-RESULTS.md). Here a step is 5 kernels per layer plus 1 or 2 for the output layer and the
+docs/log/notebook.md). Here a step is 5 kernels per layer plus 1 or 2 for the output layer and the
 draw, each doing one matrix-vector product with its prologue and epilogue fused:
 
 - ``qkv_kernel``: (embedding +) layer norm + ``c_attn`` + bias, q to a buffer, k and v

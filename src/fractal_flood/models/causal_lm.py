@@ -66,7 +66,7 @@ class CausalLM(nn.Module):
         ``"all"``: every parameter (the old behaviour; one group). ``"matrices"``: the
         blocks' 2-D weights only; layer norms, biases and the (tied) token and position
         tables are not decayed. ``"matrices+embeddings"``: also the two tables (nanoGPT's
-        choice). RESULTS.md ("Manager regularisation") compares them.
+        choice). docs/log/notebook.md ("Manager regularisation") compares them.
         """
         if decay not in DECAY_MODES:
             raise ValueError(f"unknown decay {decay!r} (choose from: {', '.join(DECAY_MODES)})")

@@ -124,9 +124,9 @@ PRESETS: dict[str, Preset] = {
         manager_steps=200, peer_steps=200, lm_batch=16, lr=3e-3,
     ),
     # The default: a renderer of one layer of 64, the smallest that renders the shipped
-    # corpus exactly in a few CPU-minutes (RESULTS.md, renderer size sweep). Manager as the
+    # corpus exactly in a few CPU-minutes (docs/log/notebook.md, renderer size sweep). Manager as the
     # seed's (``--lm-shape 2x128x4`` is as good on the shipped corpus with a cheaper step:
-    # RESULTS.md, "A shallower manager"); the AR peer is the manager's size.
+    # docs/log/notebook.md, "A shallower manager"); the AR peer is the manager's size.
     "small": Preset(
         name="small",
         renderer=dict(n_layers=1, d_model=64, n_heads=4),

@@ -1,7 +1,7 @@
 """Inverse-CDF draws on the host, bit for bit the tensor ops', for the CPU's small batches.
 
 A batch-1 decode step on the CPU is bound by operator dispatch: hundreds of aten calls,
-each costing more than its arithmetic (measured in RESULTS.md). A draw inverts a
+each costing more than its arithmetic (measured in docs/log/notebook.md). A draw inverts a
 cumulative sum: scale the uniform by the total, keep it below the total, search; the
 class-factored draw does that twice, with the slice arithmetic between, and greedy rows
 add an argmax and a select. On the CPU those ~10-25 tiny calls cost more than the

@@ -18,7 +18,7 @@ same numbers with fewer operator calls. The top-k/top-p filter needs a sort over
 vocabulary, the dearest op here, so it runs only when a row asks for one
 (``RowSampling.filters``, a host flag). Racing one exponential per token instead (V hashes
 per row) with a sort on every draw costs several times as much per manager step at batch 1
-on the CPU (measured in RESULTS.md, "Sampling cost").
+on the CPU (measured in docs/log/notebook.md, "Sampling cost").
 """
 
 from __future__ import annotations
@@ -110,7 +110,7 @@ def row_uniform(seeds: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
     target below the total, so no draw falls off the end).
 
     Small CPU batches hash with Python integers (``_row_uniform_host``): the ~20 tiny
-    tensor ops would be most of a batch-1 draw (measured in RESULTS.md). Bit for bit the
+    tensor ops would be most of a batch-1 draw (measured in docs/log/notebook.md). Bit for bit the
     same numbers (tested); elsewhere (a GPU, a CUDA graph, big batches) the tensor ops run."""
     if seeds.device.type == "cpu" and steps.device.type == "cpu" and seeds.numel() <= HOST_HASH_ROWS:
         return _row_uniform_host(seeds, steps)
