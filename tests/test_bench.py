@@ -262,9 +262,11 @@ def test_bad_input_is_one_line(tmp_path, capsys):
 # ---- the work of the autoregressive rows -----------------------------------------------------
 
 @pytest.mark.parametrize("prompt_len,steps,context", [(1, 30, 8), (3, 30, 8), (12, 5, 8), (2, 9, 3), (1, 4, 1)])
-def test_ar_work_matches_the_stream(prompt_len, steps, context):
+def test_ar_work_matches_the_stream(prompt_len, steps, context, monkeypatch):
     """``ar_work`` follows the window rule: its prefill passes and positions are what an
-    ``ARStream`` does (hidden_cached, its cached forward, counted on the model itself)."""
+    ``ARStream`` does (hidden_cached, its cached forward, counted on the model itself; the
+    eager step, so that every step goes through it)."""
+    monkeypatch.setenv("FRACTAL_FLOOD_CPU_STEP", "eager")
     torch.manual_seed(0)
     model = CausalLM(CausalLMConfig(vocab_size=11, n_layers=1, d_model=16, n_heads=2, context=context)).eval()
     positions = []
