@@ -18,6 +18,7 @@ httpx = pytest.importorskip("httpx")
 pytest.importorskip("uvicorn")
 
 from fractal_flood.generation.engine import Request, generate_solo  # noqa: E402
+from fractal_flood.generation.request import DEFAULT_MANAGER_TEMPERATURE  # noqa: E402
 from fractal_flood.generation.pipeline import load_pipeline  # noqa: E402
 from fractal_flood.sampling.tokens import SamplingConfig  # noqa: E402
 from serve_process import serve  # noqa: E402
@@ -51,7 +52,7 @@ def client(server):
     return openai.OpenAI(base_url=server + "/v1", api_key="unused", max_retries=0, timeout=120)
 
 
-def solo(pipe, prompt, roots, seed, temperature=1.0, stop=()):
+def solo(pipe, prompt, roots, seed, temperature=DEFAULT_MANAGER_TEMPERATURE, stop=()):
     return generate_solo(pipe, Request(prompt, roots=roots, sampling=SamplingConfig(temperature), seed=seed,
                                        stop=stop), BLOCK).text
 

@@ -9,20 +9,22 @@ repeated exactly; with many prompts, prompt i gets seed + i unless its line sets
 from __future__ import annotations
 
 import json
-import math
-import secrets
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from ..errors import FractalFloodError
 from ..fileio import check_writable, dumps, write_text
+from ..generation.request import (DEFAULT_BLOCK_ROOTS, DEFAULT_MANAGER, DEFAULT_ROOTS, MAX_SEED, SEED_LIMIT,
+                                  GenerationRequest, RendererSettings, draw_seed)
 from ..hierarchy.bpe_json import MAX_VOCAB
 from ..render.decoders import DECODERS
+from ..render.options import DecodeOptions
+from ..sampling.config import SamplingConfig
 from .args import (MAX_BATCH, MAX_K, MAX_ROOTS, finite_float, input_file, int_in, nonneg_float, output_file,
                    unit_float)
 
 PROMPT_FIELDS = {"prompt", "roots", "max_chars", "temperature", "top_k", "top_p", "seed", "stop"}
-SEED_BITS = 32  # drawn seeds: short enough to retype
 
 
 def add_arguments(g) -> None:
@@ -32,25 +34,30 @@ def add_arguments(g) -> None:
                         f"{', '.join(sorted(PROMPT_FIELDS))}; - reads stdin. Writes JSON lines")
     g.add_argument("--output", metavar="FILE", type=output_file, help="write the --prompts JSON lines here instead of stdout")
     g.add_argument("--roots", type=int_in(1, MAX_ROOTS),
-                   help="roots to generate, ~1.2 chunks each (default: 200, or --max-chars)")
+                   help=f"roots to generate, ~1.2 chunks each (default: {DEFAULT_ROOTS}, or --max-chars)")
     g.add_argument("--max-chars", type=int_in(1, 10 * MAX_ROOTS), help="stop after this many characters")
     g.add_argument("--stop", action="append", default=[], metavar="TEXT",
                    help="stop before this text (repeatable; \\n means a newline)")
     g.add_argument("--decoder", default="flood", choices=DECODERS, help="flood (best-of-K), adaptive, sequential")
-    g.add_argument("--k", type=int_in(1, MAX_K), default=1, help="best-of-K candidates per item (flood)")
-    g.add_argument("--threshold", type=finite_float, default=0.5, help="energy accept threshold")
-    g.add_argument("--max-tries", type=int_in(1, 1000), default=10, help="draws per item (sequential, adaptive)")
-    g.add_argument("--render-temperature", type=nonneg_float, default=0.0,
+    g.add_argument("--k", type=int_in(1, MAX_K), default=DecodeOptions.k,
+                   help="the renderer's best-of-K candidates per item (flood)")
+    g.add_argument("--threshold", type=finite_float, default=DecodeOptions.threshold,
+                   help="the renderer's energy accept threshold")
+    g.add_argument("--max-tries", type=int_in(1, 1000), default=DecodeOptions.max_tries,
+                   help="the renderer's draws per item (sequential, adaptive)")
+    g.add_argument("--render-temperature", type=nonneg_float, default=DecodeOptions.temperature,
                    help="renderer sampling temperature (0 = argmax)")
-    g.add_argument("--temperature", type=nonneg_float, default=0.8, help="manager sampling temperature")
+    g.add_argument("--temperature", type=nonneg_float, default=DEFAULT_MANAGER.temperature,
+                   help="manager sampling temperature (default %(default)s)")
     g.add_argument("--top-k", type=int_in(1, MAX_VOCAB), help="manager top-k")
     g.add_argument("--top-p", type=unit_float, help="manager nucleus p")
-    g.add_argument("--seed", type=int_in(0, 2 ** 63 - 1), help="random seed (default: a random one, printed)")
+    g.add_argument("--seed", type=int_in(0, MAX_SEED),
+                   help="random seed for both models (default: a random one, printed)")
     g.add_argument("--device", default="auto", help="cpu, cuda or auto")
     g.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16")
     g.add_argument("--model", help="model directory (default: the shipped model)")
     g.add_argument("--stream", action="store_true", help="print text block by block as it is rendered")
-    g.add_argument("--block", type=int_in(1, MAX_ROOTS), default=256,
+    g.add_argument("--block", type=int_in(1, MAX_ROOTS), default=DEFAULT_BLOCK_ROOTS,
                    help="roots per block: the manager plans one while the previous is rendered (the text does not depend on it)")
     g.add_argument("--max-batch", type=int_in(1, MAX_BATCH), default=32, help="--prompts: requests generated at once")
     g.add_argument("--compile", action="store_true",
@@ -67,8 +74,6 @@ def _unescape(s: str) -> str:
 
 def run(args) -> int:
     from ..generation.pipeline import load_pipeline
-    from ..render.base import DecodeOptions
-    from ..sampling.tokens import SamplingConfig
     try:
         sampling = SamplingConfig(args.temperature, args.top_k, args.top_p)
         options = DecodeOptions(k=args.k, threshold=args.threshold, max_tries=args.max_tries,
@@ -83,7 +88,7 @@ def run(args) -> int:
     if args.prompts is not None and (args.compile or args.fused_step):
         raise FractalFloodError("--compile and --fused-step speed up one stream's step; --prompts runs the "
                                 "batched engine, which uses neither: drop them")
-    seed = args.seed if args.seed is not None else secrets.randbelow(2 ** SEED_BITS)
+    seed = args.seed if args.seed is not None else draw_seed()
     stop = tuple(_unescape(s) for s in args.stop)
     if any(not s for s in stop):
         raise FractalFloodError("--stop needs a non-empty text")
@@ -95,6 +100,8 @@ def run(args) -> int:
                          fused=args.fused_step)
     if jobs is not None:
         return _many(pipe, args, jobs, sampling, seed, stop)
+    request = GenerationRequest(prompt, args.roots, args.max_chars, stop, seed, sampling,
+                                RendererSettings()).validated()  # the renderer: the pipeline's, as loaded
     pipe.tokenizer.check_text(prompt)
     for s in stop:
         pipe.tokenizer.check_text(s)
@@ -109,10 +116,8 @@ def run(args) -> int:
         if streaming:
             sys.stdout.write(text)
             sys.stdout.flush()
-    roots = args.roots or (args.max_chars if args.max_chars else 200)
     try:
-        result = pipe.generate(prompt, roots, sampling, seed, args.block, on_block, max_chars=args.max_chars,
-                               stop=stop)
+        result = pipe.run(request, args.block, on_block)
     except KeyboardInterrupt as e:
         if streaming:
             sys.stdout.write("\n")
@@ -172,31 +177,22 @@ def _read_prompts(path: str) -> list[dict]:
     return out
 
 
-def _request(spec: dict, args, sampling, seed: int, stop: tuple, where: str):
-    from dataclasses import replace
-
-    from ..generation.engine import Request
-    from ..sampling.tokens import SamplingConfig
+def _request(spec: dict, args, sampling, seed: int, stop: tuple, where: str) -> GenerationRequest:
+    """One prompts-file line -> its request: the command line's settings, with the line's own
+    fields over them (checked by the request, the line named on error)."""
     try:
-        for key in ("temperature", "top_p"):
-            v = spec.get(key)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v)):
-                raise ValueError(f"{key} must be a number, got {v!r}")
-        for key in ("roots", "max_chars", "top_k", "seed"):
-            v = spec.get(key)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, int)):
-                raise ValueError(f"{key} must be an integer, got {v!r}")
         s = spec.get("stop", stop)
-        s = (s,) if isinstance(s, str) else s
-        if not isinstance(s, (list, tuple)) or not all(isinstance(x, str) and x for x in s):
-            raise ValueError("stop must be a non-empty string or a list of them")
-        sampling = replace(sampling, **{k: spec[k] for k in ("temperature", "top_k", "top_p") if k in spec})
-        SamplingConfig(sampling.temperature, sampling.top_k, sampling.top_p)  # validates
+        manager = replace(sampling, **{k: spec[k] for k in ("temperature", "top_k", "top_p") if k in spec})
         max_chars = spec.get("max_chars", args.max_chars)
         roots = spec.get("roots", args.roots if "max_chars" not in spec else None)
-        return Request(spec.get("prompt", ""), roots=roots, max_chars=max_chars, sampling=sampling,
-                       seed=spec.get("seed", seed), stop=tuple(s))
-    except ValueError as e:
+        for key, v in (("roots", roots), ("max_chars", max_chars), ("seed", spec.get("seed"))):
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int)):  # JSON: 3.0 is no integer
+                raise ValueError(f"{key} must be an integer, got {v!r}")
+        if not isinstance(s, (str, list, tuple)):
+            raise ValueError("stop must be a non-empty string or a list of them")
+        return GenerationRequest(spec.get("prompt", ""), roots, max_chars, s, spec.get("seed", seed), manager,
+                                 RendererSettings()).validated()
+    except (ValueError, FractalFloodError) as e:
         raise FractalFloodError(f"{where}: {e}") from None
 
 
@@ -209,7 +205,7 @@ def _many(pipe, args, specs, sampling, seed, stop) -> int:
     jobs = []
     for i, spec in enumerate(specs):
         where = f"{name} line {spec['line']}"
-        req = _request(spec, args, sampling, (seed + i) % 2 ** 63, stop, where)
+        req = _request(spec, args, sampling, (seed + i) % SEED_LIMIT, stop, where)
         try:
             jobs.append(engine.submit(req))
         except FractalFloodError as e:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Callable, Optional
 
 import torch
@@ -31,46 +31,22 @@ import torch
 from ..device import synchronize
 from ..errors import FractalFloodError
 from ..manager.slots import SlotManager
-from ..render.base import DecodeOptions
+from ..render.options import DecodeOptions
 from ..render.result import RenderResult, advance, split_render
-from ..sampling.tokens import SamplingConfig, check_seed
+from ..sampling.config import SamplingConfig
+from .request import (DEFAULT_BLOCK_ROOTS, DEFAULT_MANAGER, DEFAULT_ROOTS, GenerationRequest,  # noqa: F401
+                      RendererSettings)
 from .text_limit import TextLimit
 
-DEFAULT_ROOTS = 200  # when neither roots nor max_chars is given
 
 
-@dataclass(frozen=True)
-class Request:
-    """What one caller wants. ``roots`` bounds the manager's tokens, ``max_chars`` the text."""
-
-    prompt: str = ""
-    roots: Optional[int] = None
-    max_chars: Optional[int] = None
-    sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    seed: int = 0
-    stop: tuple = ()
-    decoder: Optional[str] = None  # None: the pipeline's
-    options: Optional[DecodeOptions] = None  # None: the pipeline's (its seed is replaced)
-
-    def validated(self) -> "Request":
-        for name in ("roots", "max_chars"):
-            v = getattr(self, name)
-            if v is not None and (isinstance(v, bool) or int(v) != v or v < 1):
-                raise FractalFloodError(f"{name} must be a positive integer, got {v}")
-        try:
-            check_seed(self.seed)
-        except (TypeError, ValueError) as e:
-            raise FractalFloodError(str(e)) from None
-        stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
-        if any(not isinstance(s, str) or not s for s in stop):
-            raise FractalFloodError("stop strings must be non-empty strings")
-        return replace(self, stop=stop)
-
-    @property
-    def root_budget(self) -> int:
-        if self.roots is not None:
-            return int(self.roots)
-        return int(self.max_chars) if self.max_chars is not None else DEFAULT_ROOTS
+def Request(prompt: str = "", roots: Optional[int] = None, max_chars: Optional[int] = None,
+            sampling: Optional[SamplingConfig] = None, seed: int = 0, stop: tuple = (),
+            decoder: Optional[str] = None, options: Optional[DecodeOptions] = None) -> GenerationRequest:
+    """A :class:`GenerationRequest` from the engine's keyword names: ``sampling`` is the
+    manager's, ``decoder`` and ``options`` the renderer's (``None``: the defaults)."""
+    return GenerationRequest(prompt, roots, max_chars, stop, seed, DEFAULT_MANAGER if sampling is None else sampling,
+                             RendererSettings(decoder, options))
 
 
 @dataclass
@@ -91,7 +67,7 @@ class Block:
 class Completion:
     """A finished (or cancelled) request."""
 
-    request: Request
+    request: GenerationRequest
     text: str
     root_ids: list
     finish_reason: str  # stop, length or cancelled
@@ -112,7 +88,7 @@ class Completion:
 class Job:
     """A request in the engine: its state and the callback that receives its blocks."""
 
-    def __init__(self, request: Request, prompt_ids: list, decoder,
+    def __init__(self, request: GenerationRequest, prompt_ids: list, decoder,
                  on_block: Optional[Callable[["Job", Block], None]] = None,
                  on_done: Optional[Callable[["Job"], None]] = None):
         self.request, self.prompt_ids, self.decoder, self.on_block = request, prompt_ids, decoder, on_block
@@ -153,7 +129,7 @@ class Engine:
     """Continuous batching over one pipeline's models. Thread-safe ``submit``; rounds run by
     :meth:`step` (or a background thread: :meth:`start`)."""
 
-    def __init__(self, pipe, max_batch: int = 32, block_roots: int = 64, max_queue: int = 1024,
+    def __init__(self, pipe, max_batch: int = 32, block_roots: int = DEFAULT_BLOCK_ROOTS, max_queue: int = 1024,
                  pooled_render: bool = True, join_every: int = 4):
         if max_batch < 1 or block_roots < 1 or max_queue < 0 or join_every < 1:
             raise FractalFloodError("max_batch, block_roots and join_every must be >= 1, max_queue >= 0")
@@ -174,7 +150,7 @@ class Engine:
 
     # ---- intake ---------------------------------------------------------------------------
 
-    def prepare(self, request: Request, on_block=None, on_done=None) -> Job:
+    def prepare(self, request: GenerationRequest, on_block=None, on_done=None) -> Job:
         """Validate ``request`` (unknown characters, numbers, decoder) and make its job."""
         request = request.validated()
         self.pipe.tokenizer.check_text(request.prompt)
@@ -183,7 +159,7 @@ class Engine:
         decoder = self._decoder(request)
         return Job(request, self.pipe.prompt_ids(request.prompt), decoder, on_block, on_done)
 
-    def submit(self, request: Request, on_block=None, on_done=None) -> Job:
+    def submit(self, request: GenerationRequest, on_block=None, on_done=None) -> Job:
         job = self.prepare(request, on_block, on_done)
         with self._lock:
             # free slots take waiting requests at the next boundary: they do not count
@@ -201,9 +177,9 @@ class Engine:
     def active(self) -> int:
         return self.slots.active
 
-    def _decoder(self, request: Request):
+    def _decoder(self, request: GenerationRequest):
         try:
-            return self.pipe.decoder_for(request.seed, request.decoder, request.options)
+            return self.pipe.decoder_for(request.seed, request.renderer.decoder, request.renderer.options)
         except ValueError as e:
             raise FractalFloodError(str(e)) from None
 
@@ -224,7 +200,7 @@ class Engine:
             while self._waiting and self.slots.free > len(admit):
                 admit.append(self._waiting.popleft())
         for job in admit:
-            self.slots.add(job, job.prompt_ids, job.request.sampling, job.request.seed)
+            self.slots.add(job, job.prompt_ids, job.request.manager, job.request.seed)
         return len(admit)
 
     @torch.no_grad()
@@ -377,12 +353,10 @@ class Engine:
             job._finish("error")
 
 
-def generate_solo(pipe, request: Request, block_roots: int = 64) -> Completion:
-    """The plain reference path: one request through ``TextPipeline.generate`` (a batch-1
+def generate_solo(pipe, request: GenerationRequest, block_roots: int = DEFAULT_BLOCK_ROOTS) -> Completion:
+    """The plain reference path: one request through ``TextPipeline.run`` (a batch-1
     ``ARStream`` and one decoder). The engine must give the same text for the same request."""
     request = request.validated()
-    g = pipe.generate(request.prompt, request.root_budget, request.sampling, request.seed, block_roots,
-                      max_chars=request.max_chars, stop=request.stop, decoder=request.decoder,
-                      options=request.options)
+    g = pipe.run(request, block_roots)
     return Completion(request, g.text, g.root_ids, g.finish_reason, len(g.renders), g.num_chunks, 0.0, 0.0,
                       g.seconds)

@@ -19,10 +19,11 @@ from ..errors import FractalFloodError
 from ..manager.fused_step import check_fused_device
 from ..manager.stream import ARStream
 from ..models import checkpoint as ckpt
-from ..render.base import DecodeOptions
 from ..render.decoders import make_decoder
+from ..render.options import DecodeOptions
 from ..render.result import RenderResult, advance
-from ..sampling.tokens import SamplingConfig
+from ..sampling.config import SamplingConfig
+from .request import DEFAULT_BLOCK_ROOTS, DEFAULT_MANAGER, DEFAULT_ROOTS, GenerationRequest, RendererSettings
 from .text_limit import TextLimit
 
 
@@ -110,8 +111,8 @@ class TextPipeline:
         ids = self.tokenizer.encode(prompt) if prompt else []
         return ids or self.tokenizer.encode("\n")
 
-    def stream(self, prompt: str = "", roots: int = 256, sampling: SamplingConfig | None = None,
-               seed: int = 0, block_roots: int = 256, decoder: str | None = None,
+    def stream(self, prompt: str = "", roots: int = DEFAULT_ROOTS, sampling: SamplingConfig | None = None,
+               seed: int = 0, block_roots: int = DEFAULT_BLOCK_ROOTS, decoder: str | None = None,
                options: DecodeOptions | None = None) -> Iterator[tuple[list, RenderResult]]:
         """Yield ``(root_ids, render)`` block by block while later blocks are planned. The
         text does not depend on ``block_roots``: item numbers run on across blocks."""
@@ -119,7 +120,7 @@ class TextPipeline:
             raise FractalFloodError(f"roots must be a positive integer, got {roots}")
         if block_roots < 1:
             raise FractalFloodError(f"block_roots must be >= 1, got {block_roots}")
-        sampling = sampling or SamplingConfig()
+        sampling = sampling or DEFAULT_MANAGER
         start = torch.tensor(self.prompt_ids(prompt), dtype=torch.long)
         decoder = self.decoder_for(seed, decoder, options)
         ar = self._ar_stream(sampling, seed)
@@ -146,23 +147,35 @@ class TextPipeline:
                 offsets = advance(offsets, render.counts)
                 yield block.tolist(), render
 
-    def generate(self, prompt: str = "", roots: int = 256, sampling: SamplingConfig | None = None,
-                 seed: int = 0, block_roots: int = 256,
+    def generate(self, prompt: str = "", roots: int | None = None, sampling: SamplingConfig | None = None,
+                 seed: int = 0, block_roots: int = DEFAULT_BLOCK_ROOTS,
                  on_block: Callable[[str], None] | None = None, max_chars: int | None = None,
                  stop: tuple = (), decoder: str | None = None,
                  options: DecodeOptions | None = None) -> GenerationResult:
         """Generate up to ``roots`` roots after ``prompt`` and render them to text, cut at the
-        first stop string or at ``max_chars`` characters (whichever comes first)."""
-        if max_chars is not None and (int(max_chars) != max_chars or max_chars < 1):
-            raise FractalFloodError(f"max_chars must be a positive integer, got {max_chars}")
-        for s in stop:
+        first stop string or at ``max_chars`` characters (whichever comes first). Builds a
+        :class:`GenerationRequest` (``sampling``: the manager's, default ``DEFAULT_MANAGER``;
+        ``decoder`` and ``options``: the renderer's, default the pipeline's) and runs it."""
+        request = GenerationRequest(prompt, roots, max_chars, stop, seed,
+                                    DEFAULT_MANAGER if sampling is None else sampling,
+                                    RendererSettings(decoder, options))
+        return self.run(request, block_roots, on_block)
+
+    def run(self, request: GenerationRequest, block_roots: int = DEFAULT_BLOCK_ROOTS,
+            on_block: Callable[[str], None] | None = None) -> GenerationResult:
+        """Generate ``request``'s text block by block (``on_block`` gets each block's new text)."""
+        request = request.validated()
+        prompt, roots, seed = request.prompt, request.root_budget, request.seed
+        self.tokenizer.check_text(prompt)
+        for s in request.stop:
             self.tokenizer.check_text(s)
-        limit = TextLimit(tuple(stop), max_chars)
+        limit = TextLimit(request.stop, request.max_chars)
         synchronize(self.device)
         t0 = time.perf_counter()
         root_ids, renders = [], []
         try:
-            for ids, render in self.stream(prompt, roots, sampling, seed, block_roots, decoder, options):
+            for ids, render in self.stream(prompt, roots, request.manager, seed, block_roots,
+                                           request.renderer.decoder, request.renderer.options):
                 root_ids += ids
                 renders.append(render)
                 text = limit.feed(render.text, len(root_ids) == roots)

@@ -42,6 +42,7 @@ from ..errors import FractalFloodError, UnknownCharacterError
 from ..fileio import check_writable, write_text
 from ..generation.engine import Engine, Request
 from ..generation.pipeline import TextPipeline
+from ..generation.request import DEFAULT_MANAGER_TEMPERATURE
 from ..manager.stream import ARStream
 from ..models import checkpoint as ckpt
 from ..models.flops import block_flops, causal_lm_flops
@@ -55,7 +56,8 @@ from .timing import Timing, device_sync, measure
 
 __all__ = ["NA", "ROW_FIELDS", "BenchRow", "Bench", "Sizes", "run_bench", "run_bench_cli"]
 
-TEMPERATURE = 0.8  # manager and AR peer sampling (the CLI's default), so their texts compare
+TEMPERATURE = DEFAULT_MANAGER_TEMPERATURE  # manager and AR peer sampling (every door's default), so their texts compare
+E2E_BLOCK_ROOTS = 256  # roots per block in the e2e single rows (the text does not depend on it)
 BASELINE_R = 256  # the CPU render-only target ("10x today's") compares flood K=1 at this R
 
 
@@ -314,7 +316,7 @@ class Bench:
         # cache, and a newer stream (or the batched rows) replaces it
         pipe = TextPipeline(self.tok, self.manager, self.renderer, self.dev, self.dt, decoder, self.options(),
                             compile=compile, fused=fused)
-        t = self.measure(lambda: pipe.generate("", roots, self.sampling, seed=0),
+        t = self.measure(lambda: pipe.generate("", roots, self.sampling, seed=0, block_roots=E2E_BLOCK_ROOTS),
                          lambda: pipe.generate("", 4, self.sampling), decoder == "sequential")
         g = t.result
         texts = [s for r in g.renders for s in r.root_texts()]
@@ -509,7 +511,7 @@ class Bench:
         name = "baseline e2e single flood k=1"
         started = self.start(f"{name} ({model_dir}, {roots} roots)")
         pipe = TextPipeline(m.tokenizer, m.manager, m.renderer, self.dev, self.dt, "flood", self.options())
-        t = self.measure(lambda: pipe.generate("", roots, self.sampling, seed=0),
+        t = self.measure(lambda: pipe.generate("", roots, self.sampling, seed=0, block_roots=E2E_BLOCK_ROOTS),
                          lambda: pipe.generate("", 4, self.sampling))
         g = t.result
         texts = [s for r in g.renders for s in r.root_texts()]

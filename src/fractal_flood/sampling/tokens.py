@@ -23,49 +23,14 @@ on the CPU (measured in docs/log/notebook.md, "Sampling cost").
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 
 from . import host_inversion
+from .config import MAX_SEED, SEED_LIMIT, SamplingConfig, check_seed  # noqa: F401 (re-exported)
 from .draws import row_hash
-
-SEED_LIMIT = 1 << 63  # seeds are non-negative 63-bit integers (both halves are hashed)
-
-
-@dataclass(frozen=True)
-class SamplingConfig:
-    """How to turn logits into a token. ``temperature == 0`` means argmax (no random draw)."""
-
-    temperature: float = 1.0
-    top_k: Optional[int] = None  # keep the k most likely tokens
-    top_p: Optional[float] = None  # keep the smallest set whose probability reaches top_p
-
-    def __post_init__(self):
-        if not self.temperature >= 0 or self.temperature == float("inf"):  # also rejects NaN
-            raise ValueError(f"temperature must be >= 0 (0 = argmax), got {self.temperature}")
-        if self.top_k is not None and (isinstance(self.top_k, bool) or int(self.top_k) != self.top_k
-                                       or self.top_k < 1):
-            raise ValueError(f"top_k must be an integer >= 1 or None, got {self.top_k}")
-        if self.top_p is not None and not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1] or None, got {self.top_p}")
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature == 0
-
-    @property
-    def filters(self) -> bool:
-        """Whether top-k or top-p can drop a token (the sort in ``filter_logits`` is needed)."""
-        return bool(self.top_k) or (self.top_p is not None and self.top_p < 1)
-
-
-def check_seed(seed) -> int:
-    if isinstance(seed, bool) or int(seed) != seed or not 0 <= seed < SEED_LIMIT:
-        raise ValueError(f"seed must be an integer in [0, 2**63), got {seed}")
-    return int(seed)
 
 
 class RowSampling:

@@ -36,6 +36,7 @@ from starlette.requests import ClientDisconnect
 
 from ..errors import FractalFloodError
 from ..generation.engine import Engine, Job, QueueFull
+from ..generation.request import DEFAULT_BLOCK_ROOTS
 from ..render.result import chars_under
 from .openai_schema import (ApiError, ChatRequest, CompletionRequest, Limits, Parsed, from_chat, from_completion,
                             parse_json, validation_error)
@@ -125,7 +126,7 @@ def block_event(block) -> dict:
             "flood_seconds": block.flood_s, "chunks": chunk, "chars": len(text)}
 
 
-def create_app(pipe, max_batch: int = 32, max_queue: int = 64, block_roots: int = 64,
+def create_app(pipe, max_batch: int = 32, max_queue: int = 64, block_roots: int = DEFAULT_BLOCK_ROOTS,
                limits: Optional[Limits] = None, model_id: str = "fractal-flood",
                bench_json: Optional[Path] = None) -> FastAPI:
     limits = limits or Limits()
@@ -343,8 +344,9 @@ def create_app(pipe, max_batch: int = 32, max_queue: int = 64, block_roots: int 
             raise ApiError(400, "stop is not supported by /v1/flood", "stop", "unsupported")
         # the page shows every root's and chunk's energy: ask for the energy pass, which a
         # K = 1 flood otherwise skips (same text either way)
-        opts = parsed.request.options or pipe.options
-        parsed.request = replace(parsed.request, options=replace(opts, energies=True))
+        renderer = parsed.request.renderer
+        opts = replace(renderer.options or pipe.options, energies=True)
+        parsed.request = replace(parsed.request, renderer=replace(renderer, options=opts))
         job, queue = submit(parsed)
         client = who(request)
 

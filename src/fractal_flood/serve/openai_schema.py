@@ -17,7 +17,6 @@ model speak the next turn, which ends at a blank line.
 from __future__ import annotations
 
 import json
-import secrets
 import typing
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Optional, Union
@@ -25,14 +24,14 @@ from typing import Annotated, Any, Literal, Optional, Union
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from ..generation.engine import Request
-from ..render.base import DecodeOptions
+from ..generation.request import (DEFAULT_MANAGER_TEMPERATURE, DEFAULT_ROOTS, MAX_SEED, GenerationRequest,
+                                  RendererSettings, draw_seed)
 from ..render.decoders import DECODERS
-from ..sampling.tokens import SamplingConfig
+from ..render.options import DecodeOptions
+from ..sampling.config import SamplingConfig
 
-DEFAULT_MAX_TOKENS = 64
+DEFAULT_MAX_TOKENS = DEFAULT_ROOTS
 MAX_STOP = 4
-MAX_SEED = 2 ** 63 - 1
 USER_SPEAKER, ASSISTANT_SPEAKER = "First Citizen", "Second Citizen"  # speakers of the corpus
 TURN_END = "\n\n"
 ONE_LINE = r"^[^\n]*\S[^\n]*$"  # not blank, no line break
@@ -60,7 +59,7 @@ class Limits:
 
 @dataclass
 class Parsed:
-    request: Request
+    request: GenerationRequest
     stream: bool
     model: Optional[str]
     seed_given: bool
@@ -104,14 +103,15 @@ class _Sampling(_Strict):
     n: Optional[int] = Field(None, ge=1, le=1, description="Choices per request: only 1.")
     max_tokens: Optional[int] = Field(
         None, ge=1, description="Roots to generate (the manager's tokens, about 1.2 chunks of about 3 "
-                                "characters each), at most the server's --max-tokens-limit. Default 64 "
-                                "when max_chars is not given either.")
+                                f"characters each), at most the server's --max-tokens-limit. Default "
+                                f"{DEFAULT_ROOTS} when max_chars is not given either.")
     max_completion_tokens: Optional[int] = Field(None, ge=1, description="The same as max_tokens, "
                                                                          "read when max_tokens is absent.")
     max_chars: Optional[int] = Field(None, ge=1, description="Extension: the text's length in characters, "
                                                              "at most (20,000 by default).")
-    temperature: Optional[float] = Field(None, ge=0, le=2, description="The manager's sampling temperature "
-                                                                       "(0: greedy). Default 1.")
+    temperature: Optional[float] = Field(DEFAULT_MANAGER_TEMPERATURE, ge=0, le=2,
+                                         description="The manager's sampling temperature (0: greedy); null: "
+                                                     "the default.")
     top_p: Optional[float] = Field(None, gt=0, le=1, description="The manager's nucleus: sample from the "
                                                                  "smallest set of roots with this much "
                                                                  "probability.")
@@ -130,10 +130,10 @@ class _Sampling(_Strict):
     decoder: Optional[Literal[DECODERS]] = Field(None, description="Extension: the renderer's decoder. "
                                                                    "Absent: the server's --decoder.")
     k: Optional[int] = Field(None, ge=1, le=64, description="Extension: the renderer's best-of-K drafts per "
-                                                            "block (default 1).")
+                                                            f"block (default {DecodeOptions.k}).")
     threshold: Optional[float] = Field(None, ge=-1e6, le=1e6, description="Extension: the renderer's energy "
                                                                           "threshold for the adaptive decoder "
-                                                                          "(default 0.5).")
+                                                                          f"(default {DecodeOptions.threshold}).")
     logprobs: Any = Field(None, description="Not supported: absent, null or false.")
     best_of: Any = Field(None, description="Not supported: absent, null, false or 1.")
     echo: Any = Field(None, description="Not supported: absent, null or false.")
@@ -325,14 +325,13 @@ def _common(b: _Sampling, prompt: str, limits: Limits, alphabet: str, extra_stop
     stop = ((b.stop,) if isinstance(b.stop, str) else tuple(b.stop or ())) + extra_stop
     for s in stop:
         _check_chars(s, alphabet, "stop")
-    options = None
-    if b.k is not None or b.threshold is not None:
-        options = DecodeOptions(k=b.k or 1, threshold=0.5 if b.threshold is None else b.threshold)
-    temperature = 1.0 if b.temperature is None else b.temperature
-    req = Request(prompt, roots=max_tokens, max_chars=max_chars,
-                  sampling=SamplingConfig(temperature, b.top_k, b.top_p),
-                  seed=b.seed if b.seed is not None else secrets.randbelow(2 ** 32), stop=stop,
-                  decoder=b.decoder, options=options)
+    given = {name: v for name, v in (("k", b.k), ("threshold", b.threshold)) if v is not None}
+    options = DecodeOptions(**given) if given else None
+    temperature = DEFAULT_MANAGER_TEMPERATURE if b.temperature is None else b.temperature
+    req = GenerationRequest(prompt, roots=max_tokens, max_chars=max_chars, stop=stop,
+                            seed=b.seed if b.seed is not None else draw_seed(),
+                            manager=SamplingConfig(temperature, b.top_k, b.top_p),
+                            renderer=RendererSettings(b.decoder, options))
     return Parsed(req, b.stream, b.model, b.seed is not None)
 
 
