@@ -32,3 +32,7 @@ class DeviceError(FractalFloodError):
 class LevelSpecError(FractalFloodError, ValueError):
     """A token hierarchy that cannot be built: a malformed level list, or sizes that do not
     fit the text (a vocabulary smaller than the one below it)."""
+
+
+class SettingError(FractalFloodError, ValueError):
+    """An environment switch (``FRACTAL_FLOOD_*``) set to a value it does not take."""

@@ -29,6 +29,7 @@ from typing import Optional, Sequence
 import torch
 
 from .. import native
+from ..errors import SettingError
 from ..models.causal_lm import CausalLM
 from ..models.rowwise_linear import SOURCE as LINEAR_SOURCE
 
@@ -54,7 +55,7 @@ def wanted() -> bool:
     """Whether the compiled step is asked for (``FRACTAL_FLOOD_CPU_STEP``, default native)."""
     asked = os.environ.get("FRACTAL_FLOOD_CPU_STEP", "native")
     if asked not in MODES:
-        raise ValueError(f"FRACTAL_FLOOD_CPU_STEP={asked!r}: choose from {', '.join(MODES)}")
+        raise SettingError(f"FRACTAL_FLOOD_CPU_STEP={asked!r}: choose from {', '.join(MODES)}")
     return asked == "native"
 
 

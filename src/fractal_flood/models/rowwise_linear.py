@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import native
+from ..errors import SettingError
 
 SOURCE = Path(__file__).with_name("rowwise_linear.c")
 MODES = ("kernel", "rows", "blas")
@@ -50,7 +51,7 @@ def mode() -> str:
     """How rows are computed now: ``kernel``, ``rows`` (no compiler, or asked for) or ``blas``."""
     asked = os.environ.get("FRACTAL_FLOOD_ROWWISE", "kernel")
     if asked not in MODES:
-        raise ValueError(f"FRACTAL_FLOOD_ROWWISE={asked!r}: choose from {', '.join(MODES)}")
+        raise SettingError(f"FRACTAL_FLOOD_ROWWISE={asked!r}: choose from {', '.join(MODES)}")
     if asked == "kernel" and library() is None:
         return "rows"
     return asked
@@ -124,10 +125,11 @@ def gathered(x: torch.Tensor, weight: torch.Tensor, blocks: int, index: torch.Te
     index (M,) -> (M, S): row m times the transpose of its own block ``index[m]``."""
     K = x.size(-1)
     S = weight.size(0) // blocks
-    if not _eligible(x, weight) or mode() == "blas":
+    how = mode() if _eligible(x, weight) else "blas"
+    if how == "blas":
         block = weight.view(blocks, S, K).index_select(0, index)  # (M, S, K)
         return torch.bmm(block, x[:, :, None])[:, :, 0]
-    if mode() == "rows":
+    if how == "rows":
         view = weight.view(blocks, S, K)
         return torch.cat([F.linear(x[i:i + 1].clone(), view[int(index[i])]) for i in range(x.size(0))])
     x = x.contiguous()
