@@ -4,7 +4,9 @@ every 0.1 s, with the test that was running at the peak.
 
 Turned on by ``FRACTAL_FLOOD_MEMORY_REPORT=FILE`` (conftest.py): at the end of the session
 it writes the peak and the ten tests with the highest sampled peaks to FILE and prints the
-peak line. Linux only (reads /proc)."""
+peak line. With pytest-xdist it runs in the controller only, whose process tree holds every
+worker, and a sample is charged to the tests running on all workers at that moment (their
+node ids joined by " + "). Linux only (reads /proc)."""
 
 from __future__ import annotations
 
@@ -51,6 +53,7 @@ def tree_rss(root: int) -> int:
 class MemoryWatch:
     def __init__(self, path: str, every_s: float = 0.1):
         self.path, self.every_s = Path(path), every_s
+        self.running: list = []  # node ids of the tests running now, one per worker at most
         self.test = "(collection)"
         self.peak, self.peak_test = 0, ""
         self.per_test: dict = {}
@@ -67,8 +70,17 @@ class MemoryWatch:
                 self.peak, self.peak_test = rss, test
             self._stop.wait(self.every_s)
 
-    def pytest_runtest_setup(self, item) -> None:
-        self.test = item.nodeid
+    # logstart/logfinish fire in the process that reports: pytest itself, or the xdist
+    # controller for every worker's test
+    def pytest_runtest_logstart(self, nodeid, location) -> None:
+        self.running.append(nodeid)
+        self.test = " + ".join(self.running)
+
+    def pytest_runtest_logfinish(self, nodeid, location) -> None:
+        if nodeid in self.running:
+            self.running.remove(nodeid)
+        if self.running:
+            self.test = " + ".join(self.running)
 
     def pytest_sessionfinish(self, session) -> None:
         self._stop.set()

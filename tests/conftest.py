@@ -13,6 +13,32 @@ from fractal_flood.hierarchy.tokenizer import HierarchicalTokenizer
 
 SMALL_CHARS = 60_000
 
+# The suite runs on pytest-xdist workers (pyproject's addopts: ``-n auto --dist loadfile``,
+# one worker per core up to MAX_WORKERS, each test file on one worker so its module fixtures
+# are built once). Each worker gets an equal share of the cores for its intra-op threads
+# and the processes it starts (OMP_NUM_THREADS is read when torch starts): two workers
+# spinning two OpenMP threads each on two cores would slow both many times over.
+MAX_WORKERS = 4
+
+
+def _usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    _share = max(1, _usable_cores() // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+    os.environ.setdefault("OMP_NUM_THREADS", str(_share))
+
+
+def pytest_xdist_auto_num_workers(config):
+    """``-n auto``: one worker per usable core, at most MAX_WORKERS (each worker holds its
+    own trained fixtures: more would only add memory)."""
+    return max(1, min(MAX_WORKERS, _usable_cores()))
+
+
 # Without a GPU the fused step's Triton kernels run in Triton's interpreter
 # (tests/test_fused_step.py). Triton reads TRITON_INTERPRET when it is first imported, so it
 # is set here, before any test module can import it.
@@ -26,7 +52,7 @@ if "TRITON_INTERPRET" not in os.environ:
 def pytest_configure(config):
     """``FRACTAL_FLOOD_MEMORY_REPORT=FILE``: sample the suite's memory (``_memory_watch``)."""
     path = os.environ.get("FRACTAL_FLOOD_MEMORY_REPORT")
-    if path:
+    if path and not hasattr(config, "workerinput"):  # an xdist worker: the controller watches
         from _memory_watch import MemoryWatch
 
         config.pluginmanager.register(MemoryWatch(path), "memory-watch")
