@@ -65,7 +65,7 @@ from fractal_flood.manager.slots import SlotManager  # noqa: E402
 
 from paired_ratio import load, quartiles  # noqa: E402  (scripts/ is on sys.path)
 
-CANDIDATES = ("eager", "c", "numba", "ort", "ort-io", "inductor")
+CANDIDATES = ("eager", "c", "numba", "ort", "ort-io", "inductor", "inductor-cpp")
 NEEDS = {"numba": ("numba",), "ort": ("onnxruntime", "onnx", "onnxscript"),
          "ort-io": ("onnxruntime", "onnx", "onnxscript")}
 # extra distributions each candidate installs: (to run, to build) (c and inductor: none, a
@@ -299,15 +299,22 @@ def make_ort_io(model, B, caches, ctx):
     return step
 
 
-def make_inductor(model, B, caches, ctx):
-    if "inductor" not in ctx:
+# torch.compile(mode="max-autotune-no-cudagraphs")'s options, with the C++ wrapper and frozen
+# weights; "inductor-cpp" lets the matrix products choose only among inductor's own C++ GEMM
+# template (no MKL), so a batch of 1 and one of 32 cannot take different libraries
+# (cpp_wrapper and freezing are set in the global config: as compile options, freezing is not
+# applied and the weights stay graph inputs)
+INDUCTOR = {"max_autotune": True, "coordinate_descent_tuning": True, "triton.cudagraphs": False}
+INDUCTOR_CPP = dict(INDUCTOR, max_autotune_gemm_backends="CPP")
+
+
+def make_inductor(model, B, caches, ctx, name="inductor", options=INDUCTOR):
+    if name not in ctx:
         import torch._inductor.config as ic
-        ic.cpp_wrapper = True
-        ic.freezing = True
+        ic.cpp_wrapper = ic.freezing = True
         torch._dynamo.config.cache_size_limit = 64
-        ctx["inductor"] = torch.compile(FunctionalStep(model).eval(), mode="max-autotune-no-cudagraphs",
-                                        dynamic=False, fullgraph=True)
-    fn = ctx["inductor"]
+        ctx[name] = torch.compile(FunctionalStep(model).eval(), options=options, dynamic=False, fullgraph=True)
+    fn = ctx[name]
 
     def step(tok, pos):
         h, kn, vn = fn(tok, pos, *caches.k, *caches.v)
@@ -316,8 +323,12 @@ def make_inductor(model, B, caches, ctx):
     return step
 
 
+def make_inductor_cpp(model, B, caches, ctx):
+    return make_inductor(model, B, caches, ctx, "inductor-cpp", INDUCTOR_CPP)
+
+
 MAKERS = {"eager": make_eager, "c": make_c, "numba": make_numba, "ort": make_ort, "ort-io": make_ort_io,
-          "inductor": make_inductor}
+          "inductor": make_inductor, "inductor-cpp": make_inductor_cpp}
 
 
 # ---- measurements ----------------------------------------------------------------------------
@@ -395,16 +406,15 @@ def cache_env(cache: Path) -> dict:
 def probe(name: str, args) -> None:
     """One process's first use of one candidate; prints one JSON line."""
     t0 = time.perf_counter()
-    for mod in NEEDS.get(name, ()):
-        __import__(mod)
-    if name == "inductor":
-        import torch._inductor.config  # noqa: F401
+    for mod in NEEDS.get(name, ()) + (("torch._inductor.config",) if name.startswith("inductor") else ()):
+        importlib.import_module(mod)
     import_s = time.perf_counter() - t0
     model = load(args.model).manager
     ctx = {"cache": args.cache}
+    caches = {B: filled(model.config, B) for B in BATCHES}
     t0 = time.perf_counter()
     for B in BATCHES:
-        step = MAKERS[name](model, B, filled(model.config, B), ctx)
+        step = MAKERS[name](model, B, caches[B], ctx)
         step(torch.zeros(B, dtype=torch.long), timing_positions(B))
     print(json.dumps({"first_use_s": time.perf_counter() - t0, "import_s": import_s}))
 
