@@ -381,6 +381,7 @@ def exactness(names, model, steps: int, ctx, reference=None) -> dict:
 def first_use(name: str, cache: Path, model_dir) -> dict:
     """Build + first steps at batch 1 and 32 in fresh processes: empty cache, then cached."""
     out = {}
+    cache = cache / name  # each candidate's own: ort-io's first use exports its own graph
     env = dict(os.environ, **cache_env(cache))
     for label in ("cold", "cached"):
         cmd = [sys.executable, __file__, "--probe", name, "--cache", str(cache)]
@@ -437,7 +438,9 @@ def main() -> None:
         probe(args.probe, args)
         return
     cache = Path(args.cache or tempfile.mkdtemp(prefix="step_candidates-"))
-    os.environ.update(cache_env(cache))  # this process builds into the same cache as the probes
+    # this process loads what the probes built (inductor-cpp: inductor's folder, so it compiles)
+    os.environ.update({key: cache_env(cache / name)[key] for name, key in (
+        ("c", "FRACTAL_FLOOD_CACHE"), ("numba", "NUMBA_CACHE_DIR"), ("inductor", "TORCHINDUCTOR_CACHE_DIR"))})
     names = []
     for name in args.candidates.split(","):
         if name not in MAKERS:
@@ -460,7 +463,7 @@ def main() -> None:
     model = load(args.model).manager
     cfg = model.config
     print(f"manager: {cfg.n_layers} layers, d_model {cfg.d_model}, {cfg.n_heads} heads, context {cfg.context}")
-    ctx = {"cache": cache}
+    ctx = {"cache": cache / "ort"}
     exact = exactness(names, model, args.steps, ctx)
     for n in names:
         e = exact[n]
