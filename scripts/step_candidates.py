@@ -77,7 +77,10 @@ BATCHES = (1, 32)
 
 
 def installed(name: str) -> bool:
-    return all(importlib.util.find_spec(m) is not None for m in NEEDS.get(name, ()))
+    try:
+        return all(importlib.util.find_spec(m) is not None for m in NEEDS.get(name, ()))
+    except (ImportError, ValueError):  # a broken install counts as none
+        return False
 
 
 def dist_mib(names) -> float:
@@ -333,8 +336,11 @@ MAKERS = {"eager": make_eager, "c": make_c, "numba": make_numba, "ort": make_ort
 
 # ---- measurements ----------------------------------------------------------------------------
 
-def timing_positions(B: int) -> torch.Tensor:
-    return torch.arange(100, 100 + B)  # every row past a third of the context, each its own
+def timing_positions(B: int, context: int = 256) -> torch.Tensor:
+    """Rows at positions 100 .. 100 + B - 1 (past a third of the shipped context, each its
+    own), lower for a shorter context."""
+    first = max(0, min(100, context - B))
+    return torch.arange(first, first + B)
 
 
 def filled(cfg, B: int) -> Caches:
@@ -416,7 +422,7 @@ def probe(name: str, args) -> None:
     t0 = time.perf_counter()
     for B in BATCHES:
         step = MAKERS[name](model, B, caches[B], ctx)
-        step(torch.zeros(B, dtype=torch.long), timing_positions(B))
+        step(torch.zeros(B, dtype=torch.long), timing_positions(B, model.config.context))
     print(json.dumps({"first_use_s": time.perf_counter() - t0, "import_s": import_s}))
 
 
@@ -474,7 +480,7 @@ def main() -> None:
     steps, toks = {}, {}
     for B in BATCHES:
         toks[B] = (torch.randint(0, cfg.vocab_size, (B,), generator=torch.Generator().manual_seed(2)),
-                   timing_positions(B))
+                   timing_positions(B, cfg.context))
         for n in names:
             steps[(n, B)] = MAKERS[n](model, B, filled(cfg, B), ctx)
             for _ in range(3):
