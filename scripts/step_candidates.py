@@ -13,16 +13,19 @@ Runtime's intra-op pool of 1, numba without ``parallel``).
 - ``c``: the shipped compiled step (``manager/cpu_step.c`` via ctypes, ``CpuStep``).
 - ``numba``: the C step's algorithm written as ``@njit(cache=True)`` kernels (same float32
   operations in the same order: the same lanes, the same polynomial exponential).
-- ``ort`` / ``ort-io``: the step as a functional graph (``FunctionalStep``: caches in, the
-  new keys and values out; fixed shapes, so attention scores all ``context`` slots through
-  a mask where the C step reads only slots 0..pos), exported
-  with ``torch.onnx.export(dynamo=True)`` with a dynamic batch, run by an ONNX Runtime
-  session (1 intra-op thread, all graph optimisations); ``ort-io`` binds inputs and outputs
-  to the torch tensors' memory (IO binding), ``ort`` passes numpy views. The new keys and
-  values are written into the cache on the host (two index_put, timed with the step).
-- ``inductor``: the same ``FunctionalStep`` through ``torch.compile(mode=
-  "max-autotune-no-cudagraphs")`` with inductor's C++ wrapper (``cpp_wrapper = True``) and
-  ``freezing`` (weights as constants), one graph per batch size; same host cache write.
+- ``ort`` / ``ort-io``: the step as a functional graph (``FunctionalStep``: one cache
+  input per layer and kind, the new keys and values out; attention reads the cache up to
+  the batch's furthest position rounded up to 16 slots, the eager step's span, a dynamic
+  dimension, where the C step reads each row's slots 0..pos), exported with
+  ``torch.onnx.export(dynamo=True)`` with a dynamic batch, run by an ONNX Runtime session
+  (1 intra-op thread, all graph optimisations); ``ort-io`` binds inputs and outputs to the
+  torch tensors' memory (IO binding), ``ort`` passes numpy views. The new keys and values
+  are written into the cache on the host (two index_put, timed with the step).
+- ``inductor``: ``FunctionalStep`` with fixed shapes (all ``context`` slots, masked) through
+  ``torch.compile`` with max-autotune's options (no CUDA graphs), inductor's C++ wrapper
+  (``cpp_wrapper = True``) and ``freezing`` (weights as constants), one graph per batch
+  size; the same host cache write. ``inductor-cpp``: the matrix products limited to
+  inductor's own C++ GEMM template (``max_autotune_gemm_backends = "CPP"``, no MKL).
 
 Printed: step time at batch 1 and 32 (alternated rounds, medians, and each candidate's
 median per-round ratio to ``c``); first use (build + first steps at both batch sizes, in a
@@ -34,9 +37,15 @@ batch invariance (rows 0 and 31 run alone for the same steps: bitwise equal to t
 in the batch of 32 at every step?). A candidate whose package is missing prints "not
 installed" and is skipped.
 
+Needs (only for their candidates): numba; onnxruntime, onnx and onnxscript; a C++ compiler
+for inductor. Not project dependencies: ``pip install numba onnxruntime onnx onnxscript``.
+
 Usage: PYTHONPATH=src python scripts/step_candidates.py [--model DIR] [--rounds 7]
-       [--candidates eager,c,numba,ort,ort-io,inductor] [--steps 200] [--no-first-use]
-       [--cache DIR]
+       [--candidates eager,c,numba,ort,ort-io,inductor,inductor-cpp] [--steps 200]
+       [--reps 200,20] [--no-first-use] [--cache DIR]
+
+(docs/log/notebook.md, 2026-12-07: ``--rounds 15``, all candidates; the run takes ~12 min on
+2 cores, most of it inductor's compiles.)
 """
 
 from __future__ import annotations
