@@ -134,6 +134,20 @@ class LlamaPeer:
         return out
 
 
+@torch.no_grad()
+def logit_gap(peer, prompt: list, written: list, ours: int, theirs: int) -> float:
+    """Our model's logit of ``ours`` minus that of ``theirs`` after ``prompt`` and ``written``
+    (in the window the window rule leaves): near 0 is a tie that rounding decides."""
+    ctx = peer.config.context
+    window = list(prompt[-ctx:])
+    for t in written:
+        window.append(t)
+        if len(window) > ctx:
+            window = window[-keep_length(ctx):]
+    logits = peer(torch.tensor([window]))[0, -1]
+    return float(logits[ours] - logits[theirs])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", help="model directory (default: the shipped model)")
@@ -173,8 +187,12 @@ def main() -> None:
         for kind, p in peers.items():
             theirs = p.generate(prompt, args.check_tokens, 0.0)
             diff = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), None)
-            print(f"greedy, {args.check_tokens} tokens: llama.cpp {kind} "
-                  + ("equals ARStream" if diff is None else f"differs from ARStream first at token {diff}"))
+            line = f"greedy, {args.check_tokens} tokens: llama.cpp {kind} "
+            if diff is None:
+                print(line + "equals ARStream")
+                continue
+            print(line + f"differs from ARStream first at token {diff}, where our logits of the two "
+                  f"choices are {logit_gap(m.peer, prompt, ours[:diff], ours[diff], theirs[diff]):.2g} apart")
 
         sampled = ARStream(m.peer, 1, sampling, "cpu", seed=0)
 
