@@ -206,6 +206,24 @@ def test_ctranslate2_rows_or_why_not(quick):
     assert targets[name]["status"] in ("met", "not met") and targets[name]["value"] > 0
 
 
+def test_vs_peer_rows_are_the_comparisons_only(bench_model, small_corpus_file):
+    """``--rows vs-peer``: the end-to-end flood rows and every AR peer row, nothing else; the
+    command line names the new flags."""
+    from argparse import Namespace
+
+    from fractal_flood.measure.bench import _command, run_bench
+
+    data = run_bench(bench_model, "cpu", quick=True, corpus=small_corpus_file, rows="vs-peer", threads=1)
+    kinds = {(r["mode"], r["decoder"].split(" ")[0]) for r in data["rows"]}
+    assert ("end-to-end", "flood") in kinds and ("autoregressive", "ARStream") in kinds
+    assert {m for m, _ in kinds} == {"end-to-end", "autoregressive"}
+    assert all(r["decoder"] == "flood" for r in data["rows"] if r["mode"] == "end-to-end")
+    assert data["run"]["torch_threads"] == 1
+    args = Namespace(model=None, device="cpu", dtype="auto", repeats=None, json_path=None, markdown=None, plot=None,
+                     baseline_model=None, corpus=None, rows="vs-peer", threads=1, engines=True, quick=False)
+    assert _command(args) == "fractal-flood bench --device cpu --rows vs-peer --threads 1 --engines"
+
+
 def test_rows_are_complete_when_reported(quick):
     """Each row is reported once, whole: every snapshot written after a row holds rows equal
     to the final ones (nothing is changed after it was reported)."""

@@ -102,3 +102,11 @@ def test_prompts_of_different_lengths_are_refused(shipped):
     tok, peer, path = shipped
     with pytest.raises(ValueError, match="one length"):
         ct2_peer.CT2Peer(path, peer.config.context).generate([[1, 2], [3]], 4, GREEDY)
+
+
+@needs_ct2
+def test_loading_an_engine_leaves_torch_threads_alone(shipped):
+    tok, peer, path = shipped
+    before = torch.get_num_threads()
+    ct2_peer.CT2Peer(path, peer.config.context, "float32", before + 1)
+    assert torch.get_num_threads() == before

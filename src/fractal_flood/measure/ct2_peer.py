@@ -111,8 +111,12 @@ class CT2Peer:
         # CTranslate2 seeds each worker thread's generator once, at its first draw, from the
         # global seed: a fresh engine's draws repeat; one run's draws follow the previous run's
         ctranslate2.set_random_seed(seed)
+        torch_threads = torch.get_num_threads()
         self.generator = ctranslate2.Generator(str(model_dir), device="cpu", compute_type=compute_type,
                                                intra_threads=threads, inter_threads=1)
+        # loading sets the calling thread's OpenMP thread count to ``threads``, which is
+        # torch's too; the engine's own worker keeps its setting
+        torch.set_num_threads(torch_threads)
         self.calls = 0  # generate_batch calls (each one prefill)
 
     def generate(self, prompts: list, n: int, sampling: SamplingConfig) -> list:
