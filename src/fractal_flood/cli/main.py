@@ -164,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
                                             "is measured in the same run, for a same-run ratio")
     b.add_argument("--repeats", type=int_in(1, 1000), help="timed runs per row (median reported)")
     b.add_argument("--rows", choices=("all", "vs-peer"), default="all",
-                   help="all (default), or vs-peer: only the end-to-end flood rows (single and batched) and "
+                   help="all, or vs-peer: only the end-to-end flood rows (single and batched) and "
                         "every AR peer row (ours, transformers, CTranslate2)")
     b.add_argument("--engines", action="store_true",
                    help="require the AR peer's CTranslate2 rows (float32 and int8; added whenever "
