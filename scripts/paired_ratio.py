@@ -12,19 +12,23 @@ writing ``--peer-tokens`` chunks (when the directory has one), and with ``--base
 generate (tokens/s against the previous default, divided by the ratio of characters per
 manager step). With ``--engines`` (``pip install 'fractal-flood[engines]'``), the same peer
 converted to CTranslate2 (``measure/ct2_peer.py``) in float32 and in int8, writing the same
-chunks at the same temperature with ``--threads`` intra-op threads, takes its turns too.
+chunks at the same temperature with ``--threads`` intra-op threads, takes its turns too;
+with ``--llama-cpp`` (``pip install gguf llama-cpp-python``, built from source, outside CI),
+the peer in llama.cpp as GGUF f32 and q8_0 (``llama_cpp_peer.py``) does.
 
 Usage: PYTHONPATH=src python scripts/paired_ratio.py [--model DIR] [--baseline-model DIR] [--rounds 15]
-           [--threads 1] [--engines]
+           [--threads 1] [--engines] [--llama-cpp]
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import statistics
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 
@@ -95,6 +99,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, help="torch's threads, and CTranslate2's (default: torch's own)")
     ap.add_argument("--engines", action="store_true",
                     help="also the AR peer in CTranslate2, float32 and int8 (pip install 'fractal-flood[engines]')")
+    ap.add_argument("--llama-cpp", action="store_true",
+                    help="also the AR peer in llama.cpp, GGUF f32 and q8_0 (pip install gguf llama-cpp-python)")
     args = ap.parse_args()
     if args.rounds < 1:
         ap.error("--rounds must be >= 1")
@@ -120,11 +126,24 @@ def main() -> None:
             sys.exit(f"paired_ratio: {e}")
         for ct in ct2_peer.COMPUTE_TYPES:
             runs[f"ct2-{ct}"] = engine(ours, path, ct, torch.get_num_threads(), args.peer_tokens, sampling)
+    if args.llama_cpp:
+        missing = [m for m in ("gguf", "llama_cpp", "transformers") if importlib.util.find_spec(m) is None]
+        if missing or ours.peer is None:
+            sys.exit(f"paired_ratio: --llama-cpp needs {', '.join(missing)} (pip install gguf llama-cpp-python "
+                     "transformers)" if missing else "paired_ratio: --llama-cpp: the model directory has no AR peer")
+        from llama_cpp_peer import GGUF_TYPES, LlamaPeer, write_gguf
+        prompt = ours.tokenizer.encode_chunks("\n")
+        for kind in GGUF_TYPES:
+            p = LlamaPeer(write_gguf(ours.peer, Path(tmp.name) / f"peer-{kind}.gguf", kind), ours.peer.config.context,
+                          torch.get_num_threads())
+            runs[f"llama-{kind}"] = lambda p=p: (len(p.generate(prompt, args.peer_tokens, TEMPERATURE)), None, None)
+            runs[f"llama-{kind}"]()  # warm-up
     print(f"paired single-stream ratios on {describe(torch.device('cpu'))}, float32, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} thread(s)" + (", CTranslate2 at the same threads" if args.engines else "")
+          f"{torch.get_num_threads()} thread(s)" + (", the engines at the same threads"
+                                                    if args.engines or args.llama_cpp else "")
           + f", {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}")
     names = list(runs)
-    engines = [n for n in names if n.startswith("ct2-")]
+    engines = [n for n in names if n.startswith(("ct2-", "llama-"))]
     vs_engine = {n: [] for n in engines}
     vs_peer, vs_base = [], []
     chars_ratio = None
@@ -150,12 +169,13 @@ def main() -> None:
         print(line)
     if vs_peer:
         print(f"ours / AR peer tokens/s: {quartiles(vs_peer)}")
+    label = lambda n: (f"CTranslate2 {n[4:]}" if n.startswith("ct2-") else f"llama.cpp {n[6:]}")
     for name in engines:
-        print(f"ours / AR peer in CTranslate2 {name[4:]} tokens/s: {quartiles(vs_engine[name])}")
+        print(f"ours / AR peer in {label(name)} tokens/s: {quartiles(vs_engine[name])}")
     if vs_peer and engines:
         for name in engines:
-            ratios = [e / p for e, p in zip(vs_engine[name], vs_peer)]  # (ours/ct2) / (ours/peer)
-            print(f"AR peer (ours) / AR peer in CTranslate2 {name[4:]} tokens/s: {quartiles(ratios)}")
+            ratios = [e / p for e, p in zip(vs_engine[name], vs_peer)]  # (ours/engine) / (ours/peer)
+            print(f"AR peer (ours) / AR peer in {label(name)} tokens/s: {quartiles(ratios)}")
     tmp.cleanup()
     if vs_base:
         print(f"ours / baseline tokens/s: {quartiles(vs_base)}; characters per manager step ratio "
