@@ -12,6 +12,14 @@ whether it did.
 
     PYTHONPATH=src python scripts/load_test.py                   # 1, 4, 16, 32 clients
     PYTHONPATH=src python scripts/load_test.py --levels 1,8 --requests 16 --max-tokens 32
+    PYTHONPATH=src python scripts/load_test.py --engines         # and CTranslate2's generate_batch
+
+With ``--engines`` (``pip install 'fractal-flood[engines]'``), after the server has stopped:
+the model's AR peer in CTranslate2 (``measure/ct2_peer.py``; float32 and int8, at the
+server's torch threads) writes, in one ``generate_batch`` per window, for as many prompts as
+the top level's clients (the requests' own prompts, left-padded with newline chunks), as
+many chunks each as the server wrote per request at that level, at the same temperature;
+its tokens/s (median of 3 runs after a warm-up) and the served level's over it are printed.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -110,6 +119,7 @@ def run_level(base: str, reqs: list[dict], concurrency: int, time_limit: float) 
     lat = sorted(v[0] for v in results.values())
     ext = [v[2] for v in results.values()]
     return {"concurrency": concurrency, "requests": len(results), "seconds": seconds,
+            "chunks": sum(e["chunks"] for e in ext),
             "requests_per_s": len(results) / seconds,
             "tokens_per_s": sum(e["chunks"] for e in ext) / seconds,
             "roots_per_s": sum(e["roots"] for e in ext) / seconds,
@@ -119,6 +129,42 @@ def run_level(base: str, reqs: list[dict], concurrency: int, time_limit: float) 
             "flood_share": work["engine_flood_seconds"] / max(1e-9, work["engine_busy_seconds"]),
             "p50_s": statistics.median(lat), "p99_s": lat[min(len(lat) - 1, int(0.99 * len(lat)))],
             "texts": {i: v[1] for i, v in results.items()}}
+
+
+def engine_rows(args, top: dict) -> list[str]:
+    """CTranslate2's generate_batch of the AR peer at the top level's clients: printed lines."""
+    import torch
+
+    from fractal_flood.cli.serve import default_threads
+    from fractal_flood.measure import ct2_peer
+    from fractal_flood.models import checkpoint as ckpt
+    from fractal_flood.sampling.tokens import SamplingConfig
+
+    m = ckpt.load_model_dir(args.model, torch.device("cpu"), torch.float32, optional=("peer",))
+    if m.peer is None:
+        return ["CTranslate2: the model directory has no AR peer"]
+    threads = args.server_threads or default_threads(torch.device("cpu"))
+    B = top["concurrency"]
+    n = max(1, round(top["chunks"] / top["requests"]))
+    newline = m.tokenizer.encode_chunks("\n")[-1]
+    prompts = ct2_peer.pad_prompts([m.tokenizer.encode_chunks(b["prompt"] or "\n") for b in bodies(B, 1)], newline)
+    sampling = SamplingConfig(temperature=0.8)
+    lines = []
+    with tempfile.TemporaryDirectory(prefix="fractal-flood-ct2-") as tmp:
+        path = ct2_peer.convert(m.peer, f"{tmp}/peer")
+        for ct in ct2_peer.COMPUTE_TYPES:
+            engine = ct2_peer.CT2Peer(path, m.peer.config.context, ct, threads)
+            engine.generate(prompts, n, sampling)  # warm-up
+            times = []
+            for _ in range(3):
+                t0 = time.perf_counter()
+                engine.generate(prompts, n, sampling)
+                times.append(time.perf_counter() - t0)
+            tps = B * n / statistics.median(times)
+            lines.append(f"CTranslate2 {ct} generate_batch of the AR peer, {B} prompts x {n} chunks, {threads} "
+                         f"thread(s): {tps:,.0f} tokens/s (median of 3: {', '.join(f'{t:.3f}' for t in times)} s); "
+                         f"served at {B} clients / it: {top['tokens_per_s'] / tps:.2f}x")
+    return lines
 
 
 def main() -> int:
@@ -136,10 +182,22 @@ def main() -> int:
     p.add_argument("--server-threads", type=int, help="the server's torch threads (serve --threads; "
                    "default: serve's own, half the cores on a CPU)")
     p.add_argument("--json", help="also write the results to this JSON file")
+    p.add_argument("--engines", action="store_true",
+                   help="then CTranslate2's generate_batch of the AR peer at the top level's clients "
+                        "(pip install 'fractal-flood[engines]')")
     args = p.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
     if levels[0] != 1:
         sys.exit("load_test: the first level must be 1 (it gives each request's solo text)")
+    if args.engines:
+        from fractal_flood.errors import FractalFloodError
+        from fractal_flood.measure import ct2_peer
+        try:
+            ct2_peer.require()
+        except FractalFloodError as e:
+            sys.exit(f"load_test: {e}")
+        if args.device != "cpu":
+            sys.exit("load_test: --engines compares on the CPU only (--device cpu)")
     proc, base = start_server(args)
     try:
         reqs = bodies(args.requests, args.max_tokens)
@@ -176,6 +234,9 @@ def main() -> int:
           "of those rounds spent rendering")
     top = rows[-1]
     print(f"{top['concurrency']} clients vs 1: {top['tokens_per_s'] / rows[0]['tokens_per_s']:.2f}x tokens/s")
+    if args.engines:
+        for line in engine_rows(args, top):
+            print(line)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"date": date, "args": vars(args), "rows": rows}, f, indent=1)

@@ -9,21 +9,32 @@ the estimate, with the quartiles beside it.
 Contestants, all single-stream with the bench's settings (temperature 0.8, seed 0, flood
 K=1): the model's end-to-end generate of ``--roots`` roots (tokens = chunks), its AR peer
 writing ``--peer-tokens`` chunks (when the directory has one), and with ``--baseline-model`` that model's end-to-end
-generate (issue 9: tokens/s against the previous default, divided by the ratio of
-characters per manager step).
+generate (tokens/s against the previous default, divided by the ratio of characters per
+manager step). With ``--engines`` (``pip install 'fractal-flood[engines]'``), the same peer
+converted to CTranslate2 (``measure/ct2_peer.py``) in float32 and in int8, writing the same
+chunks at the same temperature with ``--threads`` intra-op threads, takes its turns too;
+with ``--llama-cpp`` (``pip install gguf llama-cpp-python``, built from source, outside CI),
+the peer in llama.cpp as GGUF f32 and q8_0 (``llama_cpp_peer.py``) does.
 
 Usage: PYTHONPATH=src python scripts/paired_ratio.py [--model DIR] [--baseline-model DIR] [--rounds 15]
+           [--threads 1] [--engines] [--llama-cpp]
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import statistics
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
 from fractal_flood.device import describe
+from fractal_flood.errors import FractalFloodError
+from fractal_flood.measure import ct2_peer
 from fractal_flood.generation.pipeline import TextPipeline
 from fractal_flood.manager.stream import ARStream
 from fractal_flood.measure.bench import TEMPERATURE
@@ -61,6 +72,18 @@ def peer(m, n: int, sampling: SamplingConfig):
     return run
 
 
+def engine(m, path, compute_type: str, threads: int, n: int, sampling: SamplingConfig):
+    """-> run() writing n chunks with the peer in CTranslate2 (single-stream)."""
+    e = ct2_peer.CT2Peer(path, m.peer.config.context, compute_type, threads)
+    prompt = m.tokenizer.encode_chunks("\n")
+
+    def run():
+        e.generate([prompt], n, sampling)
+        return n, None, None
+    run()
+    return run
+
+
 def quartiles(xs: list) -> str:
     q = statistics.quantiles(xs, n=4) if len(xs) > 1 else [xs[0]] * 3
     return f"median {q[1]:.3f} (quartiles {q[0]:.3f} - {q[2]:.3f}, {len(xs)} rounds)"
@@ -73,9 +96,18 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--roots", type=int, default=900, help="roots per end-to-end generate (the bench's)")
     ap.add_argument("--peer-tokens", type=int, default=1024, help="chunks the AR peer writes (the bench's)")
+    ap.add_argument("--threads", type=int, help="torch's threads, and CTranslate2's (default: torch's own)")
+    ap.add_argument("--engines", action="store_true",
+                    help="also the AR peer in CTranslate2, float32 and int8 (pip install 'fractal-flood[engines]')")
+    ap.add_argument("--llama-cpp", action="store_true",
+                    help="also the AR peer in llama.cpp, GGUF f32 and q8_0 (pip install gguf llama-cpp-python)")
     args = ap.parse_args()
     if args.rounds < 1:
         ap.error("--rounds must be >= 1")
+    if args.threads is not None and args.threads < 1:
+        ap.error("--threads must be >= 1")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     sampling = SamplingConfig(temperature=TEMPERATURE)
     ours = load(args.model)
     runs = {"ours": generator(ours, args.roots, sampling)}
@@ -83,9 +115,36 @@ def main() -> None:
         runs["peer"] = peer(ours, args.peer_tokens, sampling)
     if args.baseline_model:
         runs["baseline"] = generator(load(args.baseline_model), args.roots, sampling)
+    tmp = tempfile.TemporaryDirectory(prefix="fractal-flood-ct2-")
+    if args.engines:
+        try:
+            ct2_peer.require()
+            if ours.peer is None:
+                raise FractalFloodError("--engines: the model directory has no AR peer to convert")
+            path = ct2_peer.convert(ours.peer, f"{tmp.name}/peer")
+        except FractalFloodError as e:
+            sys.exit(f"paired_ratio: {e}")
+        for ct in ct2_peer.COMPUTE_TYPES:
+            runs[f"ct2-{ct}"] = engine(ours, path, ct, torch.get_num_threads(), args.peer_tokens, sampling)
+    if args.llama_cpp:
+        missing = [m for m in ("gguf", "llama_cpp", "transformers") if importlib.util.find_spec(m) is None]
+        if missing or ours.peer is None:
+            sys.exit(f"paired_ratio: --llama-cpp needs {', '.join(missing)} (pip install gguf llama-cpp-python "
+                     "transformers)" if missing else "paired_ratio: --llama-cpp: the model directory has no AR peer")
+        from llama_cpp_peer import GGUF_TYPES, LlamaPeer, write_gguf
+        prompt = ours.tokenizer.encode_chunks("\n")
+        for kind in GGUF_TYPES:
+            p = LlamaPeer(write_gguf(ours.peer, Path(tmp.name) / f"peer-{kind}.gguf", kind), ours.peer.config.context,
+                          torch.get_num_threads())
+            runs[f"llama-{kind}"] = lambda p=p: (len(p.generate(prompt, args.peer_tokens, TEMPERATURE)), None, None)
+            runs[f"llama-{kind}"]()  # warm-up
     print(f"paired single-stream ratios on {describe(torch.device('cpu'))}, float32, torch {torch.__version__}, "
-          f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}")
+          f"{torch.get_num_threads()} thread(s)" + (", the engines at the same threads"
+                                                    if args.engines or args.llama_cpp else "")
+          + f", {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}")
     names = list(runs)
+    engines = [n for n in names if n.startswith(("ct2-", "llama-"))]
+    vs_engine = {n: [] for n in engines}
     vs_peer, vs_base = [], []
     chars_ratio = None
     for r in range(args.rounds):
@@ -104,9 +163,20 @@ def main() -> None:
             chars_ratio = (c1 / s1) / (c0 / s0)
             vs_base.append(got["ours"][0] / got["baseline"][0])
             line += f", baseline {got['baseline'][0]:,.0f} ({vs_base[-1]:.3f}x)"
+        for name in engines:
+            vs_engine[name].append(got["ours"][0] / got[name][0])
+            line += f", {name} {got[name][0]:,.0f} ({vs_engine[name][-1]:.3f}x)"
         print(line)
     if vs_peer:
         print(f"ours / AR peer tokens/s: {quartiles(vs_peer)}")
+    label = lambda n: (f"CTranslate2 {n[4:]}" if n.startswith("ct2-") else f"llama.cpp {n[6:]}")
+    for name in engines:
+        print(f"ours / AR peer in {label(name)} tokens/s: {quartiles(vs_engine[name])}")
+    if vs_peer and engines:
+        for name in engines:
+            ratios = [e / p for e, p in zip(vs_engine[name], vs_peer)]  # (ours/engine) / (ours/peer)
+            print(f"AR peer (ours) / AR peer in {label(name)} tokens/s: {quartiles(ratios)}")
+    tmp.cleanup()
     if vs_base:
         print(f"ours / baseline tokens/s: {quartiles(vs_base)}; characters per manager step ratio "
               f"{chars_ratio:.3f}; divided: {quartiles([v / chars_ratio for v in vs_base])}")

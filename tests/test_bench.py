@@ -6,6 +6,7 @@ import contextlib
 import importlib.util
 import io
 import json
+import os
 import random
 import shutil
 import statistics
@@ -17,6 +18,7 @@ import pytest
 import torch
 
 from conftest import TINY_LM_STEPS, torch_threads
+from fractal_flood.measure import ct2_peer
 from fractal_flood.measure import report as bench_report
 from fractal_flood.manager.stream import ARStream
 from fractal_flood.measure.bench import NA, QUICK, ROW_FIELDS, Bench, ar_flops, ar_work, hf_generate_flops
@@ -171,11 +173,55 @@ def test_the_peer_stands_beside_every_end_to_end_row(quick):
         if r["mode"] == "end-to-end":
             assert r["heldout_bpc"] == q["manager_heldout_bpc"] and r["model"] == "manager"
             assert any(p["requests"] == r["requests"] for p in peers), r["name"]
+        elif r["decoder"].startswith("ctranslate2"):  # the same weights, scored by the engine
+            assert r["heldout_bpc"] == pytest.approx(q["peer_heldout_bpc"], rel=0.05) and r["model"] == "AR peer"
         elif r["mode"] == "autoregressive":
             assert r["heldout_bpc"] == q["peer_heldout_bpc"] and r["model"] == "AR peer"
         else:
             assert r["heldout_bpc"] == NA
     assert "beside the AR peer" in quick[0]
+
+
+def test_ctranslate2_rows_or_why_not(quick):
+    """With the engines extra: the peer in CTranslate2, float32 and int8, one thread and all
+    the cores, single-stream and at every peer batch and 32; without it, a skip that says so."""
+    data = json.loads(quick[2]["json"].read_text())
+    ct2 = [r for r in data["rows"] if r["decoder"].startswith("ctranslate2")]
+    targets = {t["target"]: t for t in data["targets"]}
+    name = "end-to-end single-stream vs the AR peer in CTranslate2 float32"
+    if not ct2_peer.available():
+        assert not ct2 and any(s.startswith("CTranslate2 rows:") for s in data["skipped"])
+        assert targets[name]["status"] == "not measured"
+        return
+    q = data["quality_reference"]
+    threads = sorted({1, os.cpu_count() or 1})
+    peer_batches = {r["requests"] for r in data["rows"] if r["decoder"].startswith("ARStream")}
+    for ct in ("float32", "int8"):
+        for th in threads:
+            rows = [r for r in ct2 if r["decoder"] == f"ctranslate2 {ct}, {th} thread" + ("s" if th > 1 else "")]
+            assert {r["requests"] for r in rows} == peer_batches | {32}, (ct, th)
+            assert all(r["dtype"] == ct and r["heldout_bpc"] != NA for r in rows)
+    f32 = [r for r in ct2 if r["dtype"] == "float32"]
+    assert f32[0]["heldout_bpc"] == pytest.approx(q["peer_heldout_bpc"], abs=1e-3)
+    assert targets[name]["status"] in ("met", "not met") and targets[name]["value"] > 0
+
+
+def test_vs_peer_rows_are_the_comparisons_only(bench_model, small_corpus_file):
+    """``--rows vs-peer``: the end-to-end flood rows and every AR peer row, nothing else; the
+    command line names the new flags."""
+    from argparse import Namespace
+
+    from fractal_flood.measure.bench import _command, run_bench
+
+    data = run_bench(bench_model, "cpu", quick=True, corpus=small_corpus_file, rows="vs-peer", threads=1)
+    kinds = {(r["mode"], r["decoder"].split(" ")[0]) for r in data["rows"]}
+    assert ("end-to-end", "flood") in kinds and ("autoregressive", "ARStream") in kinds
+    assert {m for m, _ in kinds} == {"end-to-end", "autoregressive"}
+    assert all(r["decoder"] == "flood" for r in data["rows"] if r["mode"] == "end-to-end")
+    assert data["run"]["torch_threads"] == 1
+    args = Namespace(model=None, device="cpu", dtype="auto", repeats=None, json_path=None, markdown=None, plot=None,
+                     baseline_model=None, corpus=None, rows="vs-peer", threads=1, engines=True, quick=False)
+    assert _command(args) == "fractal-flood bench --device cpu --rows vs-peer --threads 1 --engines"
 
 
 def test_rows_are_complete_when_reported(quick):

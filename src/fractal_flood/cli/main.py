@@ -163,6 +163,14 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--baseline-model", help="another model directory: its render-only flood K=1 at R=256 "
                                             "is measured in the same run, for a same-run ratio")
     b.add_argument("--repeats", type=int_in(1, 1000), help="timed runs per row (median reported)")
+    b.add_argument("--rows", choices=("all", "vs-peer"), default="all",
+                   help="all, or vs-peer: only the end-to-end flood rows (single and batched) and "
+                        "every AR peer row (ours, transformers, CTranslate2)")
+    b.add_argument("--engines", action="store_true",
+                   help="require the AR peer's CTranslate2 rows (float32 and int8; added whenever "
+                        "fractal-flood[engines] is installed): an error, not a skip, when they cannot run")
+    b.add_argument("--threads", type=int_in(1, 1024), help="torch's CPU threads (default: torch's own); the "
+                   "CTranslate2 rows run at 1 thread and at all the machine's cores")
     return p
 
 

@@ -11,7 +11,11 @@ the same conditions. Rows (definitions in docs/DESIGN.md; a token is one level-1
   (single-stream) per decoder, and B requests at once (manager batched, one flood);
 - the AR peer a user would pick instead (a GPT over chunks, trained on the same corpus),
   measured at the same numbers of requests as the end-to-end rows: our static-cache
-  ``ARStream`` (CUDA graph and eager) and Hugging Face ``generate()``.
+  ``ARStream`` (CUDA graph and eager) and Hugging Face ``generate()``;
+- the same peer in an inference engine, CTranslate2 (``ct2_peer.py``; with the ``engines``
+  extra installed, on the CPU): float32 and int8, one thread and all the machine's cores,
+  single-stream and at the batched rows' numbers of requests (and 32, the load test's
+  clients), each with the held-out bits per character CTranslate2 itself scores.
 
 Speed alone would reward a decoder that writes wrong text fast, or a model that writes bad
 text fast, so each row also carries render fidelity, character error rate, the held-out
@@ -25,8 +29,10 @@ from __future__ import annotations
 
 import datetime
 import importlib.util
+import os
 import platform
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -49,6 +55,7 @@ from ..models.flops import block_flops, causal_lm_flops
 from ..render.base import DecodeOptions
 from ..render.decoders import make_decoder
 from ..sampling.tokens import SamplingConfig
+from . import ct2_peer
 from .metrics import bits_per_char, bits_per_char_of_loss, heldout_loss, render_fidelity
 from .report import compute_targets
 from .row import NA, ROW_FIELDS, BenchRow
@@ -83,6 +90,7 @@ class Sizes:
     quality_windows: int  # peer windows (of its context) scored per row for the sample bpc
     heldout_windows: int  # held-out windows (of each LM's context) for the held-out bpc
     small_warmup: bool  # warm up on a small input (one-time costs only), not the row's own
+    engine_batch: tuple = (32,)  # CTranslate2 batches beyond the peer's: the load test's 32 clients
 
 
 FULL = Sizes(name="full", roots=(64, 256, 1024, 4096, 16384, 65536), seq_roots=(16, 64, 256),
@@ -226,9 +234,11 @@ class Bench:
         return self._quality
 
     def row(self, t: Timing, started: float, **fields) -> BenchRow:
-        """A complete row from the timing and every other field."""
+        """A complete row from the timing and every other field (``dtype`` may override the
+        run's: an int8 engine row)."""
+        info = {**self.run_info, **{k: fields.pop(k) for k in ("dtype",) if k in fields}}
         return BenchRow.measured(seconds=t.seconds, times=t.times, repeats=t.repeats,
-                                 wall_s=time.perf_counter() - started, **fields, **self.run_info)
+                                 wall_s=time.perf_counter() - started, **fields, **info)
 
     def add(self, row: BenchRow) -> BenchRow:
         """Keep a finished row and report it: it is never changed afterwards."""
@@ -277,8 +287,9 @@ class Bench:
             note="the exact reference: tok.decode(root_ids), no model" +
                  (f"; {self.repeated_note(R)}" if self.repeated_note(R) else "")))
 
-    def sweep(self, label: str, sizes: tuple, row_fn) -> list:
-        """Rows at growing sizes; stop when the next would blow the row budget or deadline."""
+    def sweep(self, label: str, sizes: tuple, row_fn, deadline: bool = True) -> list:
+        """Rows at growing sizes; stop when the next would blow the row budget or (unless
+        ``deadline`` is False) the sweep deadline has passed."""
         rows = []
         for i, n in enumerate(sizes):
             if i:
@@ -286,7 +297,7 @@ class Bench:
                 why = (f"predicted {2 * per_run:.1f} s > row budget {self.sizes.row_budget_s:g} s"
                        if 2 * per_run > self.sizes.row_budget_s else
                        f"sweep deadline {self.sizes.sweep_deadline_s:g} s passed"
-                       if self.elapsed() > self.sizes.sweep_deadline_s else None)
+                       if deadline and self.elapsed() > self.sizes.sweep_deadline_s else None)
                 if why:
                     self.skipped.append(f"{label}: sizes {', '.join(map(str, sizes[i:]))} skipped ({why})")
                     self.log(f"  skip {label} at {n}: {why}")
@@ -431,6 +442,12 @@ class Bench:
             passes=n, manager_steps=NA,
             note=f"{n} new tokens: GPT-2's learned positions end at the context ({ctx})"))
 
+    def peer_batches(self) -> tuple:
+        """Every B an end-to-end row was measured at, so each has its peer beside it, and the
+        peer's own further batches."""
+        return tuple(sorted({r.requests for r in self.rows if r.mode == "end-to-end" and r.requests > 1}
+                            | set(self.sizes.peer_batch)))
+
     def peer_rows(self) -> None:
         sz = self.sizes
         if self.peer is None:
@@ -439,10 +456,8 @@ class Bench:
         graphs = (True, False) if self.cuda else (False,)
         for g in graphs:
             self.peer_row(1, sz.peer_tokens, g)
-        # every B an end-to-end row was measured at, so each has its peer beside it
-        batches = tuple(sorted({r.requests for r in self.rows if r.mode == "end-to-end" and r.requests > 1}
-                               | set(sz.peer_batch)))
-        self.sweep("AR peer batched", batches, lambda B: self.peer_row(B, sz.peer_tokens_batched, self.cuda))
+        self.sweep("AR peer batched", self.peer_batches(), lambda B: self.peer_row(B, sz.peer_tokens_batched,
+                                                                                 self.cuda))
         if importlib.util.find_spec("transformers") is None:
             self.skipped.append("HF generate rows: transformers is not installed "
                                 "(pip install 'fractal-flood[hf]')")
@@ -450,6 +465,71 @@ class Bench:
         n = sz.hf_tokens or self.peer.config.context - 1
         for B in sz.hf_batch:
             self.hf_row(B, n)
+
+    # -- the AR peer in CTranslate2 --
+
+    def engine_problem(self) -> Optional[str]:
+        """None, or why this run has no CTranslate2 rows."""
+        if self.peer is None:
+            return f"{self.model_dir} has no peer (train it with --parts peer)"
+        if self.cuda:
+            return "measured on the CPU only (bench --device cpu)"
+        if not ct2_peer.available():
+            missing = [m for m in ("ctranslate2", "transformers") if importlib.util.find_spec(m) is None]
+            return f"{' and '.join(missing)} not installed ({ct2_peer.INSTALL_HINT})"
+        return ct2_peer.convertible(self.judge)
+
+    def ct2_row(self, engine: "ct2_peer.CT2Peer", B: int, n: int, heldout_bpc) -> BenchRow:
+        stream = "single" if B == 1 else "batched"
+        threads = f"{engine.threads} thread" + ("s" if engine.threads > 1 else "")
+        name = f"CT2 peer {stream} {engine.compute_type} {threads}" + (f" B={B}" if B > 1 else "")
+        started = self.start(f"{name} ({n} tokens each)")
+        prompt = self.tok.encode_chunks("\n")
+
+        def run(n=n):
+            before = engine.calls
+            return engine.generate([prompt] * B, n, self.sampling), engine.calls - before
+
+        t = self.measure(run, lambda: run(2))
+        out, calls = t.result
+        texts = [self.tok.decode_chunks(r) for r in out]
+        return self.add(self.row(
+            t, started, name=name, mode="autoregressive", stream=stream,
+            decoder=f"ctranslate2 {engine.compute_type}, {threads}", k=NA, model="AR peer", roots=NA, requests=B,
+            tokens=B * n, chars=sum(map(len, texts)), fidelity=NA, cer=NA, heldout_bpc=heldout_bpc,
+            sample_bpc=self.bpc(texts), flops=ct2_peer.ct2_flops(self.peer.config, B, len(prompt), n),
+            draws=B * n, passes=calls + n, manager_steps=NA, dtype=engine.compute_type,
+            note=f"CTranslate2 generate_batch, {threads}; sampled at temperature {TEMPERATURE} from the whole "
+                 f"vocabulary by its own generator (seed 0 at load); windows as ARStream's; held-out bpc scored by CTranslate2 "
+                 f"in {engine.compute_type}"))
+
+    def ct2_rows(self) -> None:
+        """The peer converted (``to_hf_gpt2`` -> CTranslate2) into a temporary folder, then
+        for float32 and int8, one thread and all the cores: single-stream and batched rows."""
+        why = self.engine_problem()
+        if why:
+            self.skipped.append(f"CTranslate2 rows: {why}")
+            return
+        sz = self.sizes
+        ctx = self.peer.config.context
+        started = self.start("CTranslate2: converting the AR peer")
+        chunks = torch.tensor(self.tok.encode_chunks(self.heldout_text), dtype=torch.long)
+        chars_per_chunk = len(self.heldout_text) / len(chunks)
+        threads = sorted({1, os.cpu_count() or 1})
+        batches = tuple(sorted(set(self.peer_batches()) | set(sz.engine_batch)))
+        with tempfile.TemporaryDirectory(prefix="fractal-flood-ct2-") as tmp:
+            path = ct2_peer.convert(self.judge, Path(tmp) / "peer")
+            self.log(f"  converted in {time.perf_counter() - started:.1f} s")
+            for ct in ct2_peer.COMPUTE_TYPES:
+                bpc = NA
+                for th in threads:
+                    engine = ct2_peer.CT2Peer(path, ctx, ct, th)
+                    if bpc == NA:
+                        bpc = bits_per_char_of_loss(engine.heldout_loss(chunks, sz.heldout_windows), chars_per_chunk)
+                    self.ct2_row(engine, 1, sz.peer_tokens, bpc)
+                    # run last, past the deadline: each size still has to fit the row budget
+                    self.sweep(f"CT2 peer batched {ct} {th} thread(s)", batches,
+                               lambda B: self.ct2_row(engine, B, sz.peer_tokens_batched, bpc), deadline=False)
 
     def fused_rows(self) -> None:
         """The decode step as Triton kernels (``fused_step.py``), manager and AR peer alike,
@@ -543,7 +623,7 @@ class Bench:
                "hardware": hardware,
                "repeats": self.sizes.repeats, "model_dir": str(self.model_dir), "fractal_flood": __version__,
                "python": platform.python_version(), "platform": platform.platform(),
-               "sizes": asdict(self.sizes), "wall_s": self.elapsed(),
+               "sizes": asdict(self.sizes), "wall_s": self.elapsed(), "torch_threads": torch.get_num_threads(),
                "note": "" if self.cuda else "CPU run: only ratios measured in one run mean anything; "
                                             "the absolute targets are GPU figures"}
         return {"run": run, "quality_reference": self.reference_quality(), "rows": rows,
@@ -552,24 +632,45 @@ class Bench:
 
 # ---- entry points ----------------------------------------------------------------------------
 
+ROW_SETS = ("all", "vs-peer")  # every row; or the rows the AR peer comparisons need
+
+
 def run_bench(model_dir=None, device: str = "auto", dtype: str = "auto", quick: bool = False,
               repeats: Optional[int] = None, log: Callable[[str], None] = lambda s: None,
               command: str = "", on_row: Optional[Callable[[dict], None]] = None,
-              baseline_model=None, corpus=None) -> dict:
+              baseline_model=None, corpus=None, rows: str = "all", engines: bool = False,
+              threads: Optional[int] = None) -> dict:
     """Measure every row; -> {"run", "quality_reference", "rows", "skipped", "targets"}.
 
     ``on_row`` gets the partial report after each row, so a run cut short still leaves
     its numbers. The cheap rows every target needs run first; the long R sweeps last.
     ``baseline_model``: another model directory whose render-only flood K=1 at R=256 and
-    single-stream end-to-end flood are measured in this run. ``corpus``: whose held-out tail to render (default: the shipped one)."""
+    single-stream end-to-end flood are measured in this run. ``corpus``: whose held-out tail to render (default: the shipped one).
+    ``rows="vs-peer"``: only the single-stream and batched end-to-end flood and every AR peer
+    row (ours, transformers, CTranslate2). ``engines``: the CTranslate2 rows are required
+    (FractalFloodError before any row when they cannot run). ``threads``: torch's threads."""
+    if rows not in ROW_SETS:
+        raise ValueError(f"rows must be one of {ROW_SETS}, got {rows!r}")
+    if engines:
+        ct2_peer.require()
+    if threads:
+        torch.set_num_threads(threads)
     sizes = QUICK if quick else FULL if resolve_device(device).type == "cuda" else CPU_FULL
     if repeats:
         sizes = replace(sizes, repeats=repeats)
     b = Bench(model_dir, device, dtype, sizes, log, corpus)
+    if engines and b.engine_problem():
+        raise FractalFloodError(f"--engines: no CTranslate2 rows: {b.engine_problem()}")
     if on_row is not None:
         b.on_row = lambda: on_row(b.report(command, partial=True))
     b.log(f"[bench] {b.run_info['device']}, {b.run_info['dtype']}, torch {torch.__version__}, "
           f"{sizes.name} sizes, {sizes.repeats} repeat(s)")
+    if rows == "vs-peer":
+        b.e2e_single("flood", sizes.e2e_roots)
+        b.sweep("e2e batched", sizes.batch, b.e2e_batched)
+        b.peer_rows()
+        b.ct2_rows()
+        return b.report(command)
     b.render_sequential()
     b.e2e_rows()
     b.peer_rows()
@@ -577,6 +678,7 @@ def run_bench(model_dir=None, device: str = "auto", dtype: str = "auto", quick: 
     if baseline_model is not None:
         b.baseline_row(baseline_model)
         b.baseline_e2e_row(baseline_model)
+    b.ct2_rows()  # after the sweeps, which stop at the deadline; its batches stop at the budget only
     if b.cuda:  # last: compiling costs the most wall time, and the rows above stand without it
         b.fused_rows()
         b.compiled_rows()
@@ -587,11 +689,13 @@ def _command(args) -> str:
     parts = ["fractal-flood", "bench"]
     for flag, dest in [("--model", "model"), ("--device", "device"), ("--dtype", "dtype"),
                        ("--repeats", "repeats"), ("--json", "json_path"), ("--markdown", "markdown"),
-                       ("--plot", "plot"), ("--baseline-model", "baseline_model"), ("--corpus", "corpus")]:
+                       ("--plot", "plot"), ("--baseline-model", "baseline_model"), ("--corpus", "corpus"),
+                       ("--rows", "rows"), ("--threads", "threads")]:
         v = getattr(args, dest, None)
-        if v is not None and not (dest in ("device", "dtype") and v == "auto"):
+        if v is not None and not (dest in ("device", "dtype") and v == "auto") and not (dest == "rows" and v == "all"):
             parts += [flag, str(v)]
-    return " ".join(parts + (["--quick"] if args.quick else []))
+    return " ".join(parts + (["--engines"] if getattr(args, "engines", False) else [])
+                    + (["--quick"] if args.quick else []))
 
 
 def run_bench_cli(args) -> int:
@@ -608,13 +712,16 @@ def run_bench_cli(args) -> int:
         check_writable(Path(p))
     if args.plot:
         report.require_matplotlib()
+    if getattr(args, "engines", False):
+        ct2_peer.require()
     baseline = getattr(args, "baseline_model", None)
     if baseline is not None and not Path(baseline).is_dir():
         raise FractalFloodError(f"--baseline-model {baseline}: not a directory")
     partial = (lambda d: report.write_json(d, args.json_path)) if args.json_path else None
     data = run_bench(args.model, args.device, args.dtype, args.quick, args.repeats,
                      lambda s: print(s, file=sys.stderr, flush=True), _command(args), partial, baseline,
-                     getattr(args, "corpus", None))
+                     getattr(args, "corpus", None), getattr(args, "rows", "all"), getattr(args, "engines", False),
+                     getattr(args, "threads", None))
     print(report.format_table(data))
     if args.json_path:
         report.write_json(data, args.json_path)

@@ -60,6 +60,13 @@ def _peer(rows: list, requests: int):
                      and r["requests"] == requests])
 
 
+def _engine_peer(rows: list, requests: int, compute_type: str):
+    """The fastest CTranslate2 peer row of this compute type at this many requests (over its
+    thread counts: the engine as a user would set it up on this machine)."""
+    return _fastest([r for r in rows if r["mode"] == "autoregressive"
+                     and r["decoder"].startswith(f"ctranslate2 {compute_type},") and r["requests"] == requests])
+
+
 def _best(rows: list, pred):
     """-> (candidate rows, the fastest faithful one or None)."""
     cands = [r for r in rows if pred(r)]
@@ -126,13 +133,18 @@ def _vs_peer_single(rows):
     return _ratio(rows, _e2e_single, _peer(rows, 1))
 
 
-def _vs_peer_batched(rows, only=None):
-    """The worst ratio over the batch sizes both were measured at (each B must be met)."""
+def _vs_engine_single(compute_type: str):
+    return lambda rows: _ratio(rows, _e2e_single, _engine_peer(rows, 1, compute_type))
+
+
+def _vs_peer_batched(rows, only=None, peer_of=_peer):
+    """The worst ratio over the batch sizes both were measured at (each B must be met);
+    ``peer_of(rows, B)``: the peer row to compare with."""
     cands = [r for r in rows if r["mode"] == "end-to-end" and r["stream"] == "batched"
              and (only is None or r["requests"] == only)]
     pairs = []
     for B in sorted({r["requests"] for r in cands}):
-        row, peer = _fastest([r for r in cands if r["requests"] == B and _faithful(r)]), _peer(rows, B)
+        row, peer = _fastest([r for r in cands if r["requests"] == B and _faithful(r)]), peer_of(rows, B)
         if peer is not None:
             pairs.append((row["tokens_per_s"] / peer["tokens_per_s"] if row else None, row, peer, B))
     if not pairs:
@@ -179,6 +191,11 @@ TARGETS = (
      _vs_previous_plan),
     ("issue 9: single-stream end-to-end with the default command (no --compile, no --fused-step)", "gpu",
      10_000, "tokens/s", lambda rows: _absolute(rows, _default_single)),
+    ("end-to-end single-stream vs the AR peer in CTranslate2 float32", "cpu", 1.5, "x",
+     _vs_engine_single("float32")),
+    ("end-to-end single-stream vs the AR peer in CTranslate2 int8", "cpu", 1, "x", _vs_engine_single("int8")),
+    ("batched end-to-end vs the AR peer in CTranslate2 float32, same requests", "cpu", 1, "x",
+     lambda rows: _vs_peer_batched(rows, peer_of=lambda rs, B: _engine_peer(rs, B, "float32"))),
 )
 
 
@@ -380,6 +397,8 @@ def _speed_quality(ax, rows: list) -> None:
         marker, color, label = style[r["model"]]
         if r["decoder"] == "transformers generate":
             marker, color, label = "^", "tab:orange", "AR peer, HF generate()"
+        elif r["decoder"].startswith("ctranslate2"):
+            marker, color, label = "D", "tab:purple", "AR peer, CTranslate2"
         ax.scatter(r["tokens_per_s"], r["heldout_bpc"], marker=marker, color=color,
                    label=None if label in seen else label, zorder=3)
         seen.add(label)
