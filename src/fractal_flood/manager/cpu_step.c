@@ -2,7 +2,8 @@
    all layers in one call: embeddings, per layer (layer norm, qkv product, this step's key
    and value written into the cache, attention over the row's own cache slots 0..pos,
    output projection + residual, layer norm, MLP product + GELU (tanh), projection +
-   residual), the final layer norm. The output layer and the draw stay with the caller.
+   residual), the final layer norm; decode_and_draw then runs the output layer and draws
+   each row's next token (cpu_draw.c), so a whole step is one call.
 
    Rows are independent: every row is computed by the same fixed sequence of float32
    operations whatever the other rows are (the linear layers are rowwise_linear.c's; sums
@@ -22,6 +23,9 @@
 
 void rowwise_linear(const float *x, const float *wt, const float *b, float *y,
                     int64_t M, int64_t K, int64_t N);
+int draw_rows(const float *h, int64_t M, int64_t C, int64_t classes, int64_t per_class,
+              const float *class_wt, const float *token_wt, int64_t lanes, int64_t simd,
+              const int64_t *seeds, const int64_t *steps, const float *temperature, int64_t *ids);
 
 enum { LANES = 16, PER_LAYER = 14 };
 
@@ -157,4 +161,17 @@ int decode_step(const int64_t *params, int64_t n_layers, const int64_t *tok, con
     for (int64_t m = 0; m < M; m++) layer_norm(x + m * C, lnfw, lnfb, out + m * C, C, eps, tmp);
     free(buf);
     return 0;
+}
+
+/* decode_step, then each row's next token into ids (M,) (it may be tok itself: the step has
+   read it). head: [classes, per_class, class weight transposed, token weight transposed,
+   lanes, simd] as int64, cpu_draw.c's draw_rows arguments; seeds, steps (M,) int64,
+   temperature (M,) float32. Returns 0, or draw_rows's error (-1: out of memory). */
+int decode_and_draw(const int64_t *params, int64_t n_layers, const int64_t *tok, const int64_t *pos,
+                    int64_t M, int64_t row0, int64_t C, int64_t n_heads, int64_t L, float eps, float *out,
+                    const int64_t *head, const int64_t *seeds, const int64_t *steps,
+                    const float *temperature, int64_t *ids) {
+    if (decode_step(params, n_layers, tok, pos, M, row0, C, n_heads, L, eps, out)) return -1;
+    return draw_rows(out, M, C, head[0], head[1], (const float *)head[2], (const float *)head[3], head[4],
+                     head[5], seeds, steps, temperature, ids);
 }

@@ -76,9 +76,10 @@ def _setup(lib: ctypes.CDLL) -> ctypes.CDLL:
     return lib
 
 
-def _transpose(weight: torch.Tensor, blocks: int = 1) -> torch.Tensor:
+def transposed(weight: torch.Tensor, blocks: int = 1) -> torch.Tensor:
     """weight (N, K) -> its transpose (K, N), or with ``blocks`` = b the transposes of its b
-    consecutive row blocks (b, K, N / b); kept while the weight is alive and unchanged."""
+    consecutive row blocks (b, K, N / b): the kernel's operand, one copy per weight kept while
+    the weight is alive and unchanged (the compiled CPU step's draw reads the same copy)."""
     key = (id(weight), blocks)
     hit = _transposed.get(key)
     if (hit is not None and hit[0]() is weight and hit[1] == weight._version
@@ -111,7 +112,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] =
         out = torch.cat([F.linear(rows[i:i + 1].clone(), weight, bias) for i in range(rows.size(0))])
         return out.view(*lead, -1)
     rows = rows.contiguous()
-    wt = _transpose(weight)
+    wt = transposed(weight)
     M, N = rows.size(0), weight.size(0)
     y = torch.empty(M, N, dtype=torch.float32)
     b = bias.detach().contiguous() if bias is not None else None
@@ -134,7 +135,7 @@ def gathered(x: torch.Tensor, weight: torch.Tensor, blocks: int, index: torch.Te
         return torch.cat([F.linear(x[i:i + 1].clone(), view[int(index[i])]) for i in range(x.size(0))])
     x = x.contiguous()
     index = index.to(torch.int64).contiguous()
-    wt = _transpose(weight, blocks)  # (blocks, K, S)
+    wt = transposed(weight, blocks)  # (blocks, K, S)
     y = torch.empty(x.size(0), S, dtype=torch.float32)
     _library.rowwise_gathered(x.data_ptr(), wt.data_ptr(), index.data_ptr(), y.data_ptr(),
                               x.size(0), K, S)
