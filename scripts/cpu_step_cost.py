@@ -8,11 +8,13 @@ Runtimes (environment switches, read when a stream or slot cache is built):
   batch-invariant;
 - ``rowwise``: the eager step with row-invariant linear layers (``FRACTAL_FLOOD_CPU_STEP=eager``);
 - ``body``: every layer in one C call, the output layer and the draw in Python
-  (``FRACTAL_FLOOD_CPU_STEP=body``: the previous default);
-- ``native``: the whole step, layers, output layer and draw, in one C call (the default).
+  (``FRACTAL_FLOOD_CPU_STEP=body``);
+- ``native``: the whole step, layers, output layer and draw, in one C call;
+- ``int8``: ``native`` with int8 layer matrices (``FRACTAL_FLOOD_CPU_WEIGHTS=int8``: the
+  default; the others read float32 weights; ``scripts/weight_formats.py`` compares formats).
 
-``--runtimes`` picks some of them (default all four); each is compared with the first named
-and ``native`` also with ``body``.
+``--runtimes`` picks some of them (default the first four); each is compared with the first
+named and ``native`` also with ``body``.
 
 Workloads, fp32 on the CPU with the bench's sampling (temperature 0.8, seed 0): the model's
 end-to-end generate of ``--roots`` roots (flood K=1), its AR peer writing ``--peer-tokens``
@@ -38,10 +40,14 @@ from fractal_flood.sampling.tokens import SamplingConfig
 
 from paired_ratio import generator, load, peer, quartiles  # noqa: E402  (scripts/ is on sys.path)
 
-RUNTIMES = {"blas": {"FRACTAL_FLOOD_ROWWISE": "blas", "FRACTAL_FLOOD_CPU_STEP": "eager"},
-            "rowwise": {"FRACTAL_FLOOD_ROWWISE": "kernel", "FRACTAL_FLOOD_CPU_STEP": "eager"},
-            "body": {"FRACTAL_FLOOD_ROWWISE": "kernel", "FRACTAL_FLOOD_CPU_STEP": "body"},
-            "native": {"FRACTAL_FLOOD_ROWWISE": "kernel", "FRACTAL_FLOOD_CPU_STEP": "native"}}
+FP32 = {"FRACTAL_FLOOD_CPU_WEIGHTS": "fp32"}
+RUNTIMES = {"blas": {"FRACTAL_FLOOD_ROWWISE": "blas", "FRACTAL_FLOOD_CPU_STEP": "eager", **FP32},
+            "rowwise": {"FRACTAL_FLOOD_ROWWISE": "kernel", "FRACTAL_FLOOD_CPU_STEP": "eager", **FP32},
+            "body": {"FRACTAL_FLOOD_ROWWISE": "kernel", "FRACTAL_FLOOD_CPU_STEP": "body", **FP32},
+            "native": {"FRACTAL_FLOOD_ROWWISE": "kernel", "FRACTAL_FLOOD_CPU_STEP": "native", **FP32},
+            "int8": {"FRACTAL_FLOOD_ROWWISE": "kernel", "FRACTAL_FLOOD_CPU_STEP": "native",
+                     "FRACTAL_FLOOD_CPU_WEIGHTS": "int8"}}
+DEFAULT_RUNTIMES = ("blas", "rowwise", "body", "native")
 
 
 def slots(m, rows: int, steps: int, sampling: SamplingConfig):
@@ -67,7 +73,7 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=32)
     ap.add_argument("--steps", type=int, default=64)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
-    ap.add_argument("--runtimes", default=",".join(RUNTIMES),
+    ap.add_argument("--runtimes", default=",".join(DEFAULT_RUNTIMES),
                     help="comma-separated, from: " + ", ".join(RUNTIMES))
     args = ap.parse_args()
     names = [n for n in args.runtimes.split(",") if n]

@@ -28,6 +28,14 @@ bit.
 ``body`` (the body in C, the draw in Python: the previous default, for comparison) or
 ``eager`` (the reference: PyTorch layers, the Python draw); without a C compiler it is
 ``eager``.
+
+``FRACTAL_FLOOD_CPU_WEIGHTS`` picks how the layers' matrices are stored (``models/weight_formats.py``):
+``int8`` by default (one scale per output channel; the shipped models' held-out bits per
+character within 0.0002 of float32's, and the fastest measured), ``bf16`` or ``fp32``. The
+step over int8 or bf16 matrices is the float32 step over the dequantised matrices, bit for
+bit, so every statement above holds of it against a model holding those; against the
+float32 model itself (the eager step, the references) only ``fp32`` is held to the
+tolerances above (the test suite runs ``fp32``: tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -42,7 +50,7 @@ import torch
 from .. import native
 from ..errors import SettingError
 from ..models.causal_lm import CausalLM
-from ..models import rowwise_linear
+from ..models import rowwise_linear, weight_formats
 from ..models.rowwise_linear import SOURCE as LINEAR_SOURCE
 
 SOURCE = Path(__file__).with_name("cpu_step.c")
@@ -58,9 +66,9 @@ def library() -> Optional[ctypes.CDLL]:
         lib = native.build("cpu_step", [SOURCE, DRAW_SOURCE, LINEAR_SOURCE])
         if lib is not None:
             p, n = ctypes.c_void_p, ctypes.c_int64
-            lib.decode_step.argtypes = [p, n, p, p, n, n, n, n, n, ctypes.c_float, p]
+            lib.decode_step.argtypes = [p, n, n, p, p, n, n, n, n, n, ctypes.c_float, p]
             lib.decode_step.restype = ctypes.c_int
-            lib.decode_and_draw.argtypes = [p, n, p, p, n, n, n, n, n, ctypes.c_float, p, p, p, p, p, p]
+            lib.decode_and_draw.argtypes = [p, n, n, p, p, n, n, n, n, n, ctypes.c_float, p, p, p, p, p, p]
             lib.decode_and_draw.restype = ctypes.c_int
             lib.draw_rows.argtypes = [p, n, n, n, n, p, p, n, n, p, p, p, p]
             lib.draw_rows.restype = ctypes.c_int
@@ -89,6 +97,22 @@ def mode() -> str:
     return asked
 
 
+WEIGHT_CODES = {"fp32": 0, "bf16": 1, "int8": 2}  # cpu_step.c's wfmt
+# the fastest format whose held-out bits per character stay within 0.01 of float32's, for
+# the shipped manager and AR peer (docs/log/notebook.md, 2026-12-07: int8 +0.0001 and
+# +0.0002 bits/char, 1.10-1.35x end to end)
+DEFAULT_WEIGHTS = "int8"
+
+
+def weights_format() -> str:
+    """``FRACTAL_FLOOD_CPU_WEIGHTS`` (default ``DEFAULT_WEIGHTS``): how the compiled step
+    stores each layer's matrices, ``fp32``, ``bf16`` or ``int8`` (``models/weight_formats.py``)."""
+    asked = os.environ.get("FRACTAL_FLOOD_CPU_WEIGHTS", DEFAULT_WEIGHTS)
+    if asked not in weight_formats.FORMATS:
+        raise SettingError(f"FRACTAL_FLOOD_CPU_WEIGHTS={asked!r}: choose from {', '.join(weight_formats.FORMATS)}")
+    return asked
+
+
 def wanted() -> bool:
     """Whether the compiled step is asked for (``native`` or ``body``)."""
     return mode() != "eager"
@@ -109,10 +133,13 @@ class CpuStep:
     ``step(...)``: the same and each row's next token, in one call.
 
     ``draws``: whether callers should take ``step`` (the C draw; ``FRACTAL_FLOOD_CPU_STEP``
-    ``native``) or ``hidden`` and the model's Python draw (``body``)."""
+    ``native``) or ``hidden`` and the model's Python draw (``body``). ``weights``: how the
+    layers' matrices are stored (``weight_formats``; default ``FRACTAL_FLOOD_CPU_WEIGHTS``):
+    the step over bf16 or int8 matrices is the float32 step over ``weight_formats.dequantized``
+    ones, bit for bit."""
 
     def __init__(self, model: CausalLM, k_caches: Sequence[torch.Tensor], v_caches: Sequence[torch.Tensor],
-                 draws: Optional[bool] = None):
+                 draws: Optional[bool] = None, weights: Optional[str] = None):
         cfg = model.config
         self.lib = library()
         if self.lib is None:
@@ -126,6 +153,8 @@ class CpuStep:
         self.model, self.k, self.v = model, list(k_caches), list(v_caches)
         self.C, self.heads, self.L, self.eps = cfg.d_model, cfg.n_heads, cfg.context, float(norms[0].eps)
         self.draws = mode() == "native" if draws is None else draws
+        self.weights = weight_formats.check(weights) if weights is not None else weights_format()
+        self._wfmt = WEIGHT_CODES[self.weights]
         self._weights = [p for p in model.parameters()]
         self._pack()
 
@@ -138,13 +167,18 @@ class CpuStep:
             keep.append(t)
             return t.data_ptr()
 
+        def matrix(w: torch.Tensor) -> tuple[int, int]:  # (weights, scales or 0) as stored
+            wt, scale = weight_formats.stored(w, self.weights)
+            return ptr(wt), (ptr(scale) if scale is not None else 0)
+
         ptrs = [ptr(m.wte.weight), ptr(m.wpe.weight), ptr(m.ln_f.weight), ptr(m.ln_f.bias)]
         for b, kc, vc in zip(m.blocks, self.k, self.v):
             a, f = b.attn, b.mlp
-            ptrs += [ptr(b.ln_1.weight), ptr(b.ln_1.bias), ptr(a.c_attn.weight.t()), ptr(a.c_attn.bias),
-                     ptr(a.c_proj.weight.t()), ptr(a.c_proj.bias), ptr(b.ln_2.weight), ptr(b.ln_2.bias),
-                     ptr(f.c_fc.weight.t()), ptr(f.c_fc.bias), ptr(f.c_proj.weight.t()), ptr(f.c_proj.bias),
-                     kc.data_ptr(), vc.data_ptr()]
+            (qkv, qkv_s), (proj, proj_s) = matrix(a.c_attn.weight), matrix(a.c_proj.weight)
+            (fc, fc_s), (out, out_s) = matrix(f.c_fc.weight), matrix(f.c_proj.weight)
+            ptrs += [ptr(b.ln_1.weight), ptr(b.ln_1.bias), qkv, ptr(a.c_attn.bias), proj, ptr(a.c_proj.bias),
+                     ptr(b.ln_2.weight), ptr(b.ln_2.bias), fc, ptr(f.c_fc.bias), out, ptr(f.c_proj.bias),
+                     kc.data_ptr(), vc.data_ptr(), qkv_s, proj_s, fc_s, out_s]
         if m.class_head is not None:  # the draw's operands: rowwise_linear's own copies
             K = m.class_head.weight.size(0)
             head = [K, m.lm_head.weight.size(0) // K, ptr(rowwise_linear.transposed(m.class_head.weight)),
@@ -163,7 +197,7 @@ class CpuStep:
         pos = pos.to(torch.int64).contiguous()
         M = tok.numel()
         out = torch.empty(M, self.C, dtype=torch.float32)
-        if self.lib.decode_step(ctypes.addressof(self._params), len(self.k), tok.data_ptr(), pos.data_ptr(),
+        if self.lib.decode_step(ctypes.addressof(self._params), len(self.k), self._wfmt, tok.data_ptr(), pos.data_ptr(),
                                 M, row0, self.C, self.heads, self.L, self.eps, out.data_ptr()):
             raise MemoryError("the compiled decode step could not allocate its buffers")
         return out
@@ -188,8 +222,8 @@ class CpuStep:
         elif ids.dtype != torch.int64 or ids.numel() != M or not ids.is_contiguous():
             raise ValueError("ids must be M contiguous int64 entries")
         out = torch.empty(M, self.C, dtype=torch.float32)
-        if self.lib.decode_and_draw(ctypes.addressof(self._params), len(self.k), tok.data_ptr(), pos.data_ptr(),
-                                    M, row0, self.C, self.heads, self.L, self.eps, out.data_ptr(),
+        if self.lib.decode_and_draw(ctypes.addressof(self._params), len(self.k), self._wfmt, tok.data_ptr(),
+                                    pos.data_ptr(), M, row0, self.C, self.heads, self.L, self.eps, out.data_ptr(),
                                     ctypes.addressof(self._head), seeds.data_ptr(), steps.data_ptr(),
                                     temperature.data_ptr(), ids.data_ptr()):
             raise MemoryError("the compiled decode step could not allocate its buffers")
