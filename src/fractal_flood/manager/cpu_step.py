@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import platform
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -85,6 +86,8 @@ def softmax_kernel() -> tuple[int, int]:
     ``softmax_cdf`` computes it the same way): AVX-512 16 lanes and AVX2 8, each with SLEEF's
     exp and a halving fold; the generic kernel 8 lanes, libm's exp, a fold in lane order.
     Other CPUs (ARM, POWER, s390x) get (16, 1): the same probabilities to the last bits only."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return (16, 1)
     cap = torch.backends.cpu.get_cpu_capability()
     return {"AVX512": (16, 1), "AVX2": (8, 1), "DEFAULT": (8, 0)}.get(cap, (16, 1))
 
