@@ -7,13 +7,21 @@ Runtimes (environment switches, read when a stream or slot cache is built):
   (``FRACTAL_FLOOD_ROWWISE=blas FRACTAL_FLOOD_CPU_STEP=eager``): the old default, not
   batch-invariant;
 - ``rowwise``: the eager step with row-invariant linear layers (``FRACTAL_FLOOD_CPU_STEP=eager``);
-- ``native``: the compiled step, every layer in one C call (the default).
+- ``body``: every layer in one C call, the output layer and the draw in Python
+  (``FRACTAL_FLOOD_CPU_STEP=body``);
+- ``native``: the whole step, layers, output layer and draw, in one C call;
+- ``int8``: ``native`` with int8 layer matrices (``FRACTAL_FLOOD_CPU_WEIGHTS=int8``: the
+  default; the others read float32 weights; ``scripts/weight_formats.py`` compares formats).
+
+``--runtimes`` picks some of them (default the first four); each is compared with the first
+named and ``native`` also with ``body``.
 
 Workloads, fp32 on the CPU with the bench's sampling (temperature 0.8, seed 0): the model's
 end-to-end generate of ``--roots`` roots (flood K=1), its AR peer writing ``--peer-tokens``
 chunks, and the engine's slot cache stepping ``--rows`` requests ``--steps`` times.
 
 Usage: PYTHONPATH=src python scripts/cpu_step_cost.py [--model DIR] [--rounds 7] [--threads 1]
+       [--runtimes blas,rowwise,body,native]
 """
 
 from __future__ import annotations
@@ -32,9 +40,14 @@ from fractal_flood.sampling.tokens import SamplingConfig
 
 from paired_ratio import generator, load, peer, quartiles  # noqa: E402  (scripts/ is on sys.path)
 
-RUNTIMES = {"blas": {"FRACTAL_FLOOD_ROWWISE": "blas", "FRACTAL_FLOOD_CPU_STEP": "eager"},
-            "rowwise": {"FRACTAL_FLOOD_ROWWISE": "kernel", "FRACTAL_FLOOD_CPU_STEP": "eager"},
-            "native": {"FRACTAL_FLOOD_ROWWISE": "kernel", "FRACTAL_FLOOD_CPU_STEP": "native"}}
+FP32 = {"FRACTAL_FLOOD_CPU_WEIGHTS": "fp32"}
+RUNTIMES = {"blas": {"FRACTAL_FLOOD_ROWWISE": "blas", "FRACTAL_FLOOD_CPU_STEP": "eager", **FP32},
+            "rowwise": {"FRACTAL_FLOOD_ROWWISE": "kernel", "FRACTAL_FLOOD_CPU_STEP": "eager", **FP32},
+            "body": {"FRACTAL_FLOOD_ROWWISE": "kernel", "FRACTAL_FLOOD_CPU_STEP": "body", **FP32},
+            "native": {"FRACTAL_FLOOD_ROWWISE": "kernel", "FRACTAL_FLOOD_CPU_STEP": "native", **FP32},
+            "int8": {"FRACTAL_FLOOD_ROWWISE": "kernel", "FRACTAL_FLOOD_CPU_STEP": "native",
+                     "FRACTAL_FLOOD_CPU_WEIGHTS": "int8"}}
+DEFAULT_RUNTIMES = ("blas", "rowwise", "body", "native")
 
 
 def slots(m, rows: int, steps: int, sampling: SamplingConfig):
@@ -60,14 +73,19 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=32)
     ap.add_argument("--steps", type=int, default=64)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--runtimes", default=",".join(DEFAULT_RUNTIMES),
+                    help="comma-separated, from: " + ", ".join(RUNTIMES))
     args = ap.parse_args()
+    names = [n for n in args.runtimes.split(",") if n]
+    if not names or any(n not in RUNTIMES for n in names) or len(set(names)) != len(names):
+        ap.error(f"--runtimes: distinct names from {', '.join(RUNTIMES)}")
     torch.set_num_threads(args.threads)
     if cpu_step.library() is None:
         raise SystemExit("error: no C compiler built the CPU kernels; nothing to compare")
     sampling = SamplingConfig(temperature=0.8)
     m = load(args.model)
     workloads = {}
-    for runtime in RUNTIMES:  # each runtime's contestants, built and warmed under its switches
+    for runtime in names:  # each runtime's contestants, built and warmed under its switches
         use(runtime)
         workloads[("e2e", runtime)] = generator(m, args.roots, sampling)
         if m.peer is not None:
@@ -76,7 +94,6 @@ def main() -> None:
         run()
     print(f"CPU decode runtimes, tokens/s, on {describe(torch.device('cpu'))}, float32, {args.threads} "
           f"torch thread(s), torch {torch.__version__}, {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}")
-    names = list(RUNTIMES)
     speeds: dict = {key: [] for key in workloads}
     for r in range(args.rounds):
         order = names[r % len(names):] + names[:r % len(names)]
@@ -94,9 +111,12 @@ def main() -> None:
     for work in dict.fromkeys(w for w, _ in workloads):
         med = {n: statistics.median(speeds[(work, n)]) for n in names}
         print(f"{work}: median tokens/s " + ", ".join(f"{n} {med[n]:,.0f}" for n in names))
-        for n in names[1:]:
-            ratios = [a / b for a, b in zip(speeds[(work, n)], speeds[(work, "blas")])]
-            print(f"  {n} / blas: {quartiles(ratios)}")
+        pairs = [(n, names[0]) for n in names[1:]]
+        if "native" in names and "body" in names and names[0] != "body":
+            pairs.append(("native", "body"))
+        for n, base in pairs:
+            ratios = [a / b for a, b in zip(speeds[(work, n)], speeds[(work, base)])]
+            print(f"  {n} / {base}: {quartiles(ratios)}")
 
 
 if __name__ == "__main__":

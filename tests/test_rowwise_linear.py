@@ -116,12 +116,12 @@ ROW_COUNTS = textwrap.dedent("""
             s.add(i, ids, SamplingConfig(1.0 if i % 3 else 0.7, top_k=50 if i % 5 == 0 else None), seed=i)
         if "me" not in s.owner:
             s.add("me", prompt, SamplingConfig(0.9), seed=3)
-        r, seen, inner = s.owner.index("me"), [], s.step_hidden
-        def step_hidden(A):
-            h = inner(A)
+        r, seen, inner = s.owner.index("me"), [], s.step_rows
+        def step_rows(A):
+            ids, h = inner(A)
             seen.append(h[r].clone())
-            return h
-        s.step_hidden = step_hidden
+            return ids, h
+        s.step_rows = step_rows
         return s.generate(24)[r], torch.stack(seen)  # past the context: window slides included
 
     bad = []

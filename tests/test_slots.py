@@ -54,14 +54,14 @@ def test_a_rows_logits_are_bitwise_the_same_alone_or_batched(others, shape, thre
     seen = {"alone": [], "together": []}
 
     def recording(name, inner, r):
-        def step_hidden(A):
-            hidden = inner(A)
+        def step_rows(A):
+            ids, hidden = inner(A)
             seen[name].append(hidden[r].clone())
-            return hidden
-        return step_hidden
+            return ids, hidden
+        return step_rows
 
-    alone.step_hidden = recording("alone", alone.step_hidden, 0)
-    together.step_hidden = recording("together", together.step_hidden, row)
+    alone.step_rows = recording("alone", alone.step_rows, 0)
+    together.step_rows = recording("together", together.step_rows, row)
     n = context + 8  # past the context: slides included
     a, b = alone.generate(n)[0], together.generate(n)[row]
     assert torch.equal(a, b)

@@ -2,7 +2,8 @@
    all layers in one call: embeddings, per layer (layer norm, qkv product, this step's key
    and value written into the cache, attention over the row's own cache slots 0..pos,
    output projection + residual, layer norm, MLP product + GELU (tanh), projection +
-   residual), the final layer norm. The output layer and the draw stay with the caller.
+   residual), the final layer norm; decode_and_draw then runs the output layer and draws
+   each row's next token (cpu_draw.c), so a whole step is one call.
 
    Rows are independent: every row is computed by the same fixed sequence of float32
    operations whatever the other rows are (the linear layers are rowwise_linear.c's; sums
@@ -14,7 +15,9 @@
    params: pointers as int64, [wte, wpe, ln_f.weight, ln_f.bias] then per layer PER_LAYER:
    ln_1 w, b; c_attn weight transposed (C, 3C), bias; attn c_proj transposed (C, C), bias;
    ln_2 w, b; c_fc transposed (C, 4C), bias; mlp c_proj transposed (4C, C), bias; the
-   layer's key cache and value cache (rows, heads, L, head_dim), float32. */
+   layer's key cache and value cache (rows, heads, L, head_dim), float32; then the four
+   matrices' int8 scales (or 0). wfmt: how the four matrices are stored, 0 float32,
+   1 bfloat16, 2 int8 with one scale per output (rowwise_linear.c; weight_formats.py). */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -22,8 +25,25 @@
 
 void rowwise_linear(const float *x, const float *wt, const float *b, float *y,
                     int64_t M, int64_t K, int64_t N);
+void rowwise_linear_bf16(const float *x, const uint16_t *wt, const float *scale, const float *b, float *y,
+                         int64_t M, int64_t K, int64_t N);
+void rowwise_linear_int8(const float *x, const int8_t *wt, const float *scale, const float *b, float *y,
+                         int64_t M, int64_t K, int64_t N);
+int draw_rows(const float *h, int64_t M, int64_t C, int64_t classes, int64_t per_class,
+              const float *class_wt, const float *token_wt, int64_t lanes, int64_t simd,
+              const int64_t *seeds, const int64_t *steps, const float *temperature, int64_t *ids);
 
-enum { LANES = 16, PER_LAYER = 14 };
+enum { LANES = 16, PER_LAYER = 18 };
+
+static void linear(int64_t wfmt, const float *x, const void *wt, const float *scale, const float *b,
+                   float *y, int64_t M, int64_t K, int64_t N) {
+    if (wfmt == 1)
+        rowwise_linear_bf16(x, (const uint16_t *)wt, scale, b, y, M, K, N);
+    else if (wfmt == 2)
+        rowwise_linear_int8(x, (const int8_t *)wt, scale, b, y, M, K, N);
+    else
+        rowwise_linear(x, (const float *)wt, b, y, M, K, N);
+}
 
 static float lane_tree(float *acc) {
     for (int w = LANES / 2; w > 0; w /= 2)
@@ -109,7 +129,7 @@ static void attend(const float *q, const float *keys, const float *values, int64
 
 /* tok, pos (M,): each row's pending token and its position; cache rows row0 .. row0+M-1.
    out (M, C): final hidden states. Returns 0, or -1 when out of memory. */
-int decode_step(const int64_t *params, int64_t n_layers, const int64_t *tok, const int64_t *pos,
+int decode_step(const int64_t *params, int64_t n_layers, int64_t wfmt, const int64_t *tok, const int64_t *pos,
                 int64_t M, int64_t row0, int64_t C, int64_t n_heads, int64_t L, float eps, float *out) {
     const float *wte = (const float *)params[0], *wpe = (const float *)params[1];
     const int64_t hd = C / n_heads, F = 4 * C;
@@ -125,15 +145,17 @@ int decode_step(const int64_t *params, int64_t n_layers, const int64_t *tok, con
     for (int64_t layer = 0; layer < n_layers; layer++) {
         const int64_t *p = params + 4 + layer * PER_LAYER;
         const float *ln1w = (const float *)p[0], *ln1b = (const float *)p[1];
-        const float *attn_wt = (const float *)p[2], *attn_b = (const float *)p[3];
-        const float *proj_wt = (const float *)p[4], *proj_b = (const float *)p[5];
+        const void *attn_wt = (const void *)p[2], *proj_wt = (const void *)p[4];
+        const void *fc_wt = (const void *)p[8], *mp_wt = (const void *)p[10];
+        const float *attn_b = (const float *)p[3], *proj_b = (const float *)p[5];
         const float *ln2w = (const float *)p[6], *ln2b = (const float *)p[7];
-        const float *fc_wt = (const float *)p[8], *fc_b = (const float *)p[9];
-        const float *mp_wt = (const float *)p[10], *mp_b = (const float *)p[11];
+        const float *fc_b = (const float *)p[9], *mp_b = (const float *)p[11];
         float *kcache = (float *)p[12], *vcache = (float *)p[13];
+        const float *attn_s = (const float *)p[14], *proj_s = (const float *)p[15];
+        const float *fc_s = (const float *)p[16], *mp_s = (const float *)p[17];
 
         for (int64_t m = 0; m < M; m++) layer_norm(x + m * C, ln1w, ln1b, xn + m * C, C, eps, tmp);
-        rowwise_linear(xn, attn_wt, attn_b, qkv, M, C, 3 * C);
+        linear(wfmt, xn, attn_wt, attn_s, attn_b, qkv, M, C, 3 * C);
         for (int64_t m = 0; m < M; m++) {
             const int64_t r = row0 + m, at = pos[m];
             for (int64_t hh = 0; hh < n_heads; hh++) {
@@ -145,16 +167,29 @@ int decode_step(const int64_t *params, int64_t n_layers, const int64_t *tok, con
                        att + m * C + hh * hd);
             }
         }
-        rowwise_linear(att, proj_wt, proj_b, y, M, C, C);
+        linear(wfmt, att, proj_wt, proj_s, proj_b, y, M, C, C);
         for (int64_t i = 0; i < M * C; i++) x[i] = x[i] + y[i];
         for (int64_t m = 0; m < M; m++) layer_norm(x + m * C, ln2w, ln2b, xn + m * C, C, eps, tmp);
-        rowwise_linear(xn, fc_wt, fc_b, h, M, C, F);
+        linear(wfmt, xn, fc_wt, fc_s, fc_b, h, M, C, F);
         gelu_tanh(h, M * F);
-        rowwise_linear(h, mp_wt, mp_b, y, M, F, C);
+        linear(wfmt, h, mp_wt, mp_s, mp_b, y, M, F, C);
         for (int64_t i = 0; i < M * C; i++) x[i] = x[i] + y[i];
     }
     const float *lnfw = (const float *)params[2], *lnfb = (const float *)params[3];
     for (int64_t m = 0; m < M; m++) layer_norm(x + m * C, lnfw, lnfb, out + m * C, C, eps, tmp);
     free(buf);
     return 0;
+}
+
+/* decode_step, then each row's next token into ids (M,) (it may be tok itself: the step has
+   read it). head: [classes, per_class, class weight transposed, token weight transposed,
+   lanes, simd] as int64, cpu_draw.c's draw_rows arguments; seeds, steps (M,) int64,
+   temperature (M,) float32. Returns 0, or draw_rows's error (-1: out of memory). */
+int decode_and_draw(const int64_t *params, int64_t n_layers, int64_t wfmt, const int64_t *tok, const int64_t *pos,
+                    int64_t M, int64_t row0, int64_t C, int64_t n_heads, int64_t L, float eps, float *out,
+                    const int64_t *head, const int64_t *seeds, const int64_t *steps,
+                    const float *temperature, int64_t *ids) {
+    if (decode_step(params, n_layers, wfmt, tok, pos, M, row0, C, n_heads, L, eps, out)) return -1;
+    return draw_rows(out, M, C, head[0], head[1], (const float *)head[2], (const float *)head[3], head[4],
+                     head[5], seeds, steps, temperature, ids);
 }

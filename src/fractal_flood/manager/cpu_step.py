@@ -1,28 +1,48 @@
-"""The decode step compiled for the CPU: every layer of one step in one C call.
+"""The decode step compiled for the CPU: every layer of one step, and the draw, in one C call.
 
 The eager step (``CausalLM.hidden_cached``, the slot cache's forward) runs ~80 PyTorch
 operators a step, each paying its dispatch; at batch 1 on a CPU that, not the arithmetic,
 is most of the step. ``CpuStep.hidden`` runs the whole body (embeddings, every layer, the
 final layer norm) as one call into ``cpu_step.c``, built on first use (``native.build``),
 writing each row's key and value into the same cache tensors the eager path uses, so the
-two can take turns (a window slide's prefill stays eager). The output layer and the draw
-stay the model's (``CausalLM.draw``: its linear layers are row-invariant too).
+two can take turns (a window slide's prefill stays eager). ``CpuStep.step`` runs the body,
+then the output layer and each row's draw (``cpu_draw.c``: the class-factored head or one
+softmax, the counter-based uniform, the inversion; temperature > 0 and greedy rows), in the
+same call: one call a step. Rows that ask for top-k or top-p keep the Python draw
+(``CausalLM.draw`` over the step's hidden states: its sort stays in PyTorch).
 
 Exactness: the eager step is the reference. The compiled one uses the same linear layers
 bit for bit (``rowwise_linear.c``), and its own layer norm, attention and GELU, which sum
 in another order and take the exponential from a polynomial: hidden states agree with the
-eager step's to about 1e-6 (tests: within 1e-4 over hundreds of steps), so a draw that
-falls within that of a tie can go the other way. Each row is computed alone, so a row's
-result is the same in any batch, bit for bit.
+eager step's to about 1e-6 (tests: within 1e-5 over hundreds of steps), so a draw that
+falls within that of a tie can go the other way. The C draw repeats the Python draw's
+operations (the same linear kernel, PyTorch's softmax kernel as this CPU runs it, a running
+sum in double as PyTorch's CPU cumsum, the same uniform and inversion), so from the same
+hidden states it draws the Python draw's ids bit for bit on x86 CPUs (``softmax_kernel``;
+tested); elsewhere its probabilities agree to the last bits, and only a target that close
+to a slice's edge can land on the neighbour. Greedy rows take the first highest score, as
+``argmax``. Each row is computed alone, so a row's result is the same in any batch, bit for
+bit.
 
-``FRACTAL_FLOOD_CPU_STEP=eager`` turns it off (the reference path); without a C compiler
-it is off.
+``FRACTAL_FLOOD_CPU_STEP`` picks the path: ``native`` (the default: body and draw in C),
+``body`` (the body in C, the draw in Python: the previous default, for comparison) or
+``eager`` (the reference: PyTorch layers, the Python draw); without a C compiler it is
+``eager``.
+
+``FRACTAL_FLOOD_CPU_WEIGHTS`` picks how the layers' matrices are stored (``models/weight_formats.py``):
+``int8`` by default (one scale per output channel; the shipped models' held-out bits per
+character within 0.0002 of float32's, and the fastest measured), ``bf16`` or ``fp32``. The
+step over int8 or bf16 matrices is the float32 step over the dequantised matrices, bit for
+bit, so every statement above holds of it against a model holding those; against the
+float32 model itself (the eager step, the references) only ``fp32`` is held to the
+tolerances above (the test suite runs ``fp32``: tests/conftest.py).
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
+import platform
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -31,10 +51,12 @@ import torch
 from .. import native
 from ..errors import SettingError
 from ..models.causal_lm import CausalLM
+from ..models import rowwise_linear, weight_formats
 from ..models.rowwise_linear import SOURCE as LINEAR_SOURCE
 
 SOURCE = Path(__file__).with_name("cpu_step.c")
-MODES = ("native", "eager")
+DRAW_SOURCE = Path(__file__).with_name("cpu_draw.c")
+MODES = ("native", "body", "eager")
 
 _library: Optional[ctypes.CDLL] = None
 
@@ -42,21 +64,61 @@ _library: Optional[ctypes.CDLL] = None
 def library() -> Optional[ctypes.CDLL]:
     global _library
     if _library is None:
-        lib = native.build("cpu_step", [SOURCE, LINEAR_SOURCE])
+        lib = native.build("cpu_step", [SOURCE, DRAW_SOURCE, LINEAR_SOURCE])
         if lib is not None:
             p, n = ctypes.c_void_p, ctypes.c_int64
-            lib.decode_step.argtypes = [p, n, p, p, n, n, n, n, n, ctypes.c_float, p]
+            lib.decode_step.argtypes = [p, n, n, p, p, n, n, n, n, n, ctypes.c_float, p]
             lib.decode_step.restype = ctypes.c_int
+            lib.decode_and_draw.argtypes = [p, n, n, p, p, n, n, n, n, n, ctypes.c_float, p, p, p, p, p, p]
+            lib.decode_and_draw.restype = ctypes.c_int
+            lib.draw_rows.argtypes = [p, n, n, n, n, p, p, n, n, p, p, p, p]
+            lib.draw_rows.restype = ctypes.c_int
+            lib.softmax_rows.argtypes = [p, n, n, p, n, n, p, p]
+            lib.softmax_rows.restype = None
+            lib.row_uniforms.argtypes = [p, p, n, p]
+            lib.row_uniforms.restype = None
             _library = lib
     return _library
 
 
-def wanted() -> bool:
-    """Whether the compiled step is asked for (``FRACTAL_FLOOD_CPU_STEP``, default native)."""
+def softmax_kernel() -> tuple[int, int]:
+    """(lanes, simd) of the softmax PyTorch runs on this CPU (``cpu_draw.c``'s
+    ``softmax_cdf`` computes it the same way): AVX-512 16 lanes and AVX2 8, each with SLEEF's
+    exp and a halving fold; the generic kernel 8 lanes, libm's exp, a fold in lane order.
+    Other CPUs (ARM, POWER, s390x) get (16, 1): the same probabilities to the last bits only."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return (16, 1)
+    cap = torch.backends.cpu.get_cpu_capability()
+    return {"AVX512": (16, 1), "AVX2": (8, 1), "DEFAULT": (8, 0)}.get(cap, (16, 1))
+
+
+def mode() -> str:
+    """``FRACTAL_FLOOD_CPU_STEP`` (default ``native``): ``native``, ``body`` or ``eager``."""
     asked = os.environ.get("FRACTAL_FLOOD_CPU_STEP", "native")
     if asked not in MODES:
         raise SettingError(f"FRACTAL_FLOOD_CPU_STEP={asked!r}: choose from {', '.join(MODES)}")
-    return asked == "native"
+    return asked
+
+
+WEIGHT_CODES = {"fp32": 0, "bf16": 1, "int8": 2}  # cpu_step.c's wfmt
+# the fastest format whose held-out bits per character stay within 0.01 of float32's, for
+# the shipped manager and AR peer (docs/log/notebook.md, 2026-12-07: int8 +0.0001 and
+# +0.0002 bits/char, 1.10-1.35x end to end)
+DEFAULT_WEIGHTS = "int8"
+
+
+def weights_format() -> str:
+    """``FRACTAL_FLOOD_CPU_WEIGHTS`` (default ``DEFAULT_WEIGHTS``): how the compiled step
+    stores each layer's matrices, ``fp32``, ``bf16`` or ``int8`` (``models/weight_formats.py``)."""
+    asked = os.environ.get("FRACTAL_FLOOD_CPU_WEIGHTS", DEFAULT_WEIGHTS)
+    if asked not in weight_formats.FORMATS:
+        raise SettingError(f"FRACTAL_FLOOD_CPU_WEIGHTS={asked!r}: choose from {', '.join(weight_formats.FORMATS)}")
+    return asked
+
+
+def wanted() -> bool:
+    """Whether the compiled step is asked for (``native`` or ``body``)."""
+    return mode() != "eager"
 
 
 def usable(model: CausalLM, device: torch.device, dtype: Optional[torch.dtype]) -> bool:
@@ -70,9 +132,17 @@ def usable(model: CausalLM, device: torch.device, dtype: Optional[torch.dtype]) 
 
 class CpuStep:
     """``hidden(tok, pos, row0)``: final hidden states (M, C) of M rows' pending tokens at
-    their positions, keys and values written into cache rows row0 .. row0 + M - 1."""
+    their positions, keys and values written into cache rows row0 .. row0 + M - 1.
+    ``step(...)``: the same and each row's next token, in one call.
 
-    def __init__(self, model: CausalLM, k_caches: Sequence[torch.Tensor], v_caches: Sequence[torch.Tensor]):
+    ``draws``: whether callers should take ``step`` (the C draw; ``FRACTAL_FLOOD_CPU_STEP``
+    ``native``) or ``hidden`` and the model's Python draw (``body``). ``weights``: how the
+    layers' matrices are stored (``weight_formats``; default ``FRACTAL_FLOOD_CPU_WEIGHTS``):
+    the step over bf16 or int8 matrices is the float32 step over ``weight_formats.dequantized``
+    ones, bit for bit."""
+
+    def __init__(self, model: CausalLM, k_caches: Sequence[torch.Tensor], v_caches: Sequence[torch.Tensor],
+                 draws: Optional[bool] = None, weights: Optional[str] = None):
         cfg = model.config
         self.lib = library()
         if self.lib is None:
@@ -85,6 +155,9 @@ class CpuStep:
                 raise ValueError("the compiled step needs contiguous float32 CPU caches")
         self.model, self.k, self.v = model, list(k_caches), list(v_caches)
         self.C, self.heads, self.L, self.eps = cfg.d_model, cfg.n_heads, cfg.context, float(norms[0].eps)
+        self.draws = mode() == "native" if draws is None else draws
+        self.weights = weight_formats.check(weights) if weights is not None else weights_format()
+        self._wfmt = WEIGHT_CODES[self.weights]
         self._weights = [p for p in model.parameters()]
         self._pack()
 
@@ -97,15 +170,27 @@ class CpuStep:
             keep.append(t)
             return t.data_ptr()
 
+        def matrix(w: torch.Tensor) -> tuple[int, int]:  # (weights, scales or 0) as stored
+            wt, scale = weight_formats.stored(w, self.weights)
+            return ptr(wt), (ptr(scale) if scale is not None else 0)
+
         ptrs = [ptr(m.wte.weight), ptr(m.wpe.weight), ptr(m.ln_f.weight), ptr(m.ln_f.bias)]
         for b, kc, vc in zip(m.blocks, self.k, self.v):
             a, f = b.attn, b.mlp
-            ptrs += [ptr(b.ln_1.weight), ptr(b.ln_1.bias), ptr(a.c_attn.weight.t()), ptr(a.c_attn.bias),
-                     ptr(a.c_proj.weight.t()), ptr(a.c_proj.bias), ptr(b.ln_2.weight), ptr(b.ln_2.bias),
-                     ptr(f.c_fc.weight.t()), ptr(f.c_fc.bias), ptr(f.c_proj.weight.t()), ptr(f.c_proj.bias),
-                     kc.data_ptr(), vc.data_ptr()]
+            (qkv, qkv_s), (proj, proj_s) = matrix(a.c_attn.weight), matrix(a.c_proj.weight)
+            (fc, fc_s), (out, out_s) = matrix(f.c_fc.weight), matrix(f.c_proj.weight)
+            ptrs += [ptr(b.ln_1.weight), ptr(b.ln_1.bias), qkv, ptr(a.c_attn.bias), proj, ptr(a.c_proj.bias),
+                     ptr(b.ln_2.weight), ptr(b.ln_2.bias), fc, ptr(f.c_fc.bias), out, ptr(f.c_proj.bias),
+                     kc.data_ptr(), vc.data_ptr(), qkv_s, proj_s, fc_s, out_s]
+        if m.class_head is not None:  # the draw's operands: rowwise_linear's own copies
+            K = m.class_head.weight.size(0)
+            head = [K, m.lm_head.weight.size(0) // K, ptr(rowwise_linear.transposed(m.class_head.weight)),
+                    ptr(rowwise_linear.transposed(m.lm_head.weight, K))]
+        else:
+            head = [0, m.lm_head.weight.size(0), 0, ptr(rowwise_linear.transposed(m.lm_head.weight))]
         self._keep = keep  # the transposed copies live as long as the pointers
         self._params = (ctypes.c_int64 * len(ptrs))(*ptrs)
+        self._head = (ctypes.c_int64 * 6)(*head, *softmax_kernel())
         self._versions = [p._version for p in self._weights]
 
     def hidden(self, tok: torch.Tensor, pos: torch.Tensor, row0: int = 0) -> torch.Tensor:
@@ -115,7 +200,82 @@ class CpuStep:
         pos = pos.to(torch.int64).contiguous()
         M = tok.numel()
         out = torch.empty(M, self.C, dtype=torch.float32)
-        if self.lib.decode_step(ctypes.addressof(self._params), len(self.k), tok.data_ptr(), pos.data_ptr(),
+        if self.lib.decode_step(ctypes.addressof(self._params), len(self.k), self._wfmt, tok.data_ptr(), pos.data_ptr(),
                                 M, row0, self.C, self.heads, self.L, self.eps, out.data_ptr()):
             raise MemoryError("the compiled decode step could not allocate its buffers")
         return out
+
+    def step(self, tok: torch.Tensor, pos: torch.Tensor, seeds: torch.Tensor, steps: torch.Tensor,
+             temperature: torch.Tensor, row0: int = 0,
+             ids: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``hidden`` and each row's next token, in one call: (M,) int64 ids (written into
+        ``ids`` when given: M contiguous int64, which may be ``tok`` itself) and the (M, C)
+        hidden states. Row m draws with its own seed, step and temperature (0: greedy, the
+        first highest score); no top-k or top-p (``CausalLM.draw`` for those rows)."""
+        if [p._version for p in self._weights] != self._versions:
+            self._pack()
+        tok = tok.to(torch.int64).contiguous()
+        pos = pos.to(torch.int64).contiguous()
+        seeds = seeds.to(torch.int64).contiguous()
+        steps = steps.to(torch.int64).contiguous()
+        temperature = temperature.to(torch.float32).contiguous()
+        M = tok.numel()
+        if ids is None:
+            ids = torch.empty(M, dtype=torch.int64)
+        elif ids.dtype != torch.int64 or ids.numel() != M or not ids.is_contiguous():
+            raise ValueError("ids must be M contiguous int64 entries")
+        out = torch.empty(M, self.C, dtype=torch.float32)
+        if self.lib.decode_and_draw(ctypes.addressof(self._params), len(self.k), self._wfmt, tok.data_ptr(),
+                                    pos.data_ptr(), M, row0, self.C, self.heads, self.L, self.eps, out.data_ptr(),
+                                    ctypes.addressof(self._head), seeds.data_ptr(), steps.data_ptr(),
+                                    temperature.data_ptr(), ids.data_ptr()):
+            raise MemoryError("the compiled decode step could not allocate its buffers")
+        return ids.view(-1), out
+
+    def draw(self, hidden: torch.Tensor, seeds: torch.Tensor, steps: torch.Tensor,
+             temperature: torch.Tensor) -> torch.Tensor:
+        """The C draw alone over given (M, C) hidden states: (M,) int64 ids (what ``step``
+        draws after its body; the tests hold it against ``CausalLM.draw``)."""
+        if [p._version for p in self._weights] != self._versions:
+            self._pack()
+        hidden = hidden.to(torch.float32).contiguous()
+        seeds = seeds.to(torch.int64).contiguous()
+        steps = steps.to(torch.int64).contiguous()
+        temperature = temperature.to(torch.float32).contiguous()
+        M = hidden.size(0)
+        ids = torch.empty(M, dtype=torch.int64)
+        h = self._head
+        if self.lib.draw_rows(hidden.data_ptr(), M, self.C, h[0], h[1], h[2] or None, h[3], h[4], h[5],
+                              seeds.data_ptr(), steps.data_ptr(), temperature.data_ptr(), ids.data_ptr()):
+            raise MemoryError("the compiled draw could not allocate its buffers")
+        return ids
+
+
+def row_uniforms(seeds: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
+    """The C draw's uniforms for (M,) seeds and steps: ``tokens.row_uniform``'s, bit for bit
+    (tested)."""
+    lib = library()
+    if lib is None:
+        raise RuntimeError("no C compiler built the CPU decode step")
+    seeds = seeds.to(torch.int64).contiguous()
+    steps = steps.to(torch.int64).contiguous()
+    u = torch.empty(seeds.numel(), dtype=torch.float32)
+    lib.row_uniforms(seeds.data_ptr(), steps.data_ptr(), seeds.numel(), u.data_ptr())
+    return u
+
+
+def softmax_cdf(scores: torch.Tensor, divisors: torch.Tensor, kernel: Optional[tuple] = None):
+    """The C draw's softmax and running sum of (M, n) scores over (M,) divisors: (p, cdf),
+    each (M, n) float32 (``kernel``: (lanes, simd), default this CPU's ``softmax_kernel``).
+    PyTorch's ``(scores / divisors[:, None]).softmax(-1)`` and its ``cumsum(-1)`` bit for bit
+    where the kernel is PyTorch's here (tested)."""
+    lib = library()
+    if lib is None:
+        raise RuntimeError("no C compiler built the CPU decode step")
+    lanes, simd = kernel or softmax_kernel()
+    scores = scores.to(torch.float32).contiguous()
+    divisors = divisors.to(torch.float32).contiguous()
+    M, n = scores.shape
+    p, cdf = torch.empty(M, n), torch.empty(M, n)
+    lib.softmax_rows(scores.data_ptr(), M, n, divisors.data_ptr(), lanes, simd, p.data_ptr(), cdf.data_ptr())
+    return p, cdf

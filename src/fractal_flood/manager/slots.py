@@ -110,7 +110,8 @@ class SlotManager:
         self.steps = torch.zeros(S, dtype=torch.long, device=self.device)
         self.rows = RowSampling.of([SamplingConfig()] * S, self.device)
         self.host_pos = np.zeros(S, dtype=np.int64)  # mirror of pos: when is a row's window full
-        # on a CPU the default: every layer of a step in one C call, each row alone (cpu_step.py)
+        # on a CPU the default: every layer of a step and the draw in one C call, each row alone
+        # (cpu_step.py)
         self._native = CpuStep(model, self.k, self.v) if cpu_step.usable(model, self.device, dtype) else None
         self.host_filters = np.zeros(S, dtype=bool)  # row asks for top-k / top-p (a sort per step)
         self.owner: list = []  # owner[i]: who holds active row i (rows 0..n-1)
@@ -186,12 +187,28 @@ class SlotManager:
         rows = torch.arange(A, device=self.device)
         pos, tok = self.pos[:A], self.tok[:A]
         self.window[rows, pos] = tok  # pending token takes its slot
-        nxt = self.model.draw(self.step_hidden(A), self.rows.rows(slice(0, A)), self.seeds[:A],
-                              self.steps[:A])
+        nxt, _ = self.step_rows(A)
         self.tok[:A] = nxt
         self.pos[:A] += 1
         self.steps[:A] += 1
         return nxt
+
+    def step_rows(self, A: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows 0..A-1's next tokens (A,) and final hidden states (A, C). On a CPU by default
+        one C call runs the step and every row's draw (``CpuStep.step``); rows that ask for
+        top-k or top-p are drawn again by ``CausalLM.draw`` from their hidden states (only
+        those rows, so no other row's draw depends on them)."""
+        rows = self.rows.rows(slice(0, A))
+        if self._native is None or not self._native.draws:
+            hidden = self.step_hidden(A)
+            return self.model.draw(hidden, rows, self.seeds[:A], self.steps[:A]), hidden
+        ids, hidden = self._native.step(self.tok[:A], self.pos[:A], self.seeds[:A], self.steps[:A],
+                                        self.rows.temperature[:A])
+        if rows.filters:
+            picked = torch.from_numpy(np.flatnonzero(self.host_filters[:A]))
+            ids[picked] = self.model.draw(hidden[picked], self.rows.rows(picked), self.seeds[picked],
+                                          self.steps[picked])
+        return ids, hidden
 
     def step_hidden(self, A: int) -> torch.Tensor:
         """Final hidden states (A, C) of the pending tokens of rows 0..A-1. (A row's cache

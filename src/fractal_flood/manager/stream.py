@@ -92,7 +92,7 @@ class ARStream:
         # the Triton step (fused_step.py): 21 kernels for the shipped manager where the eager
         # step runs 154 operators (CUDA; tests: the CPU under TRITON_INTERPRET=1)
         self._fused = FusedStep(model, batch_size) if fused else None
-        # on a CPU the default: every layer of the step in one C call (cpu_step.py)
+        # on a CPU the default: every layer of the step and the draw in one C call (cpu_step.py)
         self._native = (CpuStep(model, [c.k for c in model.kv_caches], [c.v for c in model.kv_caches])
                         if not (compile or fused or cuda_graph) and cpu_step.usable(model, self.device, dtype)
                         else None)
@@ -145,6 +145,13 @@ class ARStream:
         self._window.index_copy_(1, self._pos, self._tok)  # pending token takes its slot
         if self._fused is not None:
             nxt = self._fused.step(self._tok, self._pos, self._rows, self._seeds, self._steps)
+        elif self._native is not None and self._native.draws and not self.sampling.filters:
+            # the whole step, draw included, in one C call; the next token lands in _tok
+            self._native.step(self._tok[:, 0], self._pos.expand(self.batch_size), self._seeds, self._steps,
+                              self._rows.temperature, ids=self._tok)
+            self._pos.add_(1)
+            self._steps.add_(1)
+            return
         else:
             if self._native is not None:
                 hidden = self._native.hidden(self._tok[:, 0], self._pos.expand(self.batch_size))[:, None]

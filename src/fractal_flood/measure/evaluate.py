@@ -90,14 +90,23 @@ def evaluate(model_dir=None, corpus=None, device="auto", k: int = 1, max_roots: 
     out["render"] = {"fidelity": fid, "cer": cer, "roots": len(held)}
 
     # --- manager (and AR peer) held-out loss
+    out.update(language_model_quality(tok, manager, m.peer, roots, dev))
+    return out
+
+
+@torch.no_grad()
+def language_model_quality(tok, manager, peer, roots: torch.Tensor, device) -> dict:
+    """The manager's held-out loss per root and the AR peer's per chunk (either may be None),
+    each with its bits per character, over the held-out roots ``roots`` (``evaluate``'s
+    figures; ``scripts/weight_formats.py`` scores reduced-precision copies with it)."""
+    out = {}
     held_chars = len(tok.decode(roots.tolist()))
     if manager is not None:
-        loss = heldout_loss(manager, roots, dev)
+        loss = heldout_loss(manager, roots, device)
         out["manager"] = {"loss_per_root": loss, "bpc": bits_per_char_of_loss(loss, held_chars / len(roots))}
-    if m.peer is not None:
-        peer = m.peer
+    if peer is not None:
         chunks = torch.tensor(tok.encode_chunks(tok.decode(roots.tolist())))
-        ploss = heldout_loss(peer, chunks, dev)
+        ploss = heldout_loss(peer, chunks, device)
         out["peer"] = {"loss_per_chunk": ploss, "bpc": bits_per_char_of_loss(ploss, held_chars / len(chunks))}
     return out
 

@@ -76,3 +76,73 @@ void rowwise_gathered(const float *x, const float *wt_blocks, const int64_t *ind
         }
     }
 }
+
+/* The same layer with its weights stored in fewer bits, each weight widened to float32 as
+   it is read and then used exactly as above (bias, then each product added in k order):
+   - bf16: wt holds the upper 16 bits of float32 values (widening is exact), so the result
+     is rowwise_linear's over those float32 values, bit for bit;
+   - int8: wt holds integers q with one float32 scale per output n, the weight q * scale[n]
+     rounded to float32 once (weight_formats.py's dequantised weight), so the result is
+     rowwise_linear's over the dequantised weights, bit for bit.
+   Fewer bytes stream from memory a step (a half, a quarter); the widening costs an
+   operation or two per product. */
+#define WIDE_TILES(NAME, TYPE, WIDEN)                                                              \
+    static void NAME##_full(const float *restrict x, const TYPE *restrict wt, const float *restrict sc, \
+                            const float *restrict b, float *restrict y, int64_t K, int64_t N,        \
+                            int64_t ldx) {                                                          \
+        float acc[R][NB];                                                                           \
+        for (int r = 0; r < R; r++)                                                                 \
+            for (int j = 0; j < NB; j++) acc[r][j] = b ? b[j] : 0.0f;                               \
+        for (int64_t k = 0; k < K; k++) {                                                           \
+            const TYPE *w = wt + k * N;                                                             \
+            float wk[NB];                                                                           \
+            for (int j = 0; j < NB; j++) wk[j] = WIDEN(w, sc, j);                                   \
+            for (int r = 0; r < R; r++) {                                                           \
+                const float xv = x[r * ldx + k];                                                    \
+                for (int j = 0; j < NB; j++) acc[r][j] += xv * wk[j];                               \
+            }                                                                                       \
+        }                                                                                           \
+        for (int r = 0; r < R; r++)                                                                 \
+            for (int j = 0; j < NB; j++) y[r * N + j] = acc[r][j];                                  \
+    }                                                                                               \
+    static void NAME##_part(const float *restrict x, const TYPE *restrict wt, const float *restrict sc, \
+                            const float *restrict b, float *restrict y, int64_t K, int64_t N,        \
+                            int64_t ldx, int64_t rows, int64_t cols) {                              \
+        for (int64_t r = 0; r < rows; r++) {                                                        \
+            float acc[NB];                                                                          \
+            for (int64_t j = 0; j < cols; j++) acc[j] = b ? b[j] : 0.0f;                            \
+            for (int64_t k = 0; k < K; k++) {                                                       \
+                const float xv = x[r * ldx + k];                                                    \
+                const TYPE *w = wt + k * N;                                                         \
+                for (int64_t j = 0; j < cols; j++) acc[j] += xv * WIDEN(w, sc, j);                  \
+            }                                                                                       \
+            for (int64_t j = 0; j < cols; j++) y[r * N + j] = acc[j];                               \
+        }                                                                                           \
+    }                                                                                               \
+    void NAME(const float *x, const TYPE *wt, const float *scale, const float *b, float *y,         \
+              int64_t M, int64_t K, int64_t N) {                                                    \
+        for (int64_t n0 = 0; n0 < N; n0 += NB) {                                                    \
+            const int64_t cols = N - n0 < NB ? N - n0 : NB;                                         \
+            const float *bn = b ? b + n0 : 0, *sn = scale ? scale + n0 : 0;                         \
+            for (int64_t m0 = 0; m0 < M; m0 += R) {                                                 \
+                const int64_t rows = M - m0 < R ? M - m0 : R;                                       \
+                if (rows == R && cols == NB)                                                        \
+                    NAME##_full(x + m0 * K, wt + n0, sn, bn, y + m0 * N + n0, K, N, K);             \
+                else                                                                                \
+                    NAME##_part(x + m0 * K, wt + n0, sn, bn, y + m0 * N + n0, K, N, K, rows, cols); \
+            }                                                                                       \
+        }                                                                                           \
+    }
+
+static inline float widen_bf16(const uint16_t *w, const float *sc, int64_t j) {
+    (void)sc;
+    union { uint32_t i; float f; } v = {.i = (uint32_t)w[j] << 16};
+    return v.f;
+}
+
+static inline float widen_int8(const int8_t *w, const float *sc, int64_t j) {
+    return (float)w[j] * sc[j];
+}
+
+WIDE_TILES(rowwise_linear_bf16, uint16_t, widen_bf16)
+WIDE_TILES(rowwise_linear_int8, int8_t, widen_int8)

@@ -73,12 +73,16 @@ def _setup(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.rowwise_linear.restype = None
     lib.rowwise_gathered.argtypes = [p, p, p, p, n, n, n]
     lib.rowwise_gathered.restype = None
+    for name in ("rowwise_linear_bf16", "rowwise_linear_int8"):
+        getattr(lib, name).argtypes = [p, p, p, p, p, n, n, n]
+        getattr(lib, name).restype = None
     return lib
 
 
-def _transpose(weight: torch.Tensor, blocks: int = 1) -> torch.Tensor:
+def transposed(weight: torch.Tensor, blocks: int = 1) -> torch.Tensor:
     """weight (N, K) -> its transpose (K, N), or with ``blocks`` = b the transposes of its b
-    consecutive row blocks (b, K, N / b); kept while the weight is alive and unchanged."""
+    consecutive row blocks (b, K, N / b): the kernel's operand, one copy per weight kept while
+    the weight is alive and unchanged (the compiled CPU step's draw reads the same copy)."""
     key = (id(weight), blocks)
     hit = _transposed.get(key)
     if (hit is not None and hit[0]() is weight and hit[1] == weight._version
@@ -111,7 +115,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] =
         out = torch.cat([F.linear(rows[i:i + 1].clone(), weight, bias) for i in range(rows.size(0))])
         return out.view(*lead, -1)
     rows = rows.contiguous()
-    wt = _transpose(weight)
+    wt = transposed(weight)
     M, N = rows.size(0), weight.size(0)
     y = torch.empty(M, N, dtype=torch.float32)
     b = bias.detach().contiguous() if bias is not None else None
@@ -134,10 +138,31 @@ def gathered(x: torch.Tensor, weight: torch.Tensor, blocks: int, index: torch.Te
         return torch.cat([F.linear(x[i:i + 1].clone(), view[int(index[i])]) for i in range(x.size(0))])
     x = x.contiguous()
     index = index.to(torch.int64).contiguous()
-    wt = _transpose(weight, blocks)  # (blocks, K, S)
+    wt = transposed(weight, blocks)  # (blocks, K, S)
     y = torch.empty(x.size(0), S, dtype=torch.float32)
     _library.rowwise_gathered(x.data_ptr(), wt.data_ptr(), index.data_ptr(), y.data_ptr(),
                               x.size(0), K, S)
+    return y
+
+
+def stored_linear(x: torch.Tensor, wt: torch.Tensor, scale: Optional[torch.Tensor] = None,
+                  bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """x (M, K) times weights kept transposed (K, N) in bfloat16, or in int8 with (N,)
+    float32 scales (``weight_formats.stored``): the C kernel, each weight widened to float32
+    as it is read. Bit for bit ``linear`` over ``weight_formats.dequantized`` (tested)."""
+    if library() is None:
+        raise RuntimeError("no C compiler built the rowwise kernel")
+    kernel = {torch.bfloat16: _library.rowwise_linear_bf16, torch.int8: _library.rowwise_linear_int8}[wt.dtype]
+    if wt.dtype == torch.int8 and scale is None:
+        raise ValueError("int8 weights need their scales")
+    x = x.float().contiguous()
+    wt = wt.contiguous()
+    M, (K, N) = x.size(0), wt.shape
+    y = torch.empty(M, N, dtype=torch.float32)
+    b = bias.detach().float().contiguous() if bias is not None else None
+    sc = scale.float().contiguous() if scale is not None else None
+    kernel(x.data_ptr(), wt.data_ptr(), sc.data_ptr() if sc is not None else None,
+           b.data_ptr() if b is not None else None, y.data_ptr(), M, K, N)
     return y
 
 
