@@ -34,6 +34,7 @@ import torch
 
 from fractal_flood.device import describe
 from fractal_flood.errors import FractalFloodError
+from fractal_flood.manager import cpu_step
 from fractal_flood.measure import ct2_peer
 from fractal_flood.generation.pipeline import TextPipeline
 from fractal_flood.manager.stream import ARStream
@@ -138,7 +139,9 @@ def main() -> None:
                           torch.get_num_threads())
             runs[f"llama-{kind}"] = lambda p=p: (len(p.generate(prompt, args.peer_tokens, TEMPERATURE)), None, None)
             runs[f"llama-{kind}"]()  # warm-up
-    print(f"paired single-stream ratios on {describe(torch.device('cpu'))}, float32, torch {torch.__version__}, "
+    weights = cpu_step.weights_format() if cpu_step.wanted() else "float32 (eager step)"
+    print(f"paired single-stream ratios on {describe(torch.device('cpu'))}, float32 activations, "
+          f"{weights} layer weights in ours and our peer's compiled step, torch {torch.__version__}, "
           f"{torch.get_num_threads()} thread(s)" + (", the engines at the same threads"
                                                     if args.engines or args.llama_cpp else "")
           + f", {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}")

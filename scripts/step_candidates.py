@@ -194,7 +194,7 @@ def make_eager(model, B, caches, ctx):
 def make_c(model, B, caches, ctx):
     if not cpu_step.usable(model, torch.device("cpu"), torch.float32):
         raise RuntimeError("no C compiler built the CPU decode step")
-    s = cpu_step.CpuStep(model, caches.k, caches.v)
+    s = cpu_step.CpuStep(model, caches.k, caches.v, weights="fp32")  # every candidate: float32 weights
     return s.hidden
 
 

@@ -8,17 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from fractal_flood.corpus.reader import load_corpus
-from fractal_flood.hierarchy.tokenizer import HierarchicalTokenizer
-
-SMALL_CHARS = 60_000
-
-# The suite runs on pytest-xdist workers (pyproject's addopts: ``-n auto --dist loadfile``,
-# one worker per core up to MAX_WORKERS, each test file on one worker so its module fixtures
-# are built once). Each worker gets an equal share of the cores for its intra-op threads
-# and the processes it starts (OMP_NUM_THREADS is read when torch starts): two workers
-# spinning two OpenMP threads each on two cores would slow both many times over.
+# The suite runs on pytest-xdist workers (pyproject's addopts: ``-n auto --dist loadfile``),
+# one per usable core up to MAX_WORKERS. Every test file runs whole on one worker, so its
+# module fixtures are built once; the files whose tests start big process trees (torchrun,
+# a browser, a server under 32 clients) run as one unit, so they never run at the same time
+# and the suite's peak memory stays that of one of them (``pytest_xdist_make_scheduler``). Each worker gets an equal share of the cores for its
+# intra-op threads and the processes it starts (read when torch starts), and its OpenMP
+# threads wait passively: a test that asks for two threads while the other worker runs
+# would otherwise spin on its barriers (7x slower, measured).
 MAX_WORKERS = 4
+HEAVY_FILES = ("test_distributed.py", "test_playground_browser.py", "test_serve_e2e.py")
 
 
 def _usable_cores() -> int:
@@ -31,6 +30,22 @@ def _usable_cores() -> int:
 if os.environ.get("PYTEST_XDIST_WORKER"):
     _share = max(1, _usable_cores() // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
     os.environ.setdefault("OMP_NUM_THREADS", str(_share))
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """``--dist loadfile``, with HEAVY_FILES scheduled as one unit (xdist's own
+    ``xdist_group`` marks do not take under pytest 9: the node ids keep no group)."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class FilesWithHeavyTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return "heavy-processes" if Path(path).name in HEAVY_FILES else path
+
+    return FilesWithHeavyTogether(config, log)
 
 
 def pytest_xdist_auto_num_workers(config):
@@ -38,6 +53,11 @@ def pytest_xdist_auto_num_workers(config):
     own trained fixtures: more would only add memory)."""
     return max(1, min(MAX_WORKERS, _usable_cores()))
 
+
+from fractal_flood.corpus.reader import load_corpus  # noqa: E402 (after the environment above)
+from fractal_flood.hierarchy.tokenizer import HierarchicalTokenizer  # noqa: E402
+
+SMALL_CHARS = 60_000
 
 # The compiled CPU step's default weights are int8 (manager/cpu_step.py); the suite holds the
 # compiled step to the eager step and the float32 references, which only the float32 step
