@@ -38,7 +38,7 @@ from fractal_flood.manager import cpu_step
 from fractal_flood.manager.slots import SlotManager
 from fractal_flood.sampling.tokens import SamplingConfig
 
-from paired_ratio import generator, load, peer, quartiles  # noqa: E402  (scripts/ is on sys.path)
+from contestants import generator, load, peer, quartiles  # noqa: E402  (scripts/ is on sys.path)
 
 FP32 = {"FRACTAL_FLOOD_CPU_WEIGHTS": "fp32"}
 RUNTIMES = {"blas": {"FRACTAL_FLOOD_ROWWISE": "blas", "FRACTAL_FLOOD_CPU_STEP": "eager", **FP32},

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import statistics
 import sys
 import tempfile
 import time
@@ -43,7 +42,7 @@ from fractal_flood.measure.bench import TEMPERATURE
 from fractal_flood.measure.ct2_peer import token_name
 from fractal_flood.sampling.tokens import SamplingConfig
 
-from paired_ratio import generator, load, quartiles  # noqa: E402  (scripts/ is on sys.path)
+from contestants import generator, load, quartiles  # noqa: E402  (scripts/ is on sys.path)
 
 GGUF_TYPES = ("f32", "q8_0")
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import statistics
 import sys
 import tempfile
 import time
@@ -36,58 +35,10 @@ from fractal_flood.device import describe
 from fractal_flood.errors import FractalFloodError
 from fractal_flood.manager import cpu_step
 from fractal_flood.measure import ct2_peer
-from fractal_flood.generation.pipeline import TextPipeline
-from fractal_flood.manager.stream import ARStream
 from fractal_flood.measure.bench import TEMPERATURE
-from fractal_flood.models import checkpoint as ckpt
-from fractal_flood.render.base import DecodeOptions
 from fractal_flood.sampling.tokens import SamplingConfig
 
-
-def load(model_dir):
-    """A model directory on the CPU in fp32, with its AR peer when it has one."""
-    return ckpt.load_model_dir(model_dir, torch.device("cpu"), torch.float32, optional=("peer",))
-
-
-def generator(m, roots: int, sampling: SamplingConfig):
-    """-> run() returning (tokens, characters, manager steps) of one end-to-end generate."""
-    pipe = TextPipeline(m.tokenizer, m.manager, m.renderer, torch.device("cpu"), torch.float32, "flood",
-                        DecodeOptions(k=1))
-
-    def run():
-        g = pipe.generate("", roots, sampling, seed=0)
-        return g.num_chunks, len(g.text), g.manager_steps
-    run()  # warm-up
-    return run
-
-
-def peer(m, n: int, sampling: SamplingConfig):
-    stream = ARStream(m.peer, 1, sampling, "cpu", seed=0)
-    prompt = torch.tensor(m.tokenizer.encode_chunks("\n"))
-
-    def run():
-        stream.start(prompt)
-        stream.generate(n)
-        return n, None, None
-    run()
-    return run
-
-
-def engine(m, path, compute_type: str, threads: int, n: int, sampling: SamplingConfig):
-    """-> run() writing n chunks with the peer in CTranslate2 (single-stream)."""
-    e = ct2_peer.CT2Peer(path, m.peer.config.context, compute_type, threads)
-    prompt = m.tokenizer.encode_chunks("\n")
-
-    def run():
-        e.generate([prompt], n, sampling)
-        return n, None, None
-    run()
-    return run
-
-
-def quartiles(xs: list) -> str:
-    q = statistics.quantiles(xs, n=4) if len(xs) > 1 else [xs[0]] * 3
-    return f"median {q[1]:.3f} (quartiles {q[0]:.3f} - {q[2]:.3f}, {len(xs)} rounds)"
+from contestants import engine, generator, load, peer, quartiles  # noqa: E402  (scripts/ is on sys.path)
 
 
 def main() -> None:

@@ -35,7 +35,7 @@ from fractal_flood.measure.evaluate import language_model_quality
 from fractal_flood.models import weight_formats
 from fractal_flood.sampling.tokens import SamplingConfig
 
-from paired_ratio import generator, load, peer, quartiles  # noqa: E402  (scripts/ is on sys.path)
+from contestants import generator, load, peer, quartiles  # noqa: E402  (scripts/ is on sys.path)
 
 
 def manager_stream(m, n: int, sampling: SamplingConfig):
