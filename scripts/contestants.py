@@ -38,16 +38,23 @@ def generator(m, roots: int, sampling: SamplingConfig):
     return run
 
 
-def peer(m, n: int, sampling: SamplingConfig):
-    stream = ARStream(m.peer, 1, sampling, "cpu", seed=0)
-    prompt = torch.tensor(m.tokenizer.encode_chunks("\n"))
+def stream(model, prompt: list, n: int, sampling: SamplingConfig):
+    """-> run() returning (n, None, None) of one causal model alone writing n tokens after
+    ``prompt`` (ids) in our own stream."""
+    s = ARStream(model, 1, sampling, "cpu", seed=0)
+    ids = torch.tensor(prompt)
 
     def run():
-        stream.start(prompt)
-        stream.generate(n)
+        s.start(ids)
+        s.generate(n)
         return n, None, None
     run()
     return run
+
+
+def peer(m, n: int, sampling: SamplingConfig):
+    """The AR peer writing n chunks after a newline."""
+    return stream(m.peer, m.tokenizer.encode_chunks("\n"), n, sampling)
 
 
 def engine(m, path, compute_type: str, threads: int, n: int, sampling: SamplingConfig):

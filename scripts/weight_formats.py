@@ -30,25 +30,16 @@ from fractal_flood.corpus.reader import load_corpus
 from fractal_flood.corpus.streams import TokenStream
 from fractal_flood.device import describe
 from fractal_flood.manager import cpu_step
-from fractal_flood.manager.stream import ARStream
 from fractal_flood.measure.evaluate import language_model_quality
 from fractal_flood.models import weight_formats
 from fractal_flood.sampling.tokens import SamplingConfig
 
-from contestants import generator, load, peer, quartiles  # noqa: E402  (scripts/ is on sys.path)
+from contestants import generator, load, peer, quartiles, stream  # noqa: E402  (scripts/ is on sys.path)
 
 
 def manager_stream(m, n: int, sampling: SamplingConfig):
     """-> run() returning (roots, None, None) of the manager alone writing n roots."""
-    stream = ARStream(m.manager, 1, sampling, "cpu", seed=0)
-    prompt = torch.tensor(m.tokenizer.encode("\n"))
-
-    def run():
-        stream.start(prompt)
-        stream.generate(n)
-        return n, None, None
-    run()
-    return run
+    return stream(m.manager, m.tokenizer.encode("\n"), n, sampling)
 
 
 def use(fmt: str) -> None:
