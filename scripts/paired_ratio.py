@@ -44,7 +44,7 @@ from contestants import engine, generator, load, peer, quartiles  # noqa: E402  
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", help="model directory (default: the shipped model)")
-    ap.add_argument("--baseline-model", help="the previous default's model directory (issue 9's ratio)")
+    ap.add_argument("--baseline-model", help="the previous default's model directory (tokens/s over it, divided by the characters-per-step ratio)")
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--roots", type=int, default=900, help="roots per end-to-end generate (the bench's)")
     ap.add_argument("--peer-tokens", type=int, default=1024, help="chunks the AR peer writes (the bench's)")

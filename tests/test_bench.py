@@ -413,7 +413,7 @@ def test_targets_count_only_faithful_rows():
     assert t["end-to-end vs the sequential baseline"]["value"] == pytest.approx(200)
     assert t["batched end-to-end"]["status"] == "not measured"
     assert t["vs transformers generate() at batch 1"]["status"] == "not measured"
-    assert t["issue 8: render-only"]["status"] == "not met"  # 2e5 < 1e6
+    assert t["render-only, the million goal"]["status"] == "not met"  # 2e5 < 1e6
     rows[1]["fidelity"] = 0.5
     t = {x["target"]: x for x in compute_targets(rows, "gpu")}
     assert t["render-only"]["status"] == "not met" and t["render-only"]["value"] is None
@@ -422,10 +422,10 @@ def test_targets_count_only_faithful_rows():
     assert {x["target"]: x for x in compute_targets(rows, "gpu")}["render-only"]["value"] is None
 
 
-def test_issue9_gpu_target_reads_the_default_row_only():
-    """The opt-in steps' rows count for the plain single-stream target, not for issue 9's
+def test_the_default_command_gpu_target_reads_the_default_row_only():
+    """The opt-in steps' rows count for the plain single-stream target, not for the target
     'with the default command'."""
-    name = "issue 9: single-stream end-to-end with the default command (no --compile, no --fused-step)"
+    name = "single-stream end-to-end with the default command (no --compile, no --fused-step)"
     rows = [_row("e2e single flood k=1", "end-to-end", "single", "flood", 9_000),
             _row("e2e single flood k=1 +fused", "end-to-end", "single", "flood", 12_000),
             _row("e2e single flood k=1 +compile", "end-to-end", "single", "flood", 11_000)]
@@ -442,7 +442,7 @@ def test_issue9_target_divides_the_speed_up_by_the_plan_ratio():
     ours = {**_row("e2e single flood k=1", "end-to-end", "single", "flood", 300), "chars": 500, "manager_steps": 100}
     base = {**_row("baseline e2e single flood k=1", "end-to-end", "single", "flood", 200, model="baseline"),
             "chars": 300, "manager_steps": 100}
-    name = "issue 9: single-stream speed-up over the previous default / its chars-per-step ratio"
+    name = "single-stream speed-up over the previous default / its chars-per-step ratio"
     t = {x["target"]: x for x in compute_targets([ours], "cpu")}
     assert t[name]["status"] == "not measured"
     t = {x["target"]: x for x in compute_targets([ours, base], "cpu")}
@@ -452,7 +452,7 @@ def test_issue9_target_divides_the_speed_up_by_the_plan_ratio():
     t = {x["target"]: x for x in compute_targets([ours, base], "cpu")}
     assert t[name]["status"] == "met"
     # the baseline's end-to-end row is never this model's single-stream speed
-    assert t["issue 8: end-to-end single-stream vs the AR peer"]["status"] == "not measured"
+    assert t["end-to-end single-stream vs the AR peer"]["status"] == "not measured"
     assert t["single-stream end-to-end"]["rows"] == ["e2e single flood k=1"]
 
 
@@ -466,24 +466,24 @@ def test_cpu_targets_compare_with_the_peer_in_the_same_run():
             _row("peer B=64", "autoregressive", "batched", "ARStream eager", 9000, requests=64),
             _row("render", "render-only", "single", "flood", 5000)]
     t = {x["target"]: x for x in compute_targets(rows, "cpu")}
-    single = t["issue 8: end-to-end single-stream vs the AR peer"]
+    single = t["end-to-end single-stream vs the AR peer"]
     assert single["status"] == "met" and single["value"] == pytest.approx(1.6) and single["hardware"] == "CPU"
-    batched = t["issue 8: batched end-to-end vs the AR peer, same requests"]
+    batched = t["batched end-to-end vs the AR peer, same requests"]
     # B=4 beats its peer, B=16 does not: every B must; B=64 has no Fractal Flood row to compare
     assert batched["status"] == "not met" and batched["value"] == pytest.approx(0.9)
     assert batched["rows"] == ["e2e B=16", "peer B=16"]
-    today = t["issue 8: render-only flood K=1 at R=256 vs today's"]
+    today = t["render-only flood K=1 at R=256 vs the recorded CPU flood"]
     assert today["value"] == pytest.approx(5000 / TODAY_CPU_RENDER_R256["tokens_per_s"])
     assert today["status"] == "met" and "only indicative" in today["note"]
     # a baseline of another model (not today's 6 x 256) does not replace the old figure
     rows.append({**_row("baseline", "render-only", "single", "flood", 1000, model="baseline"),
                  "note": "model runs/prev, renderer 1x64"})
     t = {x["target"]: x for x in compute_targets(rows, "cpu")}
-    assert "only indicative" in t["issue 8: render-only flood K=1 at R=256 vs today's"]["note"]
+    assert "only indicative" in t["render-only flood K=1 at R=256 vs the recorded CPU flood"]["note"]
     # a baseline of today's model measured in this run replaces the old file's figure
     rows[-1]["note"] = "model runs/today, renderer 6x256"
     t = {x["target"]: x for x in compute_targets(rows, "cpu")}
-    today = t["issue 8: render-only flood K=1 at R=256 vs today's"]
+    today = t["render-only flood K=1 at R=256 vs the recorded CPU flood"]
     assert today["value"] == pytest.approx(5.0) and today["status"] == "not met"
     assert today["rows"] == ["render", "baseline"]
     # the baseline row never counts as this model's render-only speed
@@ -491,7 +491,7 @@ def test_cpu_targets_compare_with_the_peer_in_the_same_run():
     # a faster but unfaithful end-to-end row does not count
     rows[0]["fidelity"] = 0.99
     t = {x["target"]: x for x in compute_targets(rows, "cpu")}
-    assert t["issue 8: end-to-end single-stream vs the AR peer"]["status"] == "not met"
+    assert t["end-to-end single-stream vs the AR peer"]["status"] == "not met"
 
 
 def test_output_paths_are_checked_before_the_run(tmp_path, capsys, monkeypatch):
