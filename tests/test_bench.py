@@ -438,7 +438,7 @@ def test_the_default_command_gpu_target_reads_the_default_row_only():
     assert {x["target"]: x for x in compute_targets(rows, "gpu")}[name]["status"] == "met"
 
 
-def test_issue9_target_divides_the_speed_up_by_the_plan_ratio():
+def test_previous_default_target_divides_the_speed_up_by_the_plan_ratio():
     ours = {**_row("e2e single flood k=1", "end-to-end", "single", "flood", 300), "chars": 500, "manager_steps": 100}
     base = {**_row("baseline e2e single flood k=1", "end-to-end", "single", "flood", 200, model="baseline"),
             "chars": 300, "manager_steps": 100}
