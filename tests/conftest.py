@@ -18,11 +18,6 @@ import pytest
 # would otherwise spin on its barriers (7x slower, measured).
 MAX_WORKERS = 4
 HEAVY_FILES = ("test_distributed.py", "test_playground_browser.py", "test_serve_e2e.py")
-# the files that take longest (``--durations``, 2026-12-07), handed out first so that no
-# worker starts one of them while the other has nothing left to do; the rest keep their order
-SLOW_FIRST = (*HEAVY_FILES, "test_rowwise_linear.py", "test_fused_step.py", "test_cpu_step.py",
-              "test_hierarchy.py", "test_cpu_draw.py", "test_top_lengths.py", "test_tokenizer.py",
-              "test_decoders.py", "test_causal_lm.py", "test_cli_extremes.py", "test_training.py")
 
 
 def _usable_cores() -> int:
@@ -44,8 +39,6 @@ def pytest_xdist_make_scheduler(config, log):
     if config.getvalue("dist") != "loadfile":
         return None
     from xdist.scheduler import LoadScopeScheduling
-
-    config.option.loadscopereorder = False  # keep the collection's order: SLOW_FIRST first
 
     class FilesWithHeavyTogether(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
@@ -93,10 +86,7 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
-    """SLOW_FIRST's files first (each file's tests in their order), and skip tests marked
-    ``cuda`` on a machine without a CUDA GPU."""
-    rank = {name: i for i, name in enumerate(SLOW_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable
+    """Skip tests marked ``cuda`` on a machine without a CUDA GPU."""
     marked = [item for item in items if item.get_closest_marker("cuda") is not None]
     if not marked:
         return
