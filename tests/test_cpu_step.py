@@ -134,3 +134,45 @@ def test_top_p_streams_part_only_at_a_near_tie(shipped, monkeypatch):
         assert torch.equal(a[:64], b[:64]), seed
         parted += not torch.equal(a, b)
     assert parted <= 1
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("temperature", [0.0, 0.8, 1.3])
+@torch.no_grad()
+def test_the_loop_in_c_writes_the_tokens_of_one_call_a_step(batch, temperature):
+    """ARStream.generate's C loop (decode_draw_steps, up to each window slide) against one
+    ``_step`` a token: the same tokens bit for bit across four window slides, the same
+    window, step counters and positions, whatever the cut of the calls."""
+    from fractal_flood.manager.stream import ARStream
+    from fractal_flood.sampling.tokens import SamplingConfig
+
+    m = model(context=16)
+    prompt = torch.randint(0, 512, (5,), generator=torch.Generator().manual_seed(2))
+    runs = []
+    for loop in (True, False):
+        s = ARStream(m, batch, SamplingConfig(temperature=temperature), "cpu", seed=7)
+        assert s._native_loop, "the C loop is the CPU default"
+        s._native_loop = loop
+        s.start(prompt)
+        toks = torch.cat([s.generate(n) for n in (1, 13, 0, 30, 7, 19)], dim=1)
+        runs.append((toks, s._window.clone(), s._steps.clone(), s.pos, int(s._pos), s.steps, s.prefills))
+    (a, *rest_a), (b, *rest_b) = runs
+    assert a.shape == (batch, 70) and torch.equal(a, b)
+    assert all(torch.equal(x, y) if torch.is_tensor(x) else x == y for x, y in zip(rest_a, rest_b))
+    assert runs[0][6] >= 4 + 1  # the prompt's prefill and at least four slides
+
+
+def test_the_loop_refuses_what_it_cannot_take():
+    m = model(context=16)
+    m.setup_cache(1)
+    step = cpu_step.CpuStep(m, *caches(m))
+    tok, steps = torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long)
+    seeds, temp = torch.zeros(1, dtype=torch.long), torch.ones(1)
+    with pytest.raises(ValueError, match="pass the context"):
+        step.steps(tok, 10, seeds, steps, temp, torch.empty(1, 7, dtype=torch.long))
+    with pytest.raises(ValueError, match="tok must be"):
+        step.steps(tok.int(), 0, seeds, steps, temp, torch.empty(1, 2, dtype=torch.long))
+    with pytest.raises(ValueError, match="out must be"):
+        step.steps(tok, 0, seeds, steps, temp, torch.empty(1, 4, dtype=torch.long)[:, ::2])
+    with pytest.raises(ValueError, match="window must be"):
+        step.steps(tok, 0, seeds, steps, temp, torch.empty(1, 2, dtype=torch.long), torch.zeros(1, 1, dtype=torch.long))

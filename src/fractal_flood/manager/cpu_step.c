@@ -193,3 +193,34 @@ int decode_and_draw(const int64_t *params, int64_t n_layers, int64_t wfmt, const
     return draw_rows(out, M, C, head[0], head[1], (const float *)head[2], (const float *)head[3], head[4],
                      head[5], seeds, steps, temperature, ids);
 }
+
+/* n steps of decode_and_draw for M rows that share one position (a stream): step s writes
+   each row's pending token tok[m] into window[m * wstride + pos0 + s] (when window is not
+   NULL), runs the step at position pos0 + s, writes the drawn token into tok[m] (the next
+   pending one) and ids[m * istride + s], and adds 1 to steps[m]. The caller keeps
+   pos0 + n <= L (the window slides between calls). The same operations as n single calls,
+   in the same order: the same tokens, bit for bit. Returns 0, or -1 when out of memory. */
+int decode_draw_steps(const int64_t *params, int64_t n_layers, int64_t wfmt, int64_t *tok, int64_t pos0,
+                      int64_t M, int64_t row0, int64_t C, int64_t n_heads, int64_t L, float eps, float *out,
+                      const int64_t *head, const int64_t *seeds, int64_t *steps, const float *temperature,
+                      int64_t n, int64_t *window, int64_t wstride, int64_t *ids, int64_t istride) {
+    int64_t *pos = malloc(sizeof(int64_t) * (size_t)M);
+    if (!pos) return -1;
+    for (int64_t s = 0; s < n; s++) {
+        for (int64_t m = 0; m < M; m++) {
+            pos[m] = pos0 + s;
+            if (window) window[m * wstride + pos0 + s] = tok[m];
+        }
+        if (decode_and_draw(params, n_layers, wfmt, tok, pos, M, row0, C, n_heads, L, eps, out, head, seeds,
+                            steps, temperature, tok)) {
+            free(pos);
+            return -1;
+        }
+        for (int64_t m = 0; m < M; m++) {
+            ids[m * istride + s] = tok[m];
+            steps[m] += 1;
+        }
+    }
+    free(pos);
+    return 0;
+}

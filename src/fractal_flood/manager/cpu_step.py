@@ -71,6 +71,9 @@ def library() -> Optional[ctypes.CDLL]:
             lib.decode_step.restype = ctypes.c_int
             lib.decode_and_draw.argtypes = [p, n, n, p, p, n, n, n, n, n, ctypes.c_float, p, p, p, p, p, p]
             lib.decode_and_draw.restype = ctypes.c_int
+            lib.decode_draw_steps.argtypes = [p, n, n, p, n, n, n, n, n, n, ctypes.c_float, p, p, p, p, p,
+                                              n, p, n, p, n]
+            lib.decode_draw_steps.restype = ctypes.c_int
             lib.draw_rows.argtypes = [p, n, n, n, n, p, p, n, n, p, p, p, p]
             lib.draw_rows.restype = ctypes.c_int
             lib.softmax_rows.argtypes = [p, n, n, p, n, n, p, p]
@@ -231,6 +234,40 @@ class CpuStep:
                                     temperature.data_ptr(), ids.data_ptr()):
             raise MemoryError("the compiled decode step could not allocate its buffers")
         return ids.view(-1), out
+
+    def steps(self, tok: torch.Tensor, pos: int, seeds: torch.Tensor, steps: torch.Tensor,
+              temperature: torch.Tensor, out: torch.Tensor, window: Optional[torch.Tensor] = None) -> None:
+        """``out.size(1)`` steps of ``step`` in one call, for M rows at one shared position
+        (a stream; cache rows 0 .. M - 1): step s writes each row's pending token ``tok``
+        into ``window[:, pos + s]``, draws the next one into ``tok``, into ``out[:, s]``, and
+        adds 1 to ``steps``. In place: ``tok`` (M,) and ``steps`` (M,) contiguous int64,
+        ``out`` (M, n) int64 with unit column stride, ``window`` (M, >= pos + n) contiguous
+        int64. The same tokens as n calls of ``step``, bit for bit (tested); ``pos + n``
+        must not pass the context (slide between calls)."""
+        M, n = tok.numel(), out.size(1)
+        if pos < 0 or pos + n > self.L:
+            raise ValueError(f"positions {pos} .. {pos + n - 1} pass the context ({self.L})")
+        for t, name in ((tok, "tok"), (steps, "steps")):
+            if t.dtype != torch.int64 or not t.is_contiguous() or t.numel() != M:
+                raise ValueError(f"{name} must be M contiguous int64 entries")
+        if out.dtype != torch.int64 or out.size(0) != M or out.stride(1) != 1:
+            raise ValueError("out must be (M, n) int64 with unit column stride")
+        if window is not None and (window.dtype != torch.int64 or not window.is_contiguous()
+                                   or window.size(0) != M or window.size(1) < pos + n):
+            raise ValueError("window must be (M, >= pos + n) contiguous int64")
+        if n == 0:
+            return
+        if [p._version for p in self._weights] != self._versions:
+            self._pack()
+        seeds = seeds.to(torch.int64).contiguous()
+        temperature = temperature.to(torch.float32).contiguous()
+        hidden = torch.empty(M, self.C, dtype=torch.float32)
+        if self.lib.decode_draw_steps(ctypes.addressof(self._params), len(self.k), self._wfmt, tok.data_ptr(), pos,
+                                      M, 0, self.C, self.heads, self.L, self.eps, hidden.data_ptr(),
+                                      ctypes.addressof(self._head), seeds.data_ptr(), steps.data_ptr(),
+                                      temperature.data_ptr(), n, window.data_ptr() if window is not None else None,
+                                      window.stride(0) if window is not None else 0, out.data_ptr(), out.stride(0)):
+            raise MemoryError("the compiled decode step could not allocate its buffers")
 
     def draw(self, hidden: torch.Tensor, seeds: torch.Tensor, steps: torch.Tensor,
              temperature: torch.Tensor) -> torch.Tensor:

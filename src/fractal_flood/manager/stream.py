@@ -96,6 +96,9 @@ class ARStream:
         self._native = (CpuStep(model, [c.k for c in model.kv_caches], [c.v for c in model.kv_caches])
                         if not (compile or fused or cuda_graph) and cpu_step.usable(model, self.device, dtype)
                         else None)
+        # the whole loop of steps in C: the C draw, no top-k/top-p rows, no graph or fused step
+        self._native_loop = (self._native is not None and self._native.draws and not sampling.filters
+                             and self._fused is None)
         self._graph = self._capture() if cuda_graph else None
 
     @property
@@ -122,6 +125,21 @@ class ARStream:
             raise RuntimeError("call start(prompt) before generate(n)")
         self._install_cache()
         out = torch.empty(self.batch_size, n, dtype=torch.long, device=self.device)
+        if self._graph is None and self._native_loop:
+            # the C step loops over the steps itself, up to each window slide (cpu_step.c's
+            # decode_draw_steps): the same tokens as one _step a token, without Python per step
+            i = 0
+            while i < n:
+                if self.pos == self.context:
+                    self._slide()
+                m = min(n - i, self.context - self.pos)
+                self._native.steps(self._tok[:, 0], self.pos, self._seeds, self._steps, self._rows.temperature,
+                                   out[:, i:i + m], self._window)
+                self._pos.add_(m)
+                self.pos += m
+                self.steps += m
+                i += m
+            return out
         for i in range(n):
             if self.pos == self.context:  # window full: the pending token has no slot
                 self._slide()
