@@ -9,9 +9,12 @@ Runtimes (environment switches, read when a stream or slot cache is built):
 - ``rowwise``: the eager step with row-invariant linear layers (``FRACTAL_FLOOD_CPU_STEP=eager``);
 - ``body``: every layer in one C call, the output layer and the draw in Python
   (``FRACTAL_FLOOD_CPU_STEP=body``);
-- ``native``: the whole step, layers, output layer and draw, in one C call;
+- ``native``: the whole step, layers, output layer and draw, in one C call, and a stream's
+  steps looped in C up to each window slide (the default);
 - ``int8``: ``native`` with int8 layer matrices (``FRACTAL_FLOOD_CPU_WEIGHTS=int8``: the
-  default; the others read float32 weights; ``scripts/weight_formats.py`` compares formats).
+  default; the others read float32 weights; ``scripts/weight_formats.py`` compares formats);
+- ``int8-step``: ``int8`` with one C call a step, the loop in Python
+  (``FRACTAL_FLOOD_CPU_STEP=step``: the default before the loop moved into C).
 
 ``--runtimes`` picks some of them (default the first four); each is compared with the first
 named and ``native`` also with ``body``.
@@ -46,7 +49,9 @@ RUNTIMES = {"blas": {"FRACTAL_FLOOD_ROWWISE": "blas", "FRACTAL_FLOOD_CPU_STEP": 
             "body": {"FRACTAL_FLOOD_ROWWISE": "kernel", "FRACTAL_FLOOD_CPU_STEP": "body", **FP32},
             "native": {"FRACTAL_FLOOD_ROWWISE": "kernel", "FRACTAL_FLOOD_CPU_STEP": "native", **FP32},
             "int8": {"FRACTAL_FLOOD_ROWWISE": "kernel", "FRACTAL_FLOOD_CPU_STEP": "native",
-                     "FRACTAL_FLOOD_CPU_WEIGHTS": "int8"}}
+                     "FRACTAL_FLOOD_CPU_WEIGHTS": "int8"},
+            "int8-step": {"FRACTAL_FLOOD_ROWWISE": "kernel", "FRACTAL_FLOOD_CPU_STEP": "step",
+                          "FRACTAL_FLOOD_CPU_WEIGHTS": "int8"}}
 DEFAULT_RUNTIMES = ("blas", "rowwise", "body", "native")
 
 

@@ -85,6 +85,9 @@ def test_the_switch(monkeypatch):
     m = model()
     assert cpu_step.usable(m, "cpu", torch.float32)
     assert not cpu_step.usable(m, "cpu", torch.bfloat16)
+    for switch in ("native", "step", "body"):
+        monkeypatch.setenv("FRACTAL_FLOOD_CPU_STEP", switch)
+        assert cpu_step.usable(m, "cpu", torch.float32)
     monkeypatch.setenv("FRACTAL_FLOOD_CPU_STEP", "eager")
     assert not cpu_step.usable(m, "cpu", torch.float32)
     monkeypatch.setenv("FRACTAL_FLOOD_CPU_STEP", "fast")
@@ -139,7 +142,7 @@ def test_top_p_streams_part_only_at_a_near_tie(shipped, monkeypatch):
 @pytest.mark.parametrize("batch", [1, 3])
 @pytest.mark.parametrize("temperature", [0.0, 0.8, 1.3])
 @torch.no_grad()
-def test_the_loop_in_c_writes_the_tokens_of_one_call_a_step(batch, temperature):
+def test_the_loop_in_c_writes_the_tokens_of_one_call_a_step(batch, temperature, monkeypatch):
     """ARStream.generate's C loop (decode_draw_steps, up to each window slide) against one
     ``_step`` a token: the same tokens bit for bit across four window slides, the same
     window, step counters and positions, whatever the cut of the calls."""
@@ -149,10 +152,10 @@ def test_the_loop_in_c_writes_the_tokens_of_one_call_a_step(batch, temperature):
     m = model(context=16)
     prompt = torch.randint(0, 512, (5,), generator=torch.Generator().manual_seed(2))
     runs = []
-    for loop in (True, False):
+    for switch in ("native", "step"):  # the default: the loop in C; one C call a step
+        monkeypatch.setenv("FRACTAL_FLOOD_CPU_STEP", switch)
         s = ARStream(m, batch, SamplingConfig(temperature=temperature), "cpu", seed=7)
-        assert s._native_loop, "the C loop is the CPU default"
-        s._native_loop = loop
+        assert s._native_loop == (switch == "native") and s._native.draws
         s.start(prompt)
         toks = torch.cat([s.generate(n) for n in (1, 13, 0, 30, 7, 19)], dim=1)
         runs.append((toks, s._window.clone(), s._steps.clone(), s.pos, int(s._pos), s.steps, s.prefills))

@@ -24,10 +24,15 @@ to a slice's edge can land on the neighbour. Greedy rows take the first highest 
 ``argmax``. Each row is computed alone, so a row's result is the same in any batch, bit for
 bit.
 
-``FRACTAL_FLOOD_CPU_STEP`` picks the path: ``native`` (the default: body and draw in C),
-``body`` (the body in C, the draw in Python: the previous default, for comparison) or
-``eager`` (the reference: PyTorch layers, the Python draw); without a C compiler it is
-``eager``.
+A stream (``ARStream``) hands its steps to C up to each window slide (``steps``: one call
+for up to a context of tokens, the loop, the window's bookkeeping and the step counters in
+C); the engine's slot cache calls ``step`` once a step (its rows join and leave between
+steps).
+
+``FRACTAL_FLOOD_CPU_STEP`` picks the path: ``native`` (the default: body and draw in C, a
+stream's steps looped in C), ``step`` (one C call a step, the loop in Python: the previous
+default, for comparison), ``body`` (the body in C, the draw in Python) or ``eager`` (the
+reference: PyTorch layers, the Python draw); without a C compiler it is ``eager``.
 
 ``FRACTAL_FLOOD_CPU_WEIGHTS`` picks how the layers' matrices are stored (``models/weight_formats.py``):
 ``int8`` by default (one scale per output channel; the shipped models' held-out bits per
@@ -56,7 +61,7 @@ from ..models.rowwise_linear import SOURCE as LINEAR_SOURCE
 
 SOURCE = Path(__file__).with_name("cpu_step.c")
 DRAW_SOURCE = Path(__file__).with_name("cpu_draw.c")
-MODES = ("native", "body", "eager")
+MODES = ("native", "step", "body", "eager")
 
 _library: Optional[ctypes.CDLL] = None
 
@@ -96,7 +101,7 @@ def softmax_kernel() -> tuple[int, int]:
 
 
 def mode() -> str:
-    """``FRACTAL_FLOOD_CPU_STEP`` (default ``native``): ``native``, ``body`` or ``eager``."""
+    """``FRACTAL_FLOOD_CPU_STEP`` (default ``native``): ``native``, ``step``, ``body`` or ``eager``."""
     asked = os.environ.get("FRACTAL_FLOOD_CPU_STEP", "native")
     if asked not in MODES:
         raise SettingError(f"FRACTAL_FLOOD_CPU_STEP={asked!r}: choose from {', '.join(MODES)}")
@@ -158,7 +163,7 @@ class CpuStep:
                 raise ValueError("the compiled step needs contiguous float32 CPU caches")
         self.model, self.k, self.v = model, list(k_caches), list(v_caches)
         self.C, self.heads, self.L, self.eps = cfg.d_model, cfg.n_heads, cfg.context, float(norms[0].eps)
-        self.draws = mode() == "native" if draws is None else draws
+        self.draws = mode() in ("native", "step") if draws is None else draws
         self.weights = weight_formats.check(weights) if weights is not None else weights_format()
         self._wfmt = WEIGHT_CODES[self.weights]
         self._weights = [p for p in model.parameters()]

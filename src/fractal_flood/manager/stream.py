@@ -98,7 +98,7 @@ class ARStream:
                         else None)
         # the whole loop of steps in C: the C draw, no top-k/top-p rows, no graph or fused step
         self._native_loop = (self._native is not None and self._native.draws and not sampling.filters
-                             and self._fused is None)
+                             and self._fused is None and cpu_step.mode() == "native")
         self._graph = self._capture() if cuda_graph else None
 
     @property
