@@ -228,7 +228,7 @@ def test_ids_may_overwrite_the_pending_tokens():
 def test_the_switch(monkeypatch):
     m = model()
     m.setup_cache(1)
-    for value, draws in (("native", True), ("body", False)):
+    for value, draws in (("native", True), ("step", True), ("body", False)):
         monkeypatch.setenv("FRACTAL_FLOOD_CPU_STEP", value)
         assert cpu_step.usable(m, "cpu", torch.float32)
         assert ARStream(m, 1, SamplingConfig(0.8), "cpu")._native.draws is draws
@@ -236,7 +236,7 @@ def test_the_switch(monkeypatch):
     monkeypatch.setenv("FRACTAL_FLOOD_CPU_STEP", "eager")
     assert ARStream(m, 1, SamplingConfig(0.8), "cpu")._native is None
     monkeypatch.setenv("FRACTAL_FLOOD_CPU_STEP", "draw")
-    with pytest.raises(SettingError, match="FRACTAL_FLOOD_CPU_STEP='draw': choose from native, body, eager"):
+    with pytest.raises(SettingError, match="FRACTAL_FLOOD_CPU_STEP='draw': choose from native, step, body, eager"):
         cpu_step.mode()
 
 

@@ -179,3 +179,18 @@ def test_the_loop_refuses_what_it_cannot_take():
         step.steps(tok, 0, seeds, steps, temp, torch.empty(1, 4, dtype=torch.long)[:, ::2])
     with pytest.raises(ValueError, match="window must be"):
         step.steps(tok, 0, seeds, steps, temp, torch.empty(1, 2, dtype=torch.long), torch.zeros(1, 1, dtype=torch.long))
+
+
+def test_the_16_lane_exponential_is_the_scalar_one_bit_for_bit():
+    """The step's attention and GELU take e^x 16 lanes at a time (cpu_step.c's
+    exp_approx_vec); every lane must be the scalar exp_approx of its input, clamps included."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.cat([torch.randn(4096, generator=g) * 30, torch.rand(4096, generator=g) * -200,
+                   torch.tensor([0.0, -0.0, -87.0, -87.0001, 88.0, 88.0001, 1e30, -1e30, 0.5, -0.5,
+                                 0.34657359, -0.34657359, 1e-40, -1e-40, 87.5, -86.9])])
+    x = x[:-11].contiguous()  # 8,197 = 512 blocks of 16 and a scalar tail of 5
+    vec, scalar = torch.empty_like(x), torch.empty_like(x)
+    cpu_step.library().exp_both(x.data_ptr(), x.numel(), vec.data_ptr(), scalar.data_ptr())
+    assert torch.equal(vec.view(torch.int32), scalar.view(torch.int32))
+    finite = x.abs() < 80
+    torch.testing.assert_close(scalar[finite].double(), x[finite].double().exp(), rtol=1e-6, atol=0)

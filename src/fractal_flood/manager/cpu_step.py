@@ -79,6 +79,8 @@ def library() -> Optional[ctypes.CDLL]:
             lib.decode_draw_steps.argtypes = [p, n, n, p, n, n, n, n, n, n, ctypes.c_float, p, p, p, p, p,
                                               n, p, n, p, n]
             lib.decode_draw_steps.restype = ctypes.c_int
+            lib.exp_both.argtypes = [p, n, p, p]
+            lib.exp_both.restype = None
             lib.draw_rows.argtypes = [p, n, n, n, n, p, p, n, n, p, p, p, p]
             lib.draw_rows.restype = ctypes.c_int
             lib.softmax_rows.argtypes = [p, n, n, p, n, n, p, p]
