@@ -63,11 +63,12 @@ def test_the_doors_share_the_defaults(pipe):
     assert (args.k, args.threshold, args.max_tries, args.render_temperature) == \
         (DecodeOptions.k, DecodeOptions.threshold, DecodeOptions.max_tries, DecodeOptions.temperature)
     serve_args = build_parser().parse_args(["serve"])
-    assert serve_args.block == rq.DEFAULT_BLOCK_ROOTS
+    assert serve_args.block == rq.DEFAULT_SERVE_BLOCK_ROOTS
     assert GenerationRequest().manager is rq.DEFAULT_MANAGER and Request().manager is rq.DEFAULT_MANAGER
     assert GenerationRequest().root_budget == rq.DEFAULT_ROOTS
-    for fn in (TextPipeline.generate, TextPipeline.run, TextPipeline.stream, generate_solo, Engine.__init__):
+    for fn in (TextPipeline.generate, TextPipeline.run, TextPipeline.stream, generate_solo):
         assert inspect.signature(fn).parameters["block_roots"].default == rq.DEFAULT_BLOCK_ROOTS
+    assert inspect.signature(Engine.__init__).parameters["block_roots"].default == rq.DEFAULT_SERVE_BLOCK_ROOTS
     assert inspect.signature(TextPipeline.stream).parameters["roots"].default == rq.DEFAULT_ROOTS
     schema = pytest.importorskip("fractal_flood.serve.openai_schema")
     fields = schema.CompletionRequest.model_fields
@@ -77,7 +78,7 @@ def test_the_doors_share_the_defaults(pipe):
     parsed = schema.from_completion(schema.CompletionRequest(prompt="a", seed=1), schema.Limits(),
                                     pipe.tokenizer.alphabet)
     assert parsed.request == GenerationRequest("a", roots=rq.DEFAULT_ROOTS, seed=1)
-    assert app_block_default() == rq.DEFAULT_BLOCK_ROOTS
+    assert app_block_default() == rq.DEFAULT_SERVE_BLOCK_ROOTS
 
 
 def app_block_default():

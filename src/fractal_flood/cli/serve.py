@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from ..errors import FractalFloodError
-from ..generation.request import DEFAULT_BLOCK_ROOTS
+from ..generation.request import DEFAULT_SERVE_BLOCK_ROOTS
 from ..render.decoders import DECODERS
 from .args import MAX_BATCH, MAX_ROOTS, int_in
 
@@ -30,7 +30,7 @@ def add_arguments(v) -> None:
     v.add_argument("--max-batch", type=int_in(1, MAX_BATCH), default=32, help="requests generated at once (slots)")
     v.add_argument("--max-queue", type=int_in(0, 1 << 20), default=64,
                    help="requests waiting for a slot before new ones get 503 + Retry-After")
-    v.add_argument("--block", type=int_in(1, MAX_ROOTS), default=DEFAULT_BLOCK_ROOTS,
+    v.add_argument("--block", type=int_in(1, MAX_ROOTS), default=DEFAULT_SERVE_BLOCK_ROOTS,
                    help="roots per block: text streams once per block (new requests join every few manager steps; the text never depends on the block)")
     v.add_argument("--max-tokens-limit", type=int_in(1, MAX_ROOTS), default=4096, help="largest max_tokens (roots) accepted")
     v.add_argument("--model-name", default="fractal-flood", help="the model id clients ask for")

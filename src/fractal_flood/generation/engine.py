@@ -34,7 +34,8 @@ from ..manager.slots import SlotManager
 from ..render.options import DecodeOptions
 from ..render.result import RenderResult, advance, split_render
 from ..sampling.config import SamplingConfig
-from .request import (DEFAULT_BLOCK_ROOTS, DEFAULT_MANAGER, DEFAULT_ROOTS, GenerationRequest,  # noqa: F401
+from .request import (DEFAULT_BLOCK_ROOTS, DEFAULT_MANAGER, DEFAULT_ROOTS,  # noqa: F401
+                      DEFAULT_SERVE_BLOCK_ROOTS, GenerationRequest,
                       RendererSettings)
 from .text_limit import TextLimit
 
@@ -129,7 +130,7 @@ class Engine:
     """Continuous batching over one pipeline's models. Thread-safe ``submit``; rounds run by
     :meth:`step` (or a background thread: :meth:`start`)."""
 
-    def __init__(self, pipe, max_batch: int = 32, block_roots: int = DEFAULT_BLOCK_ROOTS, max_queue: int = 1024,
+    def __init__(self, pipe, max_batch: int = 32, block_roots: int = DEFAULT_SERVE_BLOCK_ROOTS, max_queue: int = 1024,
                  pooled_render: bool = True, join_every: int = 4):
         if max_batch < 1 or block_roots < 1 or max_queue < 0 or join_every < 1:
             raise FractalFloodError("max_batch, block_roots and join_every must be >= 1, max_queue >= 0")

@@ -12,9 +12,15 @@ The defaults, defined here once:
   keeps the text on the rails; the README's and the benchmark's setting.
 - ``DEFAULT_ROOTS`` 200 roots (about 700 characters) when neither roots nor characters
   are asked for.
-- ``DEFAULT_BLOCK_ROOTS`` 64 roots per block: how often text is rendered and streamed
-  while the manager plans on. The text never depends on it; 64 streams a few hundred
-  characters at a time and keeps each flood large enough to fill a pass.
+- ``DEFAULT_BLOCK_ROOTS`` 256 roots per block for one request alone (the command line's
+  ``generate``, ``TextPipeline``): how often its text is rendered (and printed with
+  ``--stream``) while the manager plans on. The text never depends on it. Each flood pays
+  a fixed cost a pass (about ten passes a block, whatever its size), so on a CPU a request
+  alone writes 1.32x the chunks a second at 256 as at 64 (``docs/log/notebook.md``,
+  2026-12-07), about a thousand characters a block.
+- ``DEFAULT_SERVE_BLOCK_ROOTS`` 64 roots per round for the server's engine (``serve``,
+  ``create_app``, ``Engine``): how often each request's text streams (a few hundred
+  characters an event); its floods pool every request's block, so they are large anyway.
 
 This module imports no torch, so the command line reads its defaults for ``--help``.
 """
@@ -34,10 +40,11 @@ from ..sampling.config import MAX_SEED, SEED_LIMIT, SamplingConfig, check_seed
 DEFAULT_MANAGER_TEMPERATURE = 0.8
 DEFAULT_MANAGER = SamplingConfig(DEFAULT_MANAGER_TEMPERATURE)
 DEFAULT_ROOTS = 200
-DEFAULT_BLOCK_ROOTS = 64
+DEFAULT_BLOCK_ROOTS = 256
+DEFAULT_SERVE_BLOCK_ROOTS = 64
 DRAWN_SEED_BITS = 32  # a seed drawn for a caller who gave none: short enough to retype
 
-__all__ = ["DEFAULT_BLOCK_ROOTS", "DEFAULT_MANAGER", "DEFAULT_MANAGER_TEMPERATURE", "DEFAULT_ROOTS",
+__all__ = ["DEFAULT_BLOCK_ROOTS", "DEFAULT_SERVE_BLOCK_ROOTS", "DEFAULT_MANAGER", "DEFAULT_MANAGER_TEMPERATURE", "DEFAULT_ROOTS",
            "DRAWN_SEED_BITS", "MAX_SEED", "SEED_LIMIT", "GenerationRequest", "RendererSettings",
            "draw_seed"]
 

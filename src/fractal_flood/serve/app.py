@@ -36,7 +36,7 @@ from starlette.requests import ClientDisconnect
 
 from ..errors import FractalFloodError
 from ..generation.engine import Engine, Job, QueueFull
-from ..generation.request import DEFAULT_BLOCK_ROOTS
+from ..generation.request import DEFAULT_SERVE_BLOCK_ROOTS
 from ..render.result import chars_under
 from .openai_schema import (ApiError, ChatRequest, CompletionRequest, Limits, Parsed, from_chat, from_completion,
                             parse_json, validation_error)
@@ -126,7 +126,7 @@ def block_event(block) -> dict:
             "flood_seconds": block.flood_s, "chunks": chunk, "chars": len(text)}
 
 
-def create_app(pipe, max_batch: int = 32, max_queue: int = 64, block_roots: int = DEFAULT_BLOCK_ROOTS,
+def create_app(pipe, max_batch: int = 32, max_queue: int = 64, block_roots: int = DEFAULT_SERVE_BLOCK_ROOTS,
                limits: Optional[Limits] = None, model_id: str = "fractal-flood",
                bench_json: Optional[Path] = None) -> FastAPI:
     limits = limits or Limits()
