@@ -10,14 +10,16 @@ Contestants, all single-stream with the bench's settings (temperature 0.8, seed 
 K=1): the model's end-to-end generate of ``--roots`` roots (tokens = chunks), its AR peer
 writing ``--peer-tokens`` chunks (when the directory has one), and with ``--baseline-model`` that model's end-to-end
 generate (tokens/s against the previous default, divided by the ratio of characters per
-manager step). With ``--engines`` (``pip install 'fractal-flood[engines]'``), the same peer
+manager step). With ``--manager-step``, the manager alone writing ``--roots`` roots in its
+stream takes its turns too, and its step time is set against each engine's time a token.
+With ``--engines`` (``pip install 'fractal-flood[engines]'``), the same peer
 converted to CTranslate2 (``measure/ct2_peer.py``) in float32 and in int8, writing the same
 chunks at the same temperature with ``--threads`` intra-op threads, takes its turns too;
 with ``--llama-cpp`` (``pip install gguf llama-cpp-python``, built from source, outside CI),
 the peer in llama.cpp as GGUF f32 and q8_0 (``llama_cpp_peer.py``) does.
 
 Usage: PYTHONPATH=src python scripts/paired_ratio.py [--model DIR] [--baseline-model DIR] [--rounds 15]
-           [--threads 1] [--engines] [--llama-cpp]
+           [--threads 1] [--engines] [--manager-step] [--llama-cpp]
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from fractal_flood.measure import ct2_peer
 from fractal_flood.measure.bench import TEMPERATURE
 from fractal_flood.sampling.tokens import SamplingConfig
 
-from contestants import engine, generator, load, peer, quartiles  # noqa: E402  (scripts/ is on sys.path)
+from contestants import engine, generator, load, peer, quartiles, stream  # noqa: E402  (scripts/ is on sys.path)
 
 
 def main() -> None:
@@ -51,6 +53,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, help="torch's threads, and CTranslate2's (default: torch's own)")
     ap.add_argument("--engines", action="store_true",
                     help="also the AR peer in CTranslate2, float32 and int8 (pip install 'fractal-flood[engines]')")
+    ap.add_argument("--manager-step", action="store_true",
+                    help="also the manager alone writing --roots roots (its step time against each engine's "
+                         "time a token)")
     ap.add_argument("--llama-cpp", action="store_true",
                     help="also the AR peer in llama.cpp, GGUF f32 and q8_0 (pip install gguf llama-cpp-python)")
     args = ap.parse_args()
@@ -65,6 +70,8 @@ def main() -> None:
     runs = {"ours": generator(ours, args.roots, sampling)}
     if ours.peer is not None:
         runs["peer"] = peer(ours, args.peer_tokens, sampling)
+    if args.manager_step:
+        runs["manager"] = stream(ours.manager, ours.tokenizer.encode("\n"), args.roots, sampling)
     if args.baseline_model:
         runs["baseline"] = generator(load(args.baseline_model), args.roots, sampling)
     tmp = tempfile.TemporaryDirectory(prefix="fractal-flood-ct2-")
@@ -100,6 +107,7 @@ def main() -> None:
     engines = [n for n in names if n.startswith(("ct2-", "llama-"))]
     vs_engine = {n: [] for n in engines}
     vs_peer, vs_base = [], []
+    step_vs = {n: [] for n in engines}  # the manager's step time / the engine's time a token
     chars_ratio = None
     for r in range(args.rounds):
         order = names[r % len(names):] + names[:r % len(names)]
@@ -120,6 +128,10 @@ def main() -> None:
         for name in engines:
             vs_engine[name].append(got["ours"][0] / got[name][0])
             line += f", {name} {got[name][0]:,.0f} ({vs_engine[name][-1]:.3f}x)"
+        if "manager" in got:
+            line += f", manager {1e6 / got['manager'][0]:.1f} us/step"
+            for name in engines:
+                step_vs[name].append(got[name][0] / got["manager"][0])
         print(line)
     if vs_peer:
         print(f"ours / AR peer tokens/s: {quartiles(vs_peer)}")
@@ -130,6 +142,9 @@ def main() -> None:
         for name in engines:
             ratios = [e / p for e, p in zip(vs_engine[name], vs_peer)]  # (ours/engine) / (ours/peer)
             print(f"AR peer (ours) / AR peer in {label(name)} tokens/s: {quartiles(ratios)}")
+    for name in engines:
+        if step_vs[name]:
+            print(f"manager step time / AR peer in {label(name)} time a token: {quartiles(step_vs[name])}")
     tmp.cleanup()
     if vs_base:
         print(f"ours / baseline tokens/s: {quartiles(vs_base)}; characters per manager step ratio "

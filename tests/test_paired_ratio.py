@@ -27,3 +27,15 @@ def test_rounds_rotate_and_a_model_against_itself_has_the_same_characters_per_st
 def test_bad_rounds_is_one_line():
     out = subprocess.run([sys.executable, str(SCRIPT), "--rounds", "0"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "--rounds must be >= 1" in out.stderr
+
+
+def test_the_manager_alone_takes_its_turns(tiny_model_dir):
+    env = {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(SCRIPT.parents[1] / "src"), "PATH": "/usr/bin:/bin"}
+    out = subprocess.run([sys.executable, str(SCRIPT), "--model", str(tiny_model_dir), "--manager-step",
+                          "--rounds", "2", "--roots", "6"], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr
+    rounds = [line for line in out.stdout.splitlines() if line.startswith("round ")]
+    assert rounds[0].startswith("round  1 (ours manager)") and rounds[1].startswith("round  2 (manager ours)")
+    for line in rounds:
+        step = float(line.split("manager ")[-1].split(" us/step")[0])
+        assert 0 < step < 1e6
