@@ -11,14 +11,64 @@
    makes no such promise (it picks kernels and blockings by the matrix's shape).
 
    Vectorisation runs over n (the outputs), never over k, so no reduction is reordered.
-   The tile of R rows x NB outputs keeps its accumulators in registers.
+   The tile of R rows x NB outputs keeps its accumulators in registers, and so does the
+   one-row tile (a decode step's row, written with vector types); the last rows and
+   outputs run the same operations with run-time bounds.
 
    rowwise_gathered: row m multiplies by its own matrix, wt_blocks + index[m] * K * N (the
    class-factored output layer's scores within each row's class).
 */
 #include <stdint.h>
+#include <string.h>
 
 enum { NB = 64, R = 4 };
+
+/* One row of NB outputs, for a decode step's single row: the very operations of the tiles
+   below (bias, then acc + x[k] * w for each k in order, w widened as read), written with
+   GCC/Clang vector types so the NB accumulators stay in four registers (as plain arrays
+   GCC keeps them on the stack, loading and storing them for every k). */
+typedef float vrow __attribute__((vector_size(64))); /* 16 floats */
+enum { VL = 16, NV = NB / VL };
+
+static inline vrow vload(const float *p) {
+    vrow v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+/* The weights of row k widened to float32 (the compiler vectorises these loops). */
+static inline void widen_row_fp32(const float *w, const float *sc, float *wk) {
+    (void)sc;
+    memcpy(wk, w, sizeof(float) * NB);
+}
+
+static inline void widen_row_bf16(const uint16_t *w, const float *sc, float *wk) {
+    (void)sc;
+    uint32_t *bits = (uint32_t *)wk;
+    for (int j = 0; j < NB; j++) bits[j] = (uint32_t)w[j] << 16;
+}
+
+static inline void widen_row_int8(const int8_t *w, const float *sc, float *wk) {
+    for (int j = 0; j < NB; j++) wk[j] = (float)w[j] * sc[j];
+}
+
+#define ROW_TILE(NAME, TYPE, WIDEN)                                                                 \
+    static void NAME(const float *restrict x, const TYPE *restrict wt, const float *restrict scale, \
+                     const float *restrict b, float *restrict y, int64_t K, int64_t N) {            \
+        vrow acc[NV];                                                                                \
+        float wk[NB] __attribute__((aligned(64)));                                                   \
+        for (int v = 0; v < NV; v++) acc[v] = b ? vload(b + v * VL) : (vrow){0};                     \
+        for (int64_t k = 0; k < K; k++) {                                                            \
+            WIDEN(wt + k * N, scale, wk);                                                            \
+            const float xv = x[k];                                                                   \
+            for (int v = 0; v < NV; v++) acc[v] = acc[v] + xv * vload(wk + v * VL);                  \
+        }                                                                                            \
+        memcpy(y, acc, sizeof acc);                                                                  \
+    }
+
+ROW_TILE(row_fp32, float, widen_row_fp32)
+ROW_TILE(row_bf16, uint16_t, widen_row_bf16)
+ROW_TILE(row_int8, int8_t, widen_row_int8)
 
 static void tile_full(const float *restrict x, const float *restrict wt, const float *restrict b,
                       float *restrict y, int64_t K, int64_t N, int64_t ldx) {
@@ -60,6 +110,8 @@ void rowwise_linear(const float *x, const float *wt, const float *b, float *y,
             const int64_t rows = M - m0 < R ? M - m0 : R;
             if (rows == R && cols == NB)
                 tile_full(x + m0 * K, wt + n0, bn, y + m0 * N + n0, K, N, K);
+            else if (rows == 1 && cols == NB)
+                row_fp32(x + m0 * K, wt + n0, 0, bn, y + m0 * N + n0, K, N);
             else
                 tile_part(x + m0 * K, wt + n0, bn, y + m0 * N + n0, K, N, K, rows, cols);
         }
@@ -86,7 +138,7 @@ void rowwise_gathered(const float *x, const float *wt_blocks, const int64_t *ind
      rowwise_linear's over the dequantised weights, bit for bit.
    Fewer bytes stream from memory a step (a half, a quarter); the widening costs an
    operation or two per product. */
-#define WIDE_TILES(NAME, TYPE, WIDEN)                                                              \
+#define WIDE_TILES(NAME, TYPE, WIDEN, ROW)                                                              \
     static void NAME##_full(const float *restrict x, const TYPE *restrict wt, const float *restrict sc, \
                             const float *restrict b, float *restrict y, int64_t K, int64_t N,        \
                             int64_t ldx) {                                                          \
@@ -128,6 +180,8 @@ void rowwise_gathered(const float *x, const float *wt_blocks, const int64_t *ind
                 const int64_t rows = M - m0 < R ? M - m0 : R;                                       \
                 if (rows == R && cols == NB)                                                        \
                     NAME##_full(x + m0 * K, wt + n0, sn, bn, y + m0 * N + n0, K, N, K);             \
+                else if (rows == 1 && cols == NB)                                                   \
+                    ROW(x + m0 * K, wt + n0, sn, bn, y + m0 * N + n0, K, N);                        \
                 else                                                                                \
                     NAME##_part(x + m0 * K, wt + n0, sn, bn, y + m0 * N + n0, K, N, K, rows, cols); \
             }                                                                                       \
@@ -144,5 +198,5 @@ static inline float widen_int8(const int8_t *w, const float *sc, int64_t j) {
     return (float)w[j] * sc[j];
 }
 
-WIDE_TILES(rowwise_linear_bf16, uint16_t, widen_bf16)
-WIDE_TILES(rowwise_linear_int8, int8_t, widen_int8)
+WIDE_TILES(rowwise_linear_bf16, uint16_t, widen_bf16, row_bf16)
+WIDE_TILES(rowwise_linear_int8, int8_t, widen_int8, row_int8)
