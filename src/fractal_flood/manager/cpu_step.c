@@ -45,27 +45,55 @@ static void linear(int64_t wfmt, const float *x, const void *wt, const float *sc
         rowwise_linear(x, (const float *)wt, b, y, M, K, N);
 }
 
-static float lane_tree(float *acc) {
-    for (int w = LANES / 2; w > 0; w /= 2)
-        for (int l = 0; l < w; l++) acc[l] = acc[l] + acc[l + w];
-    return acc[0];
+/* Sums and dot products in LANES fixed lanes (lane l takes elements l, l + LANES, ...),
+   then a fixed tree: lane l + w added into lane l for w = 8, 4, 2, 1. Written with vector
+   types so the lanes and the tree stay in registers; a tail shorter than LANES is padded
+   with zeros, which add nothing (a lane's sum starts at +0 and never becomes -0). */
+typedef float vfloat __attribute__((vector_size(64)));  /* LANES floats */
+typedef float vfloat8 __attribute__((vector_size(32)));
+typedef float vfloat4 __attribute__((vector_size(16)));
+
+static inline vfloat vload_tail(const float *a, int64_t n) { /* n <= LANES elements, zero-padded */
+    float t[LANES] = {0};
+    memcpy(t, a, sizeof(float) * (size_t)n);
+    vfloat v;
+    memcpy(&v, t, sizeof v);
+    return v;
+}
+
+static inline float lane_tree(vfloat acc) {
+    vfloat8 lo, hi;
+    memcpy(&lo, &acc, sizeof lo);
+    memcpy(&hi, (const char *)&acc + sizeof lo, sizeof hi);
+    lo = lo + hi;
+    vfloat4 lo4, hi4;
+    memcpy(&lo4, &lo, sizeof lo4);
+    memcpy(&hi4, (const char *)&lo + sizeof lo4, sizeof hi4);
+    lo4 = lo4 + hi4;
+    const float a = lo4[0] + lo4[2], b = lo4[1] + lo4[3];
+    return a + b;
 }
 
 static float lane_sum(const float *a, int64_t n) {
-    float acc[LANES] = {0};
+    vfloat acc = {0}, v;
     int64_t i = 0;
-    for (; i + LANES <= n; i += LANES)
-        for (int l = 0; l < LANES; l++) acc[l] = acc[l] + a[i + l];
-    for (int l = 0; i + l < n; l++) acc[l] = acc[l] + a[i + l];
+    for (; i + LANES <= n; i += LANES) {
+        memcpy(&v, a + i, sizeof v);
+        acc = acc + v;
+    }
+    if (i < n) acc = acc + vload_tail(a + i, n - i);
     return lane_tree(acc);
 }
 
 static float lane_dot(const float *a, const float *b, int64_t n) {
-    float acc[LANES] = {0};
+    vfloat acc = {0}, va, vb;
     int64_t i = 0;
-    for (; i + LANES <= n; i += LANES)
-        for (int l = 0; l < LANES; l++) acc[l] = acc[l] + a[i + l] * b[i + l];
-    for (int l = 0; i + l < n; l++) acc[l] = acc[l] + a[i + l] * b[i + l];
+    for (; i + LANES <= n; i += LANES) {
+        memcpy(&va, a + i, sizeof va);
+        memcpy(&vb, b + i, sizeof vb);
+        acc = acc + va * vb;
+    }
+    if (i < n) acc = acc + vload_tail(a + i, n - i) * vload_tail(b + i, n - i);
     return lane_tree(acc);
 }
 
@@ -93,7 +121,6 @@ static inline float exp_approx(float x) {
 /* exp_approx on 16 floats at once, the very same operations lane by lane (GCC/Clang
    vector extensions; the scalar loop does not vectorise: its clamps are branches to the
    compiler), so each lane is bit for bit exp_approx of its input. */
-typedef float vfloat __attribute__((vector_size(64)));
 typedef int32_t vint __attribute__((vector_size(64)));
 enum { VW = 16 };
 
