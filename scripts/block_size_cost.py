@@ -13,13 +13,6 @@ import statistics
 import sys
 import time
 
-import torch
-
-from fractal_flood.device import describe
-from fractal_flood.generation.pipeline import load_pipeline
-from fractal_flood.manager import cpu_step
-from fractal_flood.sampling.tokens import SamplingConfig
-
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -37,6 +30,13 @@ def main(argv=None) -> int:
         print("block_size_cost: error: --blocks takes positive integers; --roots and --rounds must be >= 1",
               file=sys.stderr)
         return 2
+    import torch  # after the arguments: bad input is refused at once
+
+    from fractal_flood.device import describe
+    from fractal_flood.generation.pipeline import load_pipeline
+    from fractal_flood.manager import cpu_step
+    from fractal_flood.sampling.tokens import SamplingConfig
+
     torch.set_num_threads(max(1, args.threads))
     pipe = load_pipeline(args.model, device="cpu")
     sampling = SamplingConfig(temperature=0.8)
