@@ -119,8 +119,9 @@ def test_stream_fused_equals_eager(shape, temperature):
 
 
 def test_shipped_manager_and_peer():
-    """The shipped 4 x 128 models (their block sizes: 128 wide, 256 slots, 128 classes of
-    128 roots; the peer's one softmax over 1,024 chunks): the eager stream's tokens."""
+    """The shipped models, a 3 x 128 manager and a 4 x 128 peer (their block sizes: 128
+    wide, 256 slots, 128 classes of 128 roots; the peer's one softmax over 1,024 chunks):
+    the eager stream's tokens."""
     from fractal_flood.models import checkpoint as ckpt
 
     m = ckpt.load_model_dir(None, torch.device(DEV), torch.float32, parts=("manager", "peer"))

@@ -1,7 +1,7 @@
 """Triton kernels for one decode step of a ``CausalLM`` (``fused_step.FusedStep`` launches them).
 
-A batch-1 eager decode step of the shipped 4 x 128 manager runs 154 operators (layer norms,
-products, bias adds, GELU, residual adds, cache writes, the draw's softmax / cumsum / search
+A batch-1 eager decode step of a 4 x 128 manager (the one shipped until 2026-12-07) runs
+154 operators (layer norms, products, bias adds, GELU, residual adds, cache writes, the draw's softmax / cumsum / search
 / hash), each at least one kernel on a GPU and each a few microseconds of launch latency
 for almost no work: the step is launch-bound, even in a CUDA graph (measured in
 docs/log/notebook.md). Here a step is 5 kernels per layer plus 1 or 2 for the output layer and the

@@ -1,7 +1,7 @@
 """One decode step of a ``CausalLM`` as a few Triton kernels: the opt-in fast step on a GPU.
 
 ``ARStream(fused=True)`` (``fractal-flood generate --fused-step``) replaces the eager step
-(``hidden_cached`` + ``draw``: 154 operators at batch 1 for the shipped 4 x 128 manager,
+(``hidden_cached`` + ``draw``: 154 operators at batch 1 for the 4 x 128 manager shipped then,
 each at least one kernel on a GPU; ``scripts/profile_step.py --tensor-draw``) by
 ``FusedStep.step``: 5 kernels a layer and 1-2 for the output layer and the draw
 (``fused_kernels.py``), 21 for the shipped manager, captured in the stream's CUDA graph
