@@ -175,3 +175,39 @@ def test_ctrl_c_with_json_prints_the_finished_blocks_as_json(base, capsys, monke
     assert part["finish_reason"] == "interrupted" and part["roots"] == 10
     assert part["root_ids"] == full["root_ids"][:10] and part["seed"] == 4
     assert part["text"] and full["text"].startswith(part["text"])
+
+
+@pytest.mark.parametrize("to_file", [False, True])
+def test_ctrl_c_with_prompts_writes_the_finished_requests(base, tmp_path, capsys, monkeypatch, to_file):
+    """Ctrl-C while many prompts run: the requests already answered are written as a whole
+    run writes them (stdout or --output), one line on stderr says how many, exit 130."""
+    from fractal_flood.generation.engine import Engine
+
+    prompts = tmp_path / "p.jsonl"
+    rows = [{"prompt": "ROMEO:", "roots": 5, "seed": 1}, {"prompt": "KING", "roots": 5, "seed": 2},
+            {"prompt": "", "roots": 60, "seed": 3}]
+    prompts.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
+    out_file = tmp_path / "out.jsonl"
+    args = base + ["--prompts", str(prompts)] + (["--output", str(out_file)] if to_file else [])
+    rc, whole, err = run(args, capsys)
+    assert rc == 0, err
+    full = [json.loads(x) for x in (out_file.read_text(encoding="utf-8") if to_file else whole).splitlines()]
+    if to_file:
+        out_file.unlink()
+    real_step, calls = Engine.step, []
+
+    def step_then_ctrl_c(self):
+        calls.append(1)
+        if len(calls) == 4:  # the two short requests are answered by then, the long one is not
+            raise KeyboardInterrupt
+        return real_step(self)
+
+    monkeypatch.setattr(Engine, "step", step_then_ctrl_c)
+    rc, out, err = run(args, capsys)
+    assert rc == 130 and len(err.strip().splitlines()) == 1, err
+    assert "interrupted: after 2 of 3 prompts finished" in err and "Traceback" not in err
+    part = [json.loads(x) for x in (out_file.read_text(encoding="utf-8") if to_file else out).splitlines()]
+    assert part == [d | {k: part[i][k] for k in ("seconds", "manager_seconds", "flood_seconds")}
+                    for i, d in enumerate(full[:2])]
+    if to_file:
+        assert out == ""

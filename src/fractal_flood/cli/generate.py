@@ -211,20 +211,33 @@ def _many(pipe, args, specs, sampling, seed, stop) -> int:
         except FractalFloodError as e:
             raise FractalFloodError(f"{where}: {e}") from None
     t0 = time.perf_counter()
-    while engine.step():
-        pass
+    try:
+        while engine.step():
+            pass
+    except KeyboardInterrupt:  # the requests already answered are written, as a whole run writes them
+        finished = [job for job in jobs if job.completion is not None]
+        _write_lines(finished, args)
+        raise KeyboardInterrupt(f"after {len(finished)} of {len(jobs)} prompts finished "
+                                f"(their lines written{' to ' + args.output if args.output else ''})") from None
     seconds = time.perf_counter() - t0
+    _write_lines(jobs, args)
+    chunks = sum(j.completion.chunks for j in jobs)
+    print(f"[{len(jobs)} prompts, {chunks} chunks in {seconds:.3f}s on {pipe.device} "
+          f"({chunks / seconds:.0f} tokens/s), first seed {seed}]", file=sys.stderr)
+    return 0
+
+
+def _write_lines(jobs, args) -> None:
+    """One JSON line per finished request, in the prompts' order, to ``--output``
+    (atomically: a full disk leaves no half-written file, and says which) or stdout."""
     lines = []
     for job in jobs:
         d = job.completion.to_dict()
         if not args.json:
             d.pop("root_ids")
         lines.append(dumps(d) + "\n")
-    if args.output:  # atomically: a full disk leaves no half-written file, and says which
+    if args.output:
         write_text(Path(args.output), "".join(lines))
     else:
         sys.stdout.write("".join(lines))
-    chunks = sum(j.completion.chunks for j in jobs)
-    print(f"[{len(jobs)} prompts, {chunks} chunks in {seconds:.3f}s on {pipe.device} "
-          f"({chunks / seconds:.0f} tokens/s), first seed {seed}]", file=sys.stderr)
-    return 0
+        sys.stdout.flush()
