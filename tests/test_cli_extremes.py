@@ -323,7 +323,10 @@ def test_a_real_signal_stops_training_with_one_line(tmp_path, small_corpus_file,
     proc = subprocess.Popen(
         [sys.executable, "-m", "fractal_flood", "train", "--preset", "tiny", "--corpus", str(small_corpus_file),
          "--out", str(tmp_path / "m"), "--parts", "renderer", "--steps", "100000", "--no-progress"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        # SIGINT as a terminal's child has it: a suite started in the background (`cmd &` in a
+        # script) passes SIGINT on ignored, and an ignored signal stays ignored across exec
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     for line in proc.stdout:  # the loop has started once the parameter count is logged
         if "parameters" in line:
             break
