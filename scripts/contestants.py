@@ -52,6 +52,26 @@ def stream(model, prompt: list, n: int, sampling: SamplingConfig):
     return run
 
 
+def steady_steps(model, prompt: list, sampling: SamplingConfig):
+    """-> run() returning (n, None, None) of the decode steps between two window slides at
+    batch 1: the stream starts once at a full kept window (``prompt``'s last ``keep - 1``
+    ids and a pending one), and each run rewinds it there (its position, step counters and
+    pending token; the cache slots it wrote are rewritten) and steps up to the context's
+    end, no slide: the step alone, at the positions a long stream's steps take."""
+    s = ARStream(model, 1, sampling, "cpu", seed=0)
+    s.start(torch.tensor(prompt[-s.keep:]))
+    n = s.context - s.pos
+    rewind = (s.pos, s._pos.clone(), s._steps.clone(), s._tok.clone())
+
+    def run():
+        s.pos = rewind[0]
+        s._pos.copy_(rewind[1]), s._steps.copy_(rewind[2]), s._tok.copy_(rewind[3])
+        s.generate(n)
+        return n, None, None
+    run()
+    return run
+
+
 def peer(m, n: int, sampling: SamplingConfig):
     """The AR peer writing n chunks after a newline."""
     return stream(m.peer, m.tokenizer.encode_chunks("\n"), n, sampling)

@@ -11,7 +11,9 @@ K=1): the model's end-to-end generate of ``--roots`` roots (tokens = chunks), it
 writing ``--peer-tokens`` chunks (when the directory has one), and with ``--baseline-model`` that model's end-to-end
 generate (tokens/s against the previous default, divided by the ratio of characters per
 manager step). With ``--manager-step``, the manager alone writing ``--roots`` roots in its
-stream takes its turns too, and its step time is set against each engine's time a token.
+stream takes its turns too (its step time with the window slides' re-encoding), and so do
+its steps between two slides alone (``contestants.steady_steps``); each is set against
+each engine's time a token (which includes its own window re-encoding).
 With ``--engines`` (``pip install 'fractal-flood[engines]'``), the same peer
 converted to CTranslate2 (``measure/ct2_peer.py``) in float32 and in int8, writing the same
 chunks at the same temperature with ``--threads`` intra-op threads, takes its turns too;
@@ -40,7 +42,7 @@ from fractal_flood.measure import ct2_peer
 from fractal_flood.measure.bench import TEMPERATURE
 from fractal_flood.sampling.tokens import SamplingConfig
 
-from contestants import engine, generator, load, peer, quartiles, stream  # noqa: E402  (scripts/ is on sys.path)
+from contestants import engine, generator, load, peer, quartiles, steady_steps, stream  # noqa: E402
 
 
 def main() -> None:
@@ -72,6 +74,8 @@ def main() -> None:
         runs["peer"] = peer(ours, args.peer_tokens, sampling)
     if args.manager_step:
         runs["manager"] = stream(ours.manager, ours.tokenizer.encode("\n"), args.roots, sampling)
+        from fractal_flood.corpus.reader import load_corpus
+        runs["step"] = steady_steps(ours.manager, ours.tokenizer.encode(load_corpus()[:4000]), sampling)
     if args.baseline_model:
         runs["baseline"] = generator(load(args.baseline_model), args.roots, sampling)
     tmp = tempfile.TemporaryDirectory(prefix="fractal-flood-ct2-")
@@ -108,6 +112,7 @@ def main() -> None:
     vs_engine = {n: [] for n in engines}
     vs_peer, vs_base = [], []
     step_vs = {n: [] for n in engines}  # the manager's step time / the engine's time a token
+    alone_vs = {n: [] for n in engines}  # the same for the step alone, no window slide
     chars_ratio = None
     for r in range(args.rounds):
         order = names[r % len(names):] + names[:r % len(names)]
@@ -129,9 +134,11 @@ def main() -> None:
             vs_engine[name].append(got["ours"][0] / got[name][0])
             line += f", {name} {got[name][0]:,.0f} ({vs_engine[name][-1]:.3f}x)"
         if "manager" in got:
-            line += f", manager {1e6 / got['manager'][0]:.1f} us/step"
+            line += (f", manager {1e6 / got['manager'][0]:.1f} us/step with its window slides, "
+                     f"{1e6 / got['step'][0]:.1f} alone")
             for name in engines:
                 step_vs[name].append(got[name][0] / got["manager"][0])
+                alone_vs[name].append(got[name][0] / got["step"][0])
         print(line)
     if vs_peer:
         print(f"ours / AR peer tokens/s: {quartiles(vs_peer)}")
@@ -144,7 +151,10 @@ def main() -> None:
             print(f"AR peer (ours) / AR peer in {label(name)} tokens/s: {quartiles(ratios)}")
     for name in engines:
         if step_vs[name]:
-            print(f"manager step time / AR peer in {label(name)} time a token: {quartiles(step_vs[name])}")
+            print(f"manager step time (window slides included) / AR peer in {label(name)} time a token: "
+                  f"{quartiles(step_vs[name])}")
+            print(f"manager step time alone (between slides) / AR peer in {label(name)} time a token: "
+                  f"{quartiles(alone_vs[name])}")
     tmp.cleanup()
     if vs_base:
         print(f"ours / baseline tokens/s: {quartiles(vs_base)}; characters per manager step ratio "

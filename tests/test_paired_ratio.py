@@ -35,7 +35,9 @@ def test_the_manager_alone_takes_its_turns(tiny_model_dir):
                           "--rounds", "2", "--roots", "6"], capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr
     rounds = [line for line in out.stdout.splitlines() if line.startswith("round ")]
-    assert rounds[0].startswith("round  1 (ours manager)") and rounds[1].startswith("round  2 (manager ours)")
+    assert rounds[0].startswith("round  1 (ours manager step)")
+    assert rounds[1].startswith("round  2 (manager step ours)")
     for line in rounds:
-        step = float(line.split("manager ")[-1].split(" us/step")[0])
-        assert 0 < step < 1e6
+        with_slides = float(line.split("manager ")[-1].split(" us/step")[0])
+        alone = float(line.split("window slides, ")[-1].split(" alone")[0])
+        assert 0 < with_slides < 1e6 and 0 < alone < 1e6
