@@ -48,7 +48,7 @@ from ..errors import FractalFloodError, UnknownCharacterError
 from ..fileio import check_writable, write_text
 from ..generation.engine import Engine, Request
 from ..generation.pipeline import TextPipeline
-from ..generation.request import DEFAULT_MANAGER_TEMPERATURE
+from ..generation.request import DEFAULT_BLOCK_ROOTS, DEFAULT_MANAGER_TEMPERATURE
 from ..manager.stream import ARStream
 from ..models import checkpoint as ckpt
 from ..models.flops import block_flops, causal_lm_flops
@@ -64,7 +64,7 @@ from .timing import Timing, device_sync, measure
 __all__ = ["NA", "ROW_FIELDS", "BenchRow", "Bench", "Sizes", "run_bench", "run_bench_cli"]
 
 TEMPERATURE = DEFAULT_MANAGER_TEMPERATURE  # manager and AR peer sampling (every door's default), so their texts compare
-E2E_BLOCK_ROOTS = 256  # roots per block in the e2e single rows (the text does not depend on it)
+E2E_BLOCK_ROOTS = DEFAULT_BLOCK_ROOTS  # the e2e single rows' blocks: what `generate` uses (the text does not depend on it)
 BASELINE_R = 256  # the CPU render-only target ("10x today's") compares flood K=1 at this R
 
 
