@@ -16,7 +16,7 @@ The defaults, defined here once:
   ``generate``, ``TextPipeline``): how often its text is rendered (and printed with
   ``--stream``) while the manager plans on. The text never depends on it. Each flood pays
   a fixed cost a pass (about ten passes a block, whatever its size), so on a CPU a request
-  alone writes 1.32x the chunks a second at 256 as at 64 (``docs/log/notebook.md``,
+  alone writes 1.35x the chunks a second at 256 as at 64 (``scripts/block_size_cost.py``, ``docs/log/notebook.md``,
   2026-12-07), about a thousand characters a block.
 - ``DEFAULT_SERVE_BLOCK_ROOTS`` 64 roots per round for the server's engine (``serve``,
   ``create_app``, ``Engine``): how often each request's text streams (a few hundred
