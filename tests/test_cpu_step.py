@@ -188,7 +188,7 @@ def test_the_16_lane_exponential_is_the_scalar_one_bit_for_bit():
     x = torch.cat([torch.randn(4096, generator=g) * 30, torch.rand(4096, generator=g) * -200,
                    torch.tensor([0.0, -0.0, -87.0, -87.0001, 88.0, 88.0001, 1e30, -1e30, 0.5, -0.5,
                                  0.34657359, -0.34657359, 1e-40, -1e-40, 87.5, -86.9])])
-    x = x[:-11].contiguous()  # 8,197 = 512 blocks of 16 and a scalar tail of 5
+    x = x[:-11].contiguous()  # 8,197 = 512 blocks of 16 and a zero-padded tail of 5
     vec, scalar = torch.empty_like(x), torch.empty_like(x)
     cpu_step.library().exp_both(x.data_ptr(), x.numel(), vec.data_ptr(), scalar.data_ptr())
     assert torch.equal(vec.view(torch.int32), scalar.view(torch.int32))

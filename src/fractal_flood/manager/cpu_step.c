@@ -61,6 +61,12 @@ static inline vfloat vload_tail(const float *a, int64_t n) { /* n <= LANES eleme
     return v;
 }
 
+static inline void store_tail(float *a, vfloat v, int64_t n) { /* the first n <= LANES lanes */
+    float t[LANES];
+    memcpy(t, &v, sizeof t);
+    memcpy(a, t, sizeof(float) * (size_t)n);
+}
+
 static inline float lane_tree(vfloat acc) {
     vfloat8 lo, hi;
     memcpy(&lo, &acc, sizeof lo);
@@ -120,7 +126,8 @@ static inline float exp_approx(float x) {
 
 /* exp_approx on 16 floats at once, the very same operations lane by lane (GCC/Clang
    vector extensions; the scalar loop does not vectorise: its clamps are branches to the
-   compiler), so each lane is bit for bit exp_approx of its input. */
+   compiler), so each lane is bit for bit exp_approx of its input (exp_both: tested). The
+   step takes e^x only this way; exp_approx stays as its scalar definition. */
 typedef int32_t vint __attribute__((vector_size(64)));
 enum { VW = 16 };
 
@@ -157,22 +164,21 @@ static void layer_norm(const float *x, const float *w, const float *b, float *y,
     for (int64_t i = 0; i < C; i++) y[i] = tmp[i] * inv * w[i] + b[i];
 }
 
-static void gelu_tanh(float *x, int64_t n) {
+static inline vfloat gelu_tanh_vec(vfloat v) {
+    const vfloat u = 0.7978845608028654f * (v + 0.044715f * v * v * v);
+    const vfloat th = 1.0f - 2.0f / (exp_approx_vec(2.0f * u) + 1.0f);
+    return 0.5f * v * (1.0f + th);
+}
+
+static void gelu_tanh(float *x, int64_t n) { /* 16 lanes at a time, a short tail zero-padded */
     int64_t i = 0;
+    vfloat v;
     for (; i + VW <= n; i += VW) {
-        vfloat v;
         memcpy(&v, x + i, sizeof v);
-        const vfloat u = 0.7978845608028654f * (v + 0.044715f * v * v * v);
-        const vfloat th = 1.0f - 2.0f / (exp_approx_vec(2.0f * u) + 1.0f);
-        const vfloat y = 0.5f * v * (1.0f + th);
-        memcpy(x + i, &y, sizeof y);
+        v = gelu_tanh_vec(v);
+        memcpy(x + i, &v, sizeof v);
     }
-    for (; i < n; i++) {
-        const float v = x[i];
-        const float u = 0.7978845608028654f * (v + 0.044715f * v * v * v);
-        const float th = 1.0f - 2.0f / (exp_approx(2.0f * u) + 1.0f);
-        x[i] = 0.5f * v * (1.0f + th);
-    }
+    if (i < n) store_tail(x + i, gelu_tanh_vec(vload_tail(x + i, n - i)), n - i);
 }
 
 /* q (hd) against the row's keys at slots 0..p of one head; out (hd). */
@@ -190,7 +196,7 @@ static void attend(const float *q, const float *keys, const float *values, int64
         z = exp_approx_vec(z - mx);
         memcpy(scores + j, &z, sizeof z);
     }
-    for (; j <= p; j++) scores[j] = exp_approx(scores[j] - mx);
+    if (j <= p) store_tail(scores + j, exp_approx_vec(vload_tail(scores + j, p + 1 - j) - mx), p + 1 - j);
     const float total = lane_sum(scores, p + 1);
     for (int64_t d = 0; d < hd; d++) out[d] = 0.0f;
     for (int64_t j = 0; j <= p; j++) {
@@ -299,8 +305,9 @@ int decode_draw_steps(const int64_t *params, int64_t n_layers, int64_t wfmt, int
     return 0;
 }
 
-/* For the tests: e^x of n floats by the 16-lane path (whole blocks of 16; the rest by the
-   scalar one) into vec, and by the scalar path into scalar: the two must agree bit for bit. */
+/* For the tests: e^x of n floats by the 16-lane path as the step takes it (whole blocks of
+   16, then a zero-padded tail) into vec, and by the scalar definition into scalar: the two
+   must agree bit for bit. */
 void exp_both(const float *x, int64_t n, float *vec, float *scalar) {
     int64_t i = 0;
     for (; i + VW <= n; i += VW) {
@@ -309,6 +316,6 @@ void exp_both(const float *x, int64_t n, float *vec, float *scalar) {
         z = exp_approx_vec(z);
         memcpy(vec + i, &z, sizeof z);
     }
-    for (; i < n; i++) vec[i] = exp_approx(x[i]);
+    if (i < n) store_tail(vec + i, exp_approx_vec(vload_tail(x + i, n - i)), n - i);
     for (i = 0; i < n; i++) scalar[i] = exp_approx(x[i]);
 }

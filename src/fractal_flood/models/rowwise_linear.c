@@ -36,22 +36,9 @@ static inline vrow vload(const float *p) {
     return v;
 }
 
-/* The weights of row k widened to float32 (the compiler vectorises these loops). */
-static inline void widen_row_fp32(const float *w, const float *sc, float *wk) {
-    (void)sc;
-    memcpy(wk, w, sizeof(float) * NB);
-}
-
-static inline void widen_row_bf16(const uint16_t *w, const float *sc, float *wk) {
-    (void)sc;
-    uint32_t *bits = (uint32_t *)wk;
-    for (int j = 0; j < NB; j++) bits[j] = (uint32_t)w[j] << 16;
-}
-
-static inline void widen_row_int8(const int8_t *w, const float *sc, float *wk) {
-    for (int j = 0; j < NB; j++) wk[j] = (float)w[j] * sc[j];
-}
-
+/* ROW_TILE(NAME, TYPE, WIDEN): the one-row tile over weights widened by WIDEN(w, sc, j)
+   (the WIDE_TILES' widening below; widen_fp32 for float32), row k's NB weights widened into
+   wk first (a loop the compiler vectorises), then added in. */
 #define ROW_TILE(NAME, TYPE, WIDEN)                                                                 \
     static void NAME(const float *restrict x, const TYPE *restrict wt, const float *restrict scale, \
                      const float *restrict b, float *restrict y, int64_t K, int64_t N) {            \
@@ -59,16 +46,20 @@ static inline void widen_row_int8(const int8_t *w, const float *sc, float *wk) {
         float wk[NB] __attribute__((aligned(64)));                                                   \
         for (int v = 0; v < NV; v++) acc[v] = b ? vload(b + v * VL) : (vrow){0};                     \
         for (int64_t k = 0; k < K; k++) {                                                            \
-            WIDEN(wt + k * N, scale, wk);                                                            \
+            const TYPE *w = wt + k * N;                                                              \
+            for (int j = 0; j < NB; j++) wk[j] = WIDEN(w, scale, j);                                 \
             const float xv = x[k];                                                                   \
             for (int v = 0; v < NV; v++) acc[v] = acc[v] + xv * vload(wk + v * VL);                  \
         }                                                                                            \
         memcpy(y, acc, sizeof acc);                                                                  \
     }
 
-ROW_TILE(row_fp32, float, widen_row_fp32)
-ROW_TILE(row_bf16, uint16_t, widen_row_bf16)
-ROW_TILE(row_int8, int8_t, widen_row_int8)
+static inline float widen_fp32(const float *w, const float *sc, int64_t j) {
+    (void)sc;
+    return w[j];
+}
+
+ROW_TILE(row_fp32, float, widen_fp32)
 
 static void tile_full(const float *restrict x, const float *restrict wt, const float *restrict b,
                       float *restrict y, int64_t K, int64_t N, int64_t ldx) {
@@ -198,5 +189,7 @@ static inline float widen_int8(const int8_t *w, const float *sc, int64_t j) {
     return (float)w[j] * sc[j];
 }
 
+ROW_TILE(row_bf16, uint16_t, widen_bf16)
+ROW_TILE(row_int8, int8_t, widen_int8)
 WIDE_TILES(rowwise_linear_bf16, uint16_t, widen_bf16, row_bf16)
 WIDE_TILES(rowwise_linear_int8, int8_t, widen_int8, row_int8)
