@@ -35,14 +35,15 @@ int draw_rows(const float *h, int64_t M, int64_t C, int64_t classes, int64_t per
 
 enum { LANES = 16, PER_LAYER = 18 };
 
-static void linear(int64_t wfmt, const float *x, const void *wt, const float *scale, const float *b,
-                   float *y, int64_t M, int64_t K, int64_t N) {
+static int linear(int64_t wfmt, const float *x, const void *wt, const float *scale, const float *b, float *y,
+                  int64_t M, int64_t K, int64_t N) {
     if (wfmt == 1)
         rowwise_linear_bf16(x, (const uint16_t *)wt, scale, b, y, M, K, N);
     else if (wfmt == 2)
         rowwise_linear_int8(x, (const int8_t *)wt, scale, b, y, M, K, N);
     else
         rowwise_linear(x, (const float *)wt, b, y, M, K, N);
+    return 0;
 }
 
 /* Sums and dot products in LANES fixed lanes (lane l takes elements l, l + LANES, ...),
@@ -91,14 +92,20 @@ static float lane_sum(const float *a, int64_t n) {
     return lane_tree(acc);
 }
 
-static float lane_dot(const float *a, const float *b, int64_t n) {
+/* lane_dot's lanes over the whole blocks of 16 (n rounded down to a multiple of 16). */
+static inline vfloat lane_products(const float *a, const float *b, int64_t n) {
     vfloat acc = {0}, va, vb;
-    int64_t i = 0;
-    for (; i + LANES <= n; i += LANES) {
+    for (int64_t i = 0; i + LANES <= n; i += LANES) {
         memcpy(&va, a + i, sizeof va);
         memcpy(&vb, b + i, sizeof vb);
         acc = acc + va * vb;
     }
+    return acc;
+}
+
+static inline float lane_dot(const float *a, const float *b, int64_t n) {
+    vfloat acc = lane_products(a, b, n);
+    const int64_t i = n / LANES * LANES;
     if (i < n) acc = acc + vload_tail(a + i, n - i) * vload_tail(b + i, n - i);
     return lane_tree(acc);
 }
@@ -181,30 +188,100 @@ static void gelu_tanh(float *x, int64_t n) { /* 16 lanes at a time, a short tail
     if (i < n) store_tail(x + i, gelu_tanh_vec(vload_tail(x + i, n - i)), n - i);
 }
 
-/* q (hd) against the row's keys at slots 0..p of one head; out (hd). */
-static void attend(const float *q, const float *keys, const float *values, int64_t p, int64_t hd,
-                   float scale, float *scores, float *out) {
-    float mx = -INFINITY;
-    for (int64_t j = 0; j <= p; j++) {
-        scores[j] = lane_dot(q, keys + j * hd, hd) * scale;
-        mx = scores[j] > mx ? scores[j] : mx;
+/* Attention of one row, every head: q (H * hd) against the row's keys at slots 0..p of each
+   head (head h's slots start at keys + h * L * hd, likewise values); out (H * hd); scores
+   (H * L) scratch. Per head: each key's score is lane_dot's times scale, the maximum (exact
+   in any order) is taken 16 scores at a time, e^(score - max) 16 at a time, the total by
+   lane_sum, and each output element sums e_j * v_j[d] over j in order and is divided by the
+   total. With hd a multiple of 16 (at most GROUP_VECS * 16) those sums run in registers, 16
+   elements at a time for a group of heads at once (independent chains, which overlap); other
+   head sizes take scalar loops. The same operations per element either way. */
+enum { GROUP_VECS = 8 };
+
+static inline __attribute__((always_inline)) void weigh_values(const float *scores, const float *values,
+                                                               int64_t n, int64_t L, int64_t hd,
+                                                               const float *totals, float *out,
+                                                               const int nv, const int heads) {
+    vfloat acc[GROUP_VECS];
+    for (int i = 0; i < nv * heads; i++) acc[i] = (vfloat){0};
+    for (int64_t j = 0; j < n; j++)
+        for (int g = 0; g < heads; g++) {
+            const float e = scores[g * L + j];
+            const float *v = values + (g * L + j) * hd;
+            for (int u = 0; u < nv; u++) {
+                vfloat vv;
+                memcpy(&vv, v + u * VW, sizeof vv);
+                acc[g * nv + u] = acc[g * nv + u] + e * vv;
+            }
+        }
+    for (int g = 0; g < heads; g++)
+        for (int u = 0; u < nv; u++) {
+            const vfloat o = acc[g * nv + u] / totals[g];
+            memcpy(out + g * hd + u * VW, &o, sizeof o);
+        }
+}
+
+static void attend_row(const float *q, const float *keys, const float *values, int64_t p, int64_t H,
+                       int64_t hd, int64_t L, float scale, float *scores, float *totals, float *out) {
+    const int64_t n = p + 1;
+    const int fast = hd % VW == 0 && hd / VW <= GROUP_VECS;
+    if (fast)
+        for (int64_t j = 0; j < n; j++)
+            for (int64_t h = 0; h < H; h++)
+                scores[h * L + j] = lane_tree(lane_products(q + h * hd, keys + (h * L + j) * hd, hd)) * scale;
+    else
+        for (int64_t j = 0; j < n; j++)
+            for (int64_t h = 0; h < H; h++)
+                scores[h * L + j] = lane_dot(q + h * hd, keys + (h * L + j) * hd, hd) * scale;
+    for (int64_t h = 0; h < H; h++) {
+        float *sc = scores + h * L, mx = -INFINITY;
+        int64_t j = 0;
+        if (n >= VW) {
+            vfloat m, z;
+            memcpy(&m, sc, sizeof m);
+            for (j = VW; j + VW <= n; j += VW) {
+                memcpy(&z, sc + j, sizeof z);
+                m = vselect(z > m, z, m);
+            }
+            for (int l = 0; l < VW; l++) mx = m[l] > mx ? m[l] : mx;
+        }
+        for (; j < n; j++) mx = sc[j] > mx ? sc[j] : mx;
+        for (j = 0; j + VW <= n; j += VW) {
+            vfloat z;
+            memcpy(&z, sc + j, sizeof z);
+            z = exp_approx_vec(z - mx);
+            memcpy(sc + j, &z, sizeof z);
+        }
+        if (j < n) store_tail(sc + j, exp_approx_vec(vload_tail(sc + j, n - j) - mx), n - j);
+        totals[h] = lane_sum(sc, n);
     }
-    int64_t j = 0;
-    for (; j + VW <= p + 1; j += VW) {
-        vfloat z;
-        memcpy(&z, scores + j, sizeof z);
-        z = exp_approx_vec(z - mx);
-        memcpy(scores + j, &z, sizeof z);
+    if (fast) {
+        const int nv = (int)(hd / VW);
+        int g = GROUP_VECS / nv;
+        while (H % g) g /= 2;
+        for (int64_t h = 0; h < H; h += g) {
+            const float *sc = scores + h * L, *v = values + h * L * hd, *t = totals + h;
+            float *o = out + h * hd;
+#define WEIGH(NV, G) \
+    if (nv == NV && g == G) weigh_values(sc, v, n, L, hd, t, o, NV, G)
+            WEIGH(1, 8); else WEIGH(1, 4); else WEIGH(1, 2); else WEIGH(1, 1);
+            else WEIGH(2, 4); else WEIGH(2, 2); else WEIGH(2, 1);
+            else WEIGH(4, 2); else WEIGH(4, 1); else WEIGH(8, 1);
+#undef WEIGH
+        }
+        return;
     }
-    if (j <= p) store_tail(scores + j, exp_approx_vec(vload_tail(scores + j, p + 1 - j) - mx), p + 1 - j);
-    const float total = lane_sum(scores, p + 1);
-    for (int64_t d = 0; d < hd; d++) out[d] = 0.0f;
-    for (int64_t j = 0; j <= p; j++) {
-        const float e = scores[j];
-        const float *v = values + j * hd;
-        for (int64_t d = 0; d < hd; d++) out[d] = out[d] + e * v[d];
+    for (int64_t h = 0; h < H; h++) {
+        const float *sc = scores + h * L;
+        float *o = out + h * hd;
+        for (int64_t d = 0; d < hd; d++) o[d] = 0.0f;
+        for (int64_t j = 0; j < n; j++) {
+            const float e = sc[j];
+            const float *v = values + (h * L + j) * hd;
+            for (int64_t d = 0; d < hd; d++) o[d] = o[d] + e * v[d];
+        }
+        for (int64_t d = 0; d < hd; d++) o[d] = o[d] / totals[h];
     }
-    for (int64_t d = 0; d < hd; d++) out[d] = out[d] / total;
 }
 
 /* tok, pos (M,): each row's pending token and its position; cache rows row0 .. row0+M-1.
@@ -213,15 +290,16 @@ int decode_step(const int64_t *params, int64_t n_layers, int64_t wfmt, const int
                 int64_t M, int64_t row0, int64_t C, int64_t n_heads, int64_t L, float eps, float *out) {
     const float *wte = (const float *)params[0], *wpe = (const float *)params[1];
     const int64_t hd = C / n_heads, F = 4 * C;
-    float *buf = malloc(sizeof(float) * (size_t)(M * (C + C + 3 * C + C + F + C) + L + C));
+    float *buf = malloc(sizeof(float) * (size_t)(M * (C + C + 3 * C + C + F + C) + n_heads * (L + 1) + C));
     if (!buf) return -1;
     float *x = buf, *xn = x + M * C, *qkv = xn + M * C, *att = qkv + M * 3 * C, *h = att + M * C,
-          *y = h + M * F, *scores = y + M * C, *tmp = scores + L;
+          *y = h + M * F, *scores = y + M * C, *tmp = scores + n_heads * (L + 1);
     const float scale = 1.0f / sqrtf((float)hd);
 
     for (int64_t m = 0; m < M; m++)
         for (int64_t i = 0; i < C; i++) x[m * C + i] = wte[tok[m] * C + i] + wpe[pos[m] * C + i];
 
+    int failed = 0;
     for (int64_t layer = 0; layer < n_layers; layer++) {
         const int64_t *p = params + 4 + layer * PER_LAYER;
         const float *ln1w = (const float *)p[0], *ln1b = (const float *)p[1];
@@ -235,25 +313,28 @@ int decode_step(const int64_t *params, int64_t n_layers, int64_t wfmt, const int
         const float *fc_s = (const float *)p[16], *mp_s = (const float *)p[17];
 
         for (int64_t m = 0; m < M; m++) layer_norm(x + m * C, ln1w, ln1b, xn + m * C, C, eps, tmp);
-        linear(wfmt, xn, attn_wt, attn_s, attn_b, qkv, M, C, 3 * C);
+        if ((failed = linear(wfmt, xn, attn_wt, attn_s, attn_b, qkv, M, C, 3 * C)) != 0) break;
         for (int64_t m = 0; m < M; m++) {
             const int64_t r = row0 + m, at = pos[m];
+            float *keys = kcache + r * n_heads * L * hd, *values = vcache + r * n_heads * L * hd;
             for (int64_t hh = 0; hh < n_heads; hh++) {
-                float *keys = kcache + ((r * n_heads + hh) * L) * hd;
-                float *values = vcache + ((r * n_heads + hh) * L) * hd;
-                memcpy(keys + at * hd, qkv + m * 3 * C + C + hh * hd, sizeof(float) * hd);
-                memcpy(values + at * hd, qkv + m * 3 * C + 2 * C + hh * hd, sizeof(float) * hd);
-                attend(qkv + m * 3 * C + hh * hd, keys, values, at, hd, scale, scores,
-                       att + m * C + hh * hd);
+                memcpy(keys + (hh * L + at) * hd, qkv + m * 3 * C + C + hh * hd, sizeof(float) * hd);
+                memcpy(values + (hh * L + at) * hd, qkv + m * 3 * C + 2 * C + hh * hd, sizeof(float) * hd);
             }
+            attend_row(qkv + m * 3 * C, keys, values, at, n_heads, hd, L, scale, scores, scores + n_heads * L,
+                       att + m * C);
         }
-        linear(wfmt, att, proj_wt, proj_s, proj_b, y, M, C, C);
+        if ((failed = linear(wfmt, att, proj_wt, proj_s, proj_b, y, M, C, C)) != 0) break;
         for (int64_t i = 0; i < M * C; i++) x[i] = x[i] + y[i];
         for (int64_t m = 0; m < M; m++) layer_norm(x + m * C, ln2w, ln2b, xn + m * C, C, eps, tmp);
-        linear(wfmt, xn, fc_wt, fc_s, fc_b, h, M, C, F);
+        if ((failed = linear(wfmt, xn, fc_wt, fc_s, fc_b, h, M, C, F)) != 0) break;
         gelu_tanh(h, M * F);
-        linear(wfmt, h, mp_wt, mp_s, mp_b, y, M, F, C);
+        if ((failed = linear(wfmt, h, mp_wt, mp_s, mp_b, y, M, F, C)) != 0) break;
         for (int64_t i = 0; i < M * C; i++) x[i] = x[i] + y[i];
+    }
+    if (failed) {
+        free(buf);
+        return -1;
     }
     const float *lnfw = (const float *)params[2], *lnfb = (const float *)params[3];
     for (int64_t m = 0; m < M; m++) layer_norm(x + m * C, lnfw, lnfb, out + m * C, C, eps, tmp);
