@@ -109,23 +109,27 @@ def test_the_switch(monkeypatch):
         monkeypatch.setenv("FRACTAL_FLOOD_CPU_WEIGHTS", fmt)
         assert ARStream(m, 1, SamplingConfig(0.8), "cpu")._native.weights == fmt
     monkeypatch.setenv("FRACTAL_FLOOD_CPU_WEIGHTS", "fp16")
-    with pytest.raises(SettingError, match="FRACTAL_FLOOD_CPU_WEIGHTS='fp16': choose from fp32, bf16, int8"):
+    with pytest.raises(SettingError, match="FRACTAL_FLOOD_CPU_WEIGHTS='fp16': choose from fp32, bf16, int8, w8a8"):
         cpu_step.weights_format()
 
 
+@pytest.mark.parametrize("fmt", [None, "w8a8"])
 @torch.no_grad()
-def test_under_the_default_a_request_alone_equals_it_among_others(monkeypatch):
-    """The default (int8) slot cache: a request's tokens alone equal its tokens among 11
-    others at other positions and temperatures (one top-k), through window slides, and a
-    batch-1 stream's."""
+def test_under_the_default_a_request_alone_equals_it_among_others(monkeypatch, fmt):
+    """The default (int8) slot cache, and w8a8's: a request's tokens alone equal its tokens
+    among 11 others at other positions and temperatures (one top-k), through window slides,
+    and a batch-1 stream's."""
     from fractal_flood.manager.slots import SlotManager
 
-    monkeypatch.delenv("FRACTAL_FLOOD_CPU_WEIGHTS", raising=False)
+    if fmt is None:
+        monkeypatch.delenv("FRACTAL_FLOOD_CPU_WEIGHTS", raising=False)
+    else:
+        monkeypatch.setenv("FRACTAL_FLOOD_CPU_WEIGHTS", fmt)
     m = model()
     prompt = [5, 9, 2, 7, 7, 1]
     for sampling in (SamplingConfig(0.9), SamplingConfig(0.0)):
         alone = SlotManager(m, 1, "cpu")
-        assert alone._native.weights == "int8"
+        assert alone._native.weights == (fmt or "int8")
         alone.add("me", prompt, sampling, seed=3)
         together = SlotManager(m, 12, "cpu")
         g = torch.Generator().manual_seed(1)
@@ -154,5 +158,5 @@ def test_the_script_prints_bits_per_character_beside_tokens_per_second(tiny_mode
     text = out.stdout
     for fmt in weight_formats.FORMATS:
         assert f"{fmt}: held-out bits/char manager " in text
-    assert "round  2 (fp32 bf16 int8)" in text and "e2e: median tokens/s fp32 " in text
-    assert "  int8 / fp32: median" in text
+    assert "round  2 (fp32 bf16 int8 w8a8)" in text and "e2e: median tokens/s fp32 " in text
+    assert "  int8 / fp32: median" in text and "  w8a8 / fp32: median" in text

@@ -29,6 +29,8 @@ void rowwise_linear_bf16(const float *x, const uint16_t *wt, const float *scale,
                          int64_t M, int64_t K, int64_t N);
 void rowwise_linear_int8(const float *x, const int8_t *wt, const float *scale, const float *b, float *y,
                          int64_t M, int64_t K, int64_t N);
+int w8a8_linear(const float *x, const int8_t *wp, const float *sc, const float *b, float *y, int64_t M, int64_t K,
+                int64_t N);
 int draw_rows(const float *h, int64_t M, int64_t C, int64_t classes, int64_t per_class,
               const float *class_wt, const float *token_wt, int64_t lanes, int64_t simd,
               const int64_t *seeds, const int64_t *steps, const float *temperature, int64_t *ids);
@@ -37,6 +39,7 @@ enum { LANES = 16, PER_LAYER = 18 };
 
 static int linear(int64_t wfmt, const float *x, const void *wt, const float *scale, const float *b, float *y,
                   int64_t M, int64_t K, int64_t N) {
+    if (wfmt == 3) return w8a8_linear(x, (const int8_t *)wt, scale, b, y, M, K, N);
     if (wfmt == 1)
         rowwise_linear_bf16(x, (const uint16_t *)wt, scale, b, y, M, K, N);
     else if (wfmt == 2)

@@ -36,11 +36,20 @@ reference: PyTorch layers, the Python draw); without a C compiler it is ``eager`
 
 ``FRACTAL_FLOOD_CPU_WEIGHTS`` picks how the layers' matrices are stored (``models/weight_formats.py``):
 ``int8`` by default (one scale per output channel; the shipped models' held-out bits per
-character within 0.0002 of float32's, and the fastest measured), ``bf16`` or ``fp32``. The
-step over int8 or bf16 matrices is the float32 step over the dequantised matrices, bit for
-bit, so every statement above holds of it against a model holding those; against the
-float32 model itself (the eager step, the references) only ``fp32`` is held to the
-tolerances above (the test suite runs ``fp32``: tests/conftest.py).
+character within 0.0002 of float32's), ``bf16``, ``fp32`` or ``w8a8``. The step over int8 or
+bf16 matrices is the float32 step over the dequantised matrices, bit for bit, so every
+statement above holds of it against a model holding those; against the float32 model itself
+(the eager step, the references) only ``fp32`` is held to the tolerances above (the test
+suite runs ``fp32``: tests/conftest.py).
+
+``w8a8`` (``models/w8a8_linear.py``: int8 activations too, the sums in integers, VNNI
+instructions where the CPU has them) is ~2x int8's step and within 0.0004 bits/char of
+float32 (2026-12-07), but not the default: its products quantise their inputs, so where the
+step's layer norm, attention or GELU differ from PyTorch's in the last bits (above) an
+activation can round to the neighbouring integer, and its streams part from the eager model
+of the format's at such a near-tie after tens to hundreds of steps (int8's, tested, do not
+over 512). Its rows stay batch-invariant (integer sums are exact), and its streams' prefills
+take w8a8 products too (``prefill_products``).
 """
 
 from __future__ import annotations
@@ -58,6 +67,7 @@ from ..errors import SettingError
 from ..models.causal_lm import CausalLM
 from ..models import rowwise_linear, weight_formats
 from ..models.rowwise_linear import SOURCE as LINEAR_SOURCE
+from ..models.w8a8_linear import SOURCE as W8A8_SOURCE
 
 SOURCE = Path(__file__).with_name("cpu_step.c")
 DRAW_SOURCE = Path(__file__).with_name("cpu_draw.c")
@@ -69,7 +79,7 @@ _library: Optional[ctypes.CDLL] = None
 def library() -> Optional[ctypes.CDLL]:
     global _library
     if _library is None:
-        lib = native.build("cpu_step", [SOURCE, DRAW_SOURCE, LINEAR_SOURCE])
+        lib = native.build("cpu_step", [SOURCE, DRAW_SOURCE, LINEAR_SOURCE, W8A8_SOURCE])
         if lib is not None:
             p, n = ctypes.c_void_p, ctypes.c_int64
             lib.decode_step.argtypes = [p, n, n, p, p, n, n, n, n, n, ctypes.c_float, p]
@@ -110,20 +120,29 @@ def mode() -> str:
     return asked
 
 
-WEIGHT_CODES = {"fp32": 0, "bf16": 1, "int8": 2}  # cpu_step.c's wfmt
+WEIGHT_CODES = {"fp32": 0, "bf16": 1, "int8": 2, "w8a8": 3}  # cpu_step.c's wfmt
 # the fastest format whose held-out bits per character stay within 0.01 of float32's, for
-# the shipped manager and AR peer (docs/log/notebook.md, 2026-12-07: int8 +0.0001 and
-# +0.0002 bits/char, 1.10-1.35x end to end)
+# the shipped manager and AR peer, among those whose compiled streams keep the eager
+# stream's tokens (docs/log/notebook.md, 2026-12-07: int8 +0.0001 and +0.0002 bits/char,
+# 1.10-1.35x end to end; w8a8, faster, parts from its eager model at near-ties: above)
 DEFAULT_WEIGHTS = "int8"
 
 
 def weights_format() -> str:
     """``FRACTAL_FLOOD_CPU_WEIGHTS`` (default ``DEFAULT_WEIGHTS``): how the compiled step
-    stores each layer's matrices, ``fp32``, ``bf16`` or ``int8`` (``models/weight_formats.py``)."""
+    stores each layer's matrices, ``fp32``, ``bf16``, ``int8`` or ``w8a8`` (``models/weight_formats.py``)."""
     asked = os.environ.get("FRACTAL_FLOOD_CPU_WEIGHTS", DEFAULT_WEIGHTS)
     if asked not in weight_formats.FORMATS:
         raise SettingError(f"FRACTAL_FLOOD_CPU_WEIGHTS={asked!r}: choose from {', '.join(weight_formats.FORMATS)}")
     return asked
+
+
+def prefill_products(native: Optional["CpuStep"]):
+    """The products a stream's or slot cache's eager prefills (a prompt, a window slide)
+    compute in, to go with its compiled step ``native`` (None: float32):
+    ``weight_formats.decode_products`` of its format, so a w8a8 stream's every product is
+    w8a8 (the other formats' prefills stay float32)."""
+    return weight_formats.decode_products(native.weights if native is not None else "fp32")
 
 
 def wanted() -> bool:

@@ -226,7 +226,8 @@ class SlotManager:
             return
         self.window[r, :T] = tokens
         pos = torch.arange(T, device=self.device)
-        self._forward(tokens[None], pos[None], 1, row=r, last=T - 1)
+        with cpu_step.prefill_products(self._native):
+            self._forward(tokens[None], pos[None], 1, row=r, last=T - 1)
         self.prefills += 1
 
     def _slide(self, r: int) -> None:

@@ -187,7 +187,8 @@ class ARStream:
         if T == 0:
             return
         self._window[:, :T] = tokens
-        self.model.hidden_cached(tokens, torch.arange(T, device=self.device))
+        with cpu_step.prefill_products(self._native):
+            self.model.hidden_cached(tokens, torch.arange(T, device=self.device))
         self.prefills += 1
 
     def _slide(self) -> None:
