@@ -102,8 +102,10 @@ def main() -> None:
             runs[f"llama-{kind}"] = lambda p=p: (len(p.generate(prompt, args.peer_tokens, TEMPERATURE)), None, None)
             runs[f"llama-{kind}"]()  # warm-up
     weights = cpu_step.weights_format() if cpu_step.wanted() else "float32 (eager step)"
-    print(f"paired single-stream ratios on {describe(torch.device('cpu'))}, float32 activations, "
-          f"{weights} layer weights in ours and our peer's compiled step, torch {torch.__version__}, "
+    products = ("int8 activations and int8 (w8a8)" if weights == "w8a8"
+                else f"float32 activations, {weights}")
+    print(f"paired single-stream ratios on {describe(torch.device('cpu'))}, "
+          f"{products} layer weights in ours and our peer's compiled step, torch {torch.__version__}, "
           f"{torch.get_num_threads()} thread(s)" + (", the engines at the same threads"
                                                     if args.engines or args.llama_cpp else "")
           + f", {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}")
