@@ -160,3 +160,39 @@ def test_the_script_prints_bits_per_character_beside_tokens_per_second(tiny_mode
         assert f"{fmt}: held-out bits/char manager " in text
     assert "round  2 (fp32 bf16 int8 w8a8)" in text and "e2e: median tokens/s fp32 " in text
     assert "  int8 / fp32: median" in text and "  w8a8 / fp32: median" in text
+
+
+@pytest.mark.skipif(rowwise_linear.library() is None, reason="no C compiler")
+def test_the_build_without_native_instructions_gives_the_same_bits(tmp_path):
+    """The kernels built without -march=native (no AVX-512: the int8 tiles' intrinsics are not
+    compiled, GCC's vectorised loops run instead) against this machine's build: the same
+    bits, every format, one row and tiles of four."""
+    import ctypes
+    import os
+    import shutil
+
+    from fractal_flood import native
+
+    cc = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("no C compiler")
+    target = tmp_path / "portable.so"
+    done = subprocess.run([cc, *native.FLAGS, "-o", str(target), str(rowwise_linear.SOURCE), "-lm"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    lib = ctypes.CDLL(str(target))
+    here = rowwise_linear.library()
+    p = ctypes.c_void_p
+    for M, K, N in [(1, 128, 384), (4, 512, 128), (7, 128, 512), (3, 33, 70)]:
+        g = torch.Generator().manual_seed(M * K)
+        x, w, b = torch.randn(M, K, generator=g), torch.randn(N, K, generator=g), torch.randn(N, generator=g)
+        for fmt, name in (("int8", "rowwise_linear_int8"), ("bf16", "rowwise_linear_bf16")):
+            wt, sc = weight_formats.stored(w, fmt)
+            outs = []
+            for library in (lib, here):
+                y = torch.empty(M, N)
+                getattr(library, name)(p(x.data_ptr()), p(wt.data_ptr()), p(sc.data_ptr() if sc is not None else 0),
+                                       p(b.data_ptr()), p(y.data_ptr()), ctypes.c_int64(M), ctypes.c_int64(K),
+                                       ctypes.c_int64(N))
+                outs.append(y)
+            assert torch.equal(outs[0], outs[1]), (fmt, M, K, N)
