@@ -18,6 +18,7 @@
    rowwise_gathered: row m multiplies by its own matrix, wt_blocks + index[m] * K * N (the
    class-factored output layer's scores within each row's class).
 */
+#include <math.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -107,6 +108,67 @@ void rowwise_linear(const float *x, const float *wt, const float *b, float *y,
                 tile_part(x + m0 * K, wt + n0, bn, y + m0 * N + n0, K, N, K, rows, cols);
         }
     }
+}
+
+/* rowwise_linear_fma: the same product with each step a fused multiply-add,
+   acc = fmaf(x[k], w[k][n], acc) in k order from the bias (one rounding a product instead of
+   two): still a fixed sequence of operations per row, so a row is the same alone or in any
+   batch, and fmaf is correctly rounded wherever it runs (one instruction on CPUs with FMA, a
+   library call elsewhere), so the same bits on every CPU. Half the arithmetic instructions of
+   rowwise_linear; the eager prefills take it (rowwise_linear.py). rowwise_linear_fma_scalar:
+   the same operations without tiles, for the tests. */
+static void tile_full_fma(const float *restrict x, const float *restrict wt, const float *restrict b,
+                          float *restrict y, int64_t K, int64_t N, int64_t ldx) {
+    float acc[R][NB];
+    for (int r = 0; r < R; r++)
+        for (int j = 0; j < NB; j++) acc[r][j] = b ? b[j] : 0.0f;
+    for (int64_t k = 0; k < K; k++) {
+        const float *w = wt + k * N;
+        for (int r = 0; r < R; r++) {
+            const float xv = x[r * ldx + k];
+            for (int j = 0; j < NB; j++) acc[r][j] = fmaf(xv, w[j], acc[r][j]);
+        }
+    }
+    for (int r = 0; r < R; r++)
+        for (int j = 0; j < NB; j++) y[r * N + j] = acc[r][j];
+}
+
+static void tile_part_fma(const float *restrict x, const float *restrict wt, const float *restrict b,
+                          float *restrict y, int64_t K, int64_t N, int64_t ldx, int64_t rows, int64_t cols) {
+    for (int64_t r = 0; r < rows; r++) {
+        float acc[NB];
+        for (int64_t j = 0; j < cols; j++) acc[j] = b ? b[j] : 0.0f;
+        for (int64_t k = 0; k < K; k++) {
+            const float xv = x[r * ldx + k];
+            const float *w = wt + k * N;
+            for (int64_t j = 0; j < cols; j++) acc[j] = fmaf(xv, w[j], acc[j]);
+        }
+        for (int64_t j = 0; j < cols; j++) y[r * N + j] = acc[j];
+    }
+}
+
+void rowwise_linear_fma(const float *x, const float *wt, const float *b, float *y, int64_t M, int64_t K, int64_t N) {
+    for (int64_t n0 = 0; n0 < N; n0 += NB) {
+        const int64_t cols = N - n0 < NB ? N - n0 : NB;
+        const float *bn = b ? b + n0 : 0;
+        for (int64_t m0 = 0; m0 < M; m0 += R) {
+            const int64_t rows = M - m0 < R ? M - m0 : R;
+            if (rows == R && cols == NB)
+                tile_full_fma(x + m0 * K, wt + n0, bn, y + m0 * N + n0, K, N, K);
+            else
+                tile_part_fma(x + m0 * K, wt + n0, bn, y + m0 * N + n0, K, N, K, rows, cols);
+        }
+    }
+}
+
+void rowwise_linear_fma_scalar(const float *x, const float *wt, const float *b, float *y, int64_t M, int64_t K,
+                               int64_t N) {
+    for (int64_t m = 0; m < M; m++)
+        for (int64_t n = 0; n < N; n++) {
+            float acc = b ? b[n] : 0.0f;
+            for (int64_t k = 0; k < K; k++) acc = fmaf(x[m * K + k], wt[k * N + n], acc);
+            y[m * N + n] = acc;
+        }
 }
 
 void rowwise_gathered(const float *x, const float *wt_blocks, const int64_t *index, float *y,

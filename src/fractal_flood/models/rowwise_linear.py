@@ -17,6 +17,12 @@ Three ways to compute it (``FRACTAL_FLOOD_ROWWISE``):
   batch-invariant too, with BLAS's rounding, slower at large batches.
 - ``blas``: one library call for the whole batch: the reference path, not batch-invariant.
 
+Within ``fused_products()`` (the streams' and slot caches' prefills: a prompt, a window
+slide's re-encoding) the kernel takes a fused multiply-add a product
+(``rowwise_linear_fma``: one rounding instead of two, half the instructions; still one
+fixed sequence a row, the same bits on every CPU); the decode steps keep the separate
+multiply and add.
+
 ``reference_linear`` computes the kernel's exact sequence of operations with tensor ops
 (bit for bit its result; one elementwise multiply and add per k, so slow): the tests hold
 the kernel to it.
@@ -27,10 +33,12 @@ tensor that needs gradients) is a plain ``F.linear``.
 
 from __future__ import annotations
 
+import contextvars
 import ctypes
 import os
 import sys
 import weakref
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -45,6 +53,17 @@ MODES = ("kernel", "rows", "blas")
 _library: Optional[ctypes.CDLL] = None
 
 _transposed: dict = {}  # id(weight), blocks -> (weakref, version, data_ptr, transposed copy)
+_fused: contextvars.ContextVar = contextvars.ContextVar("rowwise_fused", default=False)
+
+
+@contextmanager
+def fused_products():
+    """Within: ``linear``'s kernel takes a fused multiply-add a product (the module's doc)."""
+    token = _fused.set(True)
+    try:
+        yield
+    finally:
+        _fused.reset(token)
 
 
 def mode() -> str:
@@ -73,6 +92,9 @@ def _setup(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.rowwise_linear.restype = None
     lib.rowwise_gathered.argtypes = [p, p, p, p, n, n, n]
     lib.rowwise_gathered.restype = None
+    for name in ("rowwise_linear_fma", "rowwise_linear_fma_scalar"):
+        getattr(lib, name).argtypes = [p, p, p, p, n, n, n]
+        getattr(lib, name).restype = None
     for name in ("rowwise_linear_bf16", "rowwise_linear_int8"):
         getattr(lib, name).argtypes = [p, p, p, p, p, n, n, n]
         getattr(lib, name).restype = None
@@ -119,8 +141,8 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] =
     M, N = rows.size(0), weight.size(0)
     y = torch.empty(M, N, dtype=torch.float32)
     b = bias.detach().contiguous() if bias is not None else None
-    _library.rowwise_linear(rows.data_ptr(), wt.data_ptr(), b.data_ptr() if b is not None else None,
-                            y.data_ptr(), M, K, N)
+    kernel = _library.rowwise_linear_fma if _fused.get() else _library.rowwise_linear
+    kernel(rows.data_ptr(), wt.data_ptr(), b.data_ptr() if b is not None else None, y.data_ptr(), M, K, N)
     return y.view(*lead, N)
 
 
