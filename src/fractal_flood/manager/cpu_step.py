@@ -72,6 +72,7 @@ from ..models.w8a8_linear import SOURCE as W8A8_SOURCE
 
 SOURCE = Path(__file__).with_name("cpu_step.c")
 DRAW_SOURCE = Path(__file__).with_name("cpu_draw.c")
+MATH_HEADER = Path(__file__).parents[1] / "models" / "cpu_math.h"  # cpu_step.c includes it
 MODES = ("native", "step", "body", "eager")
 
 _library: Optional[ctypes.CDLL] = None
@@ -80,7 +81,7 @@ _library: Optional[ctypes.CDLL] = None
 def library() -> Optional[ctypes.CDLL]:
     global _library
     if _library is None:
-        lib = native.build("cpu_step", [SOURCE, DRAW_SOURCE, LINEAR_SOURCE, W8A8_SOURCE])
+        lib = native.build("cpu_step", [SOURCE, DRAW_SOURCE, LINEAR_SOURCE, W8A8_SOURCE], headers=[MATH_HEADER])
         if lib is not None:
             p, n = ctypes.c_void_p, ctypes.c_int64
             lib.decode_step.argtypes = [p, n, n, p, p, n, n, n, n, n, ctypes.c_float, p]
