@@ -1,5 +1,8 @@
-"""The renderer's inference kernels on the CPU (``renderer_kernels.c``): its bidirectional
-attention and its tanh GELU in C, for a render pass without gradients on a CPU in float32.
+"""C kernels for the models' eager passes on the CPU (``cpu_kernels.c``), without gradients, in
+float32: the renderer's bidirectional attention and tanh GELU, and, within ``prefill()`` (the
+manager's and the peer's prefills: a prompt, a window slide's re-encoding; compiled and
+eager streams alike, ``cpu_step.prefill_products``), the causal attention over the KV cache
+(the C decode step's ``attend_row``) and the GELU.
 
 ``block_forward(block, x, valid)`` is ``Block.forward(x, attn_mask=valid mask)`` in eval mode
 with those two kernels in place of PyTorch's ``scaled_dot_product_attention`` and
@@ -11,8 +14,10 @@ against the module path within a stated tolerance, and the render's tokens again
 
 from __future__ import annotations
 
+import contextvars
 import ctypes
 import os
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -21,7 +26,7 @@ import torch.nn.functional as F
 
 from .. import native
 
-SOURCE = Path(__file__).with_name("renderer_kernels.c")
+SOURCE = Path(__file__).with_name("cpu_kernels.c")
 MATH_HEADER = Path(__file__).with_name("cpu_math.h")
 _library: Optional[ctypes.CDLL] = None
 
@@ -29,13 +34,15 @@ _library: Optional[ctypes.CDLL] = None
 def library() -> Optional[ctypes.CDLL]:
     global _library
     if _library is None:
-        lib = native.build("renderer_kernels", [SOURCE], headers=[MATH_HEADER])
+        lib = native.build("cpu_kernels", [SOURCE], headers=[MATH_HEADER])
         if lib is not None:
             p, n = ctypes.c_void_p, ctypes.c_int64
             lib.renderer_attention.argtypes = [p, p, p, n, n, n, n]
             lib.renderer_attention.restype = ctypes.c_int
             lib.renderer_gelu.argtypes = [p, n]
             lib.renderer_gelu.restype = None
+            lib.prefill_attention.argtypes = [p, p, p, p, p, n, n, n, n, n]
+            lib.prefill_attention.restype = ctypes.c_int
             _library = lib
     return _library
 
@@ -82,3 +89,40 @@ def block_forward(block, x: torch.Tensor, valid: Optional[torch.Tensor]) -> torc
     y = attention(a.c_attn(block.ln_1(x)), valid, a.n_heads)
     x = x + a.c_proj(y)
     return x + m.c_proj(gelu_(m.c_fc(block.ln_2(x))))
+
+
+_prefill: contextvars.ContextVar = contextvars.ContextVar("prefill_kernels", default=False)
+
+
+@contextmanager
+def prefill():
+    """Within: the eager decode path's prefills (``KVCache.attend`` over more than one
+    position, ``MLP.decode``) take the C attention and GELU where ``wanted``."""
+    token = _prefill.set(True)
+    try:
+        yield
+    finally:
+        _prefill.reset(token)
+
+
+def prefilling(x: torch.Tensor) -> bool:
+    """Whether a prefill's pass over x takes the kernels now."""
+    return _prefill.get() and wanted(x)
+
+
+def prefill_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                      input_pos: torch.Tensor) -> torch.Tensor:
+    """q (B, nh, T, hd) at positions ``input_pos`` (T,), over a cache (B, nh, L, hd) that
+    already holds their keys and values -> (B, nh, T, hd), each query over slots 0..its
+    position (a view of a (B, T, nh * hd) tensor)."""
+    B, H, T, hd = q.shape
+    L = k_cache.size(2)
+    if not (k_cache.is_contiguous() and v_cache.is_contiguous() and k_cache.dtype == torch.float32):
+        raise ValueError("prefill_attention needs contiguous float32 caches")
+    qs = q.transpose(1, 2).contiguous()  # (B, T, nh, hd)
+    pos = input_pos.to(torch.int64).contiguous()
+    out = torch.empty(B, T, H * hd, dtype=torch.float32)
+    if _lib().prefill_attention(qs.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), pos.data_ptr(),
+                                out.data_ptr(), B, T, H, hd, L):
+        raise MemoryError("the prefill attention kernel could not allocate its scratch")
+    return out.view(B, T, H, hd).transpose(1, 2)
