@@ -43,7 +43,7 @@ statement above holds of it against a model holding those; against the float32 m
 suite runs ``fp32``: tests/conftest.py).
 
 ``w8a8`` (``models/w8a8_linear.py``: int8 activations too, the sums in integers, VNNI
-instructions where the CPU has them) is ~2x int8's step and within 0.0004 bits/char of
+instructions where the CPU has them) writes ~1.4x int8's steps and is within 0.0004 bits/char of
 float32 (2026-12-07), but not the default: its products quantise their inputs, so where the
 step's layer norm, attention or GELU differ from PyTorch's in the last bits (above) an
 activation can round to the neighbouring integer, and its streams part from the eager model
