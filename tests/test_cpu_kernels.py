@@ -67,13 +67,13 @@ def test_a_block_through_the_kernels_is_the_module_path_within_tolerance():
 
 def test_the_switch(monkeypatch):
     x = torch.zeros(2, 3)
-    monkeypatch.delenv("FRACTAL_FLOOD_RENDER_KERNELS", raising=False)
+    monkeypatch.delenv("FRACTAL_FLOOD_CPU_KERNELS", raising=False)
     with torch.no_grad():
         assert cpu_kernels.wanted(x)
         assert not cpu_kernels.wanted(x.double())
-        monkeypatch.setenv("FRACTAL_FLOOD_RENDER_KERNELS", "0")
+        monkeypatch.setenv("FRACTAL_FLOOD_CPU_KERNELS", "0")
         assert not cpu_kernels.wanted(x)
-    monkeypatch.delenv("FRACTAL_FLOOD_RENDER_KERNELS")
+    monkeypatch.delenv("FRACTAL_FLOOD_CPU_KERNELS")
     assert not cpu_kernels.wanted(x)  # gradients on: training's path
 
 
@@ -92,7 +92,7 @@ def test_the_shipped_renderer_writes_the_same_text_either_way(monkeypatch):
     monkeypatch.setattr(cpu_kernels, "block_forward", lambda *a: calls.append(1) or real(*a))
     texts = {}
     for flag in ("1", "0"):
-        monkeypatch.setenv("FRACTAL_FLOOD_RENDER_KERNELS", flag)
+        monkeypatch.setenv("FRACTAL_FLOOD_CPU_KERNELS", flag)
         n = len(calls)
         texts[flag] = pipe.decoder_for(5).render(roots).root_texts()
         assert (len(calls) > n) == (flag == "1")
@@ -130,14 +130,10 @@ def test_a_prefill_within_the_kernels_is_the_plain_one_within_tolerance():
     plain_cache = [(c.k.clone(), c.v.clone()) for c in m.kv_caches]
     calls = []
     real = cpu_kernels.prefill_attention
-    with cpu_kernels.prefill():
-        cpu_kernels_attention = cpu_kernels.prefill_attention
-        try:
-            cpu_kernels.prefill_attention = lambda *a: calls.append(1) or real(*a)
-            ours = m.hidden_cached(idx, torch.arange(12))
-            step = m.hidden_cached(idx[:, :1], torch.tensor([12]))
-        finally:
-            cpu_kernels.prefill_attention = cpu_kernels_attention
+    with pytest.MonkeyPatch.context() as mp, cpu_kernels.prefill():
+        mp.setattr(cpu_kernels, "prefill_attention", lambda *a: calls.append(1) or real(*a))
+        ours = m.hidden_cached(idx, torch.arange(12))
+        step = m.hidden_cached(idx[:, :1], torch.tensor([12]))
     assert len(calls) == 2  # one per layer for the prompt, none for the single step
     torch.testing.assert_close(ours, plain, atol=1e-5, rtol=1e-5)
     for (k, v), c in zip(plain_cache, m.kv_caches):

@@ -9,7 +9,8 @@ with those two kernels in place of PyTorch's ``scaled_dot_product_attention`` an
 ``gelu(approximate="tanh")``: the same function, other rounding (another summation order,
 e^x by a polynomial to ~2 ulp); the linear layers and layer norms stay PyTorch's. Tested
 against the module path within a stated tolerance, and the render's tokens against its.
-``FRACTAL_FLOOD_RENDER_KERNELS=0`` (or no C compiler) keeps the module path.
+``FRACTAL_FLOOD_CPU_KERNELS=0`` (or no C compiler) keeps PyTorch's operators, in the render
+and the prefills alike.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 
 from .. import native
 
@@ -56,9 +56,9 @@ def _lib() -> ctypes.CDLL:
 
 def wanted(x: torch.Tensor) -> bool:
     """Whether a render pass over x takes the kernels: a CPU, float32, no gradients, asked
-    for (``FRACTAL_FLOOD_RENDER_KERNELS``, default on) and built."""
+    for (``FRACTAL_FLOOD_CPU_KERNELS``, default on) and built."""
     return (x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled()
-            and os.environ.get("FRACTAL_FLOOD_RENDER_KERNELS", "1") != "0" and library() is not None)
+            and os.environ.get("FRACTAL_FLOOD_CPU_KERNELS", "1") != "0" and library() is not None)
 
 
 def attention(qkv: torch.Tensor, valid: Optional[torch.Tensor], n_heads: int) -> torch.Tensor:
