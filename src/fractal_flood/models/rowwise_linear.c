@@ -62,105 +62,83 @@ static inline float widen_fp32(const float *w, const float *sc, int64_t j) {
 
 ROW_TILE(row_fp32, float, widen_fp32)
 
-static void tile_full(const float *restrict x, const float *restrict wt, const float *restrict b,
-                      float *restrict y, int64_t K, int64_t N, int64_t ldx) {
-    float acc[R][NB];
-    for (int r = 0; r < R; r++)
-        for (int j = 0; j < NB; j++) acc[r][j] = b ? b[j] : 0.0f;
-    for (int64_t k = 0; k < K; k++) {
-        const float *w = wt + k * N;
-        for (int r = 0; r < R; r++) {
-            const float xv = x[r * ldx + k];
-            for (int j = 0; j < NB; j++) acc[r][j] += xv * w[j];
-        }
-    }
-    for (int r = 0; r < R; r++)
-        for (int j = 0; j < NB; j++) y[r * N + j] = acc[r][j];
-}
+/* The float32 tiles, over one multiply-add step MAC(acc, x, w): mac_plain (acc + x * w, two
+   roundings: rowwise_linear) or mac_fused (fmaf(x, w, acc), one rounding:
+   rowwise_linear_fma, the same product with each step a fused multiply-add; still a fixed
+   sequence of operations per row, so a row is the same alone or in any batch, and fmaf is
+   correctly rounded wherever it runs (one instruction on CPUs with FMA, a library call
+   elsewhere), so the same bits on every CPU; half the arithmetic instructions; the eager
+   prefills take it, rowwise_linear.py). NAME_full: R rows x NB outputs; NAME_part: fewer. */
+static inline float mac_plain(float acc, float x, float w) { return acc + x * w; }
+static inline float mac_fused(float acc, float x, float w) { return fmaf(x, w, acc); }
 
-static void tile_part(const float *restrict x, const float *restrict wt, const float *restrict b,
-                      float *restrict y, int64_t K, int64_t N, int64_t ldx, int64_t rows,
-                      int64_t cols) {
-    for (int64_t r = 0; r < rows; r++) {
-        float acc[NB];
-        for (int64_t j = 0; j < cols; j++) acc[j] = b ? b[j] : 0.0f;
-        for (int64_t k = 0; k < K; k++) {
-            const float xv = x[r * ldx + k];
-            const float *w = wt + k * N;
-            for (int64_t j = 0; j < cols; j++) acc[j] += xv * w[j];
+#define FLOAT_TILES(NAME, MAC)                                                                      \
+    static void NAME##_full(const float *restrict x, const float *restrict wt, const float *restrict b, \
+                            float *restrict y, int64_t K, int64_t N, int64_t ldx) {                 \
+        float acc[R][NB];                                                                           \
+        for (int r = 0; r < R; r++)                                                                 \
+            for (int j = 0; j < NB; j++) acc[r][j] = b ? b[j] : 0.0f;                               \
+        for (int64_t k = 0; k < K; k++) {                                                           \
+            const float *w = wt + k * N;                                                            \
+            for (int r = 0; r < R; r++) {                                                           \
+                const float xv = x[r * ldx + k];                                                    \
+                for (int j = 0; j < NB; j++) acc[r][j] = MAC(acc[r][j], xv, w[j]);                  \
+            }                                                                                       \
+        }                                                                                           \
+        for (int r = 0; r < R; r++)                                                                 \
+            for (int j = 0; j < NB; j++) y[r * N + j] = acc[r][j];                                  \
+    }                                                                                               \
+    static void NAME##_part(const float *restrict x, const float *restrict wt, const float *restrict b, \
+                            float *restrict y, int64_t K, int64_t N, int64_t ldx, int64_t rows,     \
+                            int64_t cols) {                                                         \
+        for (int64_t r = 0; r < rows; r++) {                                                        \
+            float acc[NB];                                                                          \
+            for (int64_t j = 0; j < cols; j++) acc[j] = b ? b[j] : 0.0f;                            \
+            for (int64_t k = 0; k < K; k++) {                                                       \
+                const float xv = x[r * ldx + k];                                                    \
+                const float *w = wt + k * N;                                                        \
+                for (int64_t j = 0; j < cols; j++) acc[j] = MAC(acc[j], xv, w[j]);                  \
+            }                                                                                       \
+            for (int64_t j = 0; j < cols; j++) y[r * N + j] = acc[j];                               \
+        }                                                                                           \
+    }
+
+FLOAT_TILES(tile, mac_plain)
+FLOAT_TILES(tile_fma, mac_fused)
+
+typedef void (*full_tile)(const float *, const float *, const float *, float *, int64_t, int64_t, int64_t);
+typedef void (*part_tile)(const float *, const float *, const float *, float *, int64_t, int64_t, int64_t, int64_t,
+                          int64_t);
+
+/* y = x @ wt + b by tiles: full ones, the one-row tile (row_fp32, separate multiply and add)
+   where given, else the partial one. */
+static void float_product(const float *x, const float *wt, const float *b, float *y, int64_t M, int64_t K, int64_t N,
+                          full_tile full, part_tile part, int one_row) {
+    for (int64_t n0 = 0; n0 < N; n0 += NB) {
+        const int64_t cols = N - n0 < NB ? N - n0 : NB;
+        const float *bn = b ? b + n0 : 0;
+        for (int64_t m0 = 0; m0 < M; m0 += R) {
+            const int64_t rows = M - m0 < R ? M - m0 : R;
+            if (rows == R && cols == NB)
+                full(x + m0 * K, wt + n0, bn, y + m0 * N + n0, K, N, K);
+            else if (one_row && rows == 1 && cols == NB)
+                row_fp32(x + m0 * K, wt + n0, 0, bn, y + m0 * N + n0, K, N);
+            else
+                part(x + m0 * K, wt + n0, bn, y + m0 * N + n0, K, N, K, rows, cols);
         }
-        for (int64_t j = 0; j < cols; j++) y[r * N + j] = acc[j];
     }
 }
 
 void rowwise_linear(const float *x, const float *wt, const float *b, float *y,
                     int64_t M, int64_t K, int64_t N) {
-    for (int64_t n0 = 0; n0 < N; n0 += NB) {
-        const int64_t cols = N - n0 < NB ? N - n0 : NB;
-        const float *bn = b ? b + n0 : 0;
-        for (int64_t m0 = 0; m0 < M; m0 += R) {
-            const int64_t rows = M - m0 < R ? M - m0 : R;
-            if (rows == R && cols == NB)
-                tile_full(x + m0 * K, wt + n0, bn, y + m0 * N + n0, K, N, K);
-            else if (rows == 1 && cols == NB)
-                row_fp32(x + m0 * K, wt + n0, 0, bn, y + m0 * N + n0, K, N);
-            else
-                tile_part(x + m0 * K, wt + n0, bn, y + m0 * N + n0, K, N, K, rows, cols);
-        }
-    }
-}
-
-/* rowwise_linear_fma: the same product with each step a fused multiply-add,
-   acc = fmaf(x[k], w[k][n], acc) in k order from the bias (one rounding a product instead of
-   two): still a fixed sequence of operations per row, so a row is the same alone or in any
-   batch, and fmaf is correctly rounded wherever it runs (one instruction on CPUs with FMA, a
-   library call elsewhere), so the same bits on every CPU. Half the arithmetic instructions of
-   rowwise_linear; the eager prefills take it (rowwise_linear.py). rowwise_linear_fma_scalar:
-   the same operations without tiles, for the tests. */
-static void tile_full_fma(const float *restrict x, const float *restrict wt, const float *restrict b,
-                          float *restrict y, int64_t K, int64_t N, int64_t ldx) {
-    float acc[R][NB];
-    for (int r = 0; r < R; r++)
-        for (int j = 0; j < NB; j++) acc[r][j] = b ? b[j] : 0.0f;
-    for (int64_t k = 0; k < K; k++) {
-        const float *w = wt + k * N;
-        for (int r = 0; r < R; r++) {
-            const float xv = x[r * ldx + k];
-            for (int j = 0; j < NB; j++) acc[r][j] = fmaf(xv, w[j], acc[r][j]);
-        }
-    }
-    for (int r = 0; r < R; r++)
-        for (int j = 0; j < NB; j++) y[r * N + j] = acc[r][j];
-}
-
-static void tile_part_fma(const float *restrict x, const float *restrict wt, const float *restrict b,
-                          float *restrict y, int64_t K, int64_t N, int64_t ldx, int64_t rows, int64_t cols) {
-    for (int64_t r = 0; r < rows; r++) {
-        float acc[NB];
-        for (int64_t j = 0; j < cols; j++) acc[j] = b ? b[j] : 0.0f;
-        for (int64_t k = 0; k < K; k++) {
-            const float xv = x[r * ldx + k];
-            const float *w = wt + k * N;
-            for (int64_t j = 0; j < cols; j++) acc[j] = fmaf(xv, w[j], acc[j]);
-        }
-        for (int64_t j = 0; j < cols; j++) y[r * N + j] = acc[j];
-    }
+    float_product(x, wt, b, y, M, K, N, tile_full, tile_part, 1);
 }
 
 void rowwise_linear_fma(const float *x, const float *wt, const float *b, float *y, int64_t M, int64_t K, int64_t N) {
-    for (int64_t n0 = 0; n0 < N; n0 += NB) {
-        const int64_t cols = N - n0 < NB ? N - n0 : NB;
-        const float *bn = b ? b + n0 : 0;
-        for (int64_t m0 = 0; m0 < M; m0 += R) {
-            const int64_t rows = M - m0 < R ? M - m0 : R;
-            if (rows == R && cols == NB)
-                tile_full_fma(x + m0 * K, wt + n0, bn, y + m0 * N + n0, K, N, K);
-            else
-                tile_part_fma(x + m0 * K, wt + n0, bn, y + m0 * N + n0, K, N, K, rows, cols);
-        }
-    }
+    float_product(x, wt, b, y, M, K, N, tile_fma_full, tile_fma_part, 0);
 }
 
+/* rowwise_linear_fma's operations without tiles, for the tests. */
 void rowwise_linear_fma_scalar(const float *x, const float *wt, const float *b, float *y, int64_t M, int64_t K,
                                int64_t N) {
     for (int64_t m = 0; m < M; m++)
