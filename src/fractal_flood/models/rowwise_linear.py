@@ -52,7 +52,7 @@ SOURCE = Path(__file__).with_name("rowwise_linear.c")
 MODES = ("kernel", "rows", "blas")
 _library: Optional[ctypes.CDLL] = None
 
-_transposed: dict = {}  # id(weight), blocks -> (weakref, version, data_ptr, transposed copy)
+_per_weight: dict = {}  # (id(weight), kind) -> (weakref, version, data_ptr, the copy)
 _fused: contextvars.ContextVar = contextvars.ContextVar("rowwise_fused", default=False)
 
 
@@ -105,17 +105,26 @@ def transposed(weight: torch.Tensor, blocks: int = 1) -> torch.Tensor:
     """weight (N, K) -> its transpose (K, N), or with ``blocks`` = b the transposes of its b
     consecutive row blocks (b, K, N / b): the kernel's operand, one copy per weight kept while
     the weight is alive and unchanged (the compiled CPU step's draw reads the same copy)."""
-    key = (id(weight), blocks)
-    hit = _transposed.get(key)
+    def make():
+        w = weight.detach()
+        wt = w.view(blocks, w.size(0) // blocks, w.size(1)).transpose(1, 2).contiguous()
+        return wt[0] if blocks == 1 else wt
+
+    return per_weight(weight, ("transposed", blocks), make)
+
+
+def per_weight(weight: torch.Tensor, kind, make):
+    """``make()``'s copy of ``weight`` in another form (``kind`` names it), made once and kept
+    while the weight is alive and unchanged (the same object, version and storage)."""
+    key = (id(weight), kind)
+    hit = _per_weight.get(key)
     if (hit is not None and hit[0]() is weight and hit[1] == weight._version
             and hit[2] == weight.data_ptr()):
         return hit[3]
-    w = weight.detach()
-    wt = w.view(blocks, w.size(0) // blocks, w.size(1)).transpose(1, 2).contiguous()
-    wt = wt[0] if blocks == 1 else wt
-    ref = weakref.ref(weight, lambda _, key=key: _transposed.pop(key, None))
-    _transposed[key] = (ref, weight._version, weight.data_ptr(), wt)
-    return wt
+    value = make()
+    ref = weakref.ref(weight, lambda _, key=key: _per_weight.pop(key, None))
+    _per_weight[key] = (ref, weight._version, weight.data_ptr(), value)
+    return value
 
 
 def _eligible(x: torch.Tensor, weight: torch.Tensor) -> bool:

@@ -28,14 +28,13 @@ from __future__ import annotations
 
 import contextvars
 import copy
-import weakref
 from contextlib import contextmanager
 from typing import Optional
 
 import torch
 import torch.nn as nn
 
-from . import w8a8_linear
+from . import rowwise_linear, w8a8_linear
 
 FORMATS = ("fp32", "bf16", "int8", "w8a8")
 
@@ -104,9 +103,6 @@ def dequantized_model(model, fmt: str):
     return out
 
 
-_packed: dict = {}  # id(weight) -> (weakref, version, data_ptr, (packed, sc))
-
-
 def w8a8_product(lin: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     """``lin(x)`` in the w8a8 format: the C kernel over the weight's packed int8 form (kept
     while the weight is alive and unchanged) for CPU float32 inference, else
@@ -117,11 +113,7 @@ def w8a8_product(lin: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     if not fast:
         q_w, s_w = int8_quantised(w)
         return w8a8_linear.reference(x, q_w, s_w, lin.bias)
-    hit = _packed.get(id(w))
-    if hit is None or hit[0]() is not w or hit[1] != w._version or hit[2] != w.data_ptr():
-        ref = weakref.ref(w, lambda _, key=id(w): _packed.pop(key, None))
-        hit = _packed[id(w)] = (ref, w._version, w.data_ptr(), stored(w, "w8a8"))
-    packed, sc = hit[3]
+    packed, sc = rowwise_linear.per_weight(w, "w8a8", lambda: stored(w, "w8a8"))
     lead, K = x.shape[:-1], x.size(-1)
     y = w8a8_linear.linear(x.reshape(-1, K), packed, sc, w.size(0), lin.bias)
     return y.view(*lead, -1)
