@@ -24,7 +24,7 @@
 
 #include "cpu_math.h"
 
-void renderer_gelu(float *x, int64_t n) { gelu_tanh(x, n); }
+void tanh_gelu_inplace(float *x, int64_t n) { gelu_tanh(x, n); }
 
 int renderer_attention(const float *qkv, const uint8_t *valid, float *y, int64_t B, int64_t T, int64_t H,
                        int64_t hd) {
@@ -46,7 +46,6 @@ int renderer_attention(const float *qkv, const uint8_t *valid, float *y, int64_t
                     scores[j] = lane_dot(q, qkv + (b * T + j) * 3 * C + C + h * hd, hd) * scale;
                     mx = scores[j] > mx ? scores[j] : mx;
                 }
-                float total = 0.0f;
                 for (int64_t j = 0; j < T; j += LANES) {
                     const int64_t n = T - j < LANES ? T - j : LANES;
                     vfloat z = vload_tail(scores + j, n);
@@ -54,7 +53,7 @@ int renderer_attention(const float *qkv, const uint8_t *valid, float *y, int64_t
                     z = vselect(seen, exp_approx_vec(z - mx), (vfloat){0});
                     store_tail(scores + j, z, n);
                 }
-                total = lane_sum(scores, T);
+                const float total = lane_sum(scores, T);
                 for (int64_t d = 0; d < hd; d++) acc[d] = 0.0f;
                 for (int64_t j = 0; j < T; j++) {
                     const float e = scores[j];

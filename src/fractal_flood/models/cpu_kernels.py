@@ -39,8 +39,8 @@ def library() -> Optional[ctypes.CDLL]:
             p, n = ctypes.c_void_p, ctypes.c_int64
             lib.renderer_attention.argtypes = [p, p, p, n, n, n, n]
             lib.renderer_attention.restype = ctypes.c_int
-            lib.renderer_gelu.argtypes = [p, n]
-            lib.renderer_gelu.restype = None
+            lib.tanh_gelu_inplace.argtypes = [p, n]
+            lib.tanh_gelu_inplace.restype = None
             lib.prefill_attention.argtypes = [p, p, p, p, p, n, n, n, n, n]
             lib.prefill_attention.restype = ctypes.c_int
             _library = lib
@@ -79,7 +79,7 @@ def gelu_(x: torch.Tensor) -> torch.Tensor:
     """tanh GELU of a contiguous float32 x, in place; returns x."""
     if not x.is_contiguous():
         raise ValueError("gelu_ needs a contiguous tensor")
-    _lib().renderer_gelu(x.data_ptr(), x.numel())
+    _lib().tanh_gelu_inplace(x.data_ptr(), x.numel())
     return x
 
 
