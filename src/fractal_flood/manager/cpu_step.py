@@ -66,7 +66,7 @@ import torch
 from .. import native
 from ..errors import SettingError
 from ..models.causal_lm import CausalLM
-from ..models import cpu_kernels, rowwise_linear, weight_formats
+from ..models import rowwise_linear, weight_formats
 from ..models.rowwise_linear import SOURCE as LINEAR_SOURCE
 from ..models.w8a8_linear import SOURCE as W8A8_SOURCE
 
@@ -144,11 +144,10 @@ def prefill_products(native: Optional["CpuStep"]):
     """The products a stream's or slot cache's eager prefills (a prompt, a window slide)
     compute in, to go with its compiled step ``native`` (None: the eager step):
     ``weight_formats.decode_products`` of its format, so a w8a8 stream's every product is
-    w8a8 (the other formats' prefills stay float32), the row-invariant kernel's fused
-    multiply-adds (``rowwise_linear.fused_products``) and the C attention and GELU
-    (``cpu_kernels.prefill``), for compiled and eager streams alike."""
+    w8a8 (the other formats' prefills stay float32), and the row-invariant kernel's fused
+    multiply-adds (``rowwise_linear.fused_products``), for compiled and eager streams alike."""
     with weight_formats.decode_products(native.weights if native is not None else "fp32"), \
-            rowwise_linear.fused_products(), cpu_kernels.prefill():
+            rowwise_linear.fused_products():
         yield
 
 

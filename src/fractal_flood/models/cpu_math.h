@@ -1,7 +1,6 @@
-/* The float32 arithmetic the CPU kernels share (manager/cpu_step.c, models/cpu_kernels.c):
+/* The float32 arithmetic the CPU kernels share (manager/cpu_step.c, models/renderer_kernels.c):
    sums and dot products in 16 fixed lanes and a fixed tree, e^x by a polynomial (scalar and
-   16 lanes at a time, the same bits), layer norm, the tanh-approximated GELU, and one row's
-   attention over its cache. Every
+   16 lanes at a time, the same bits), layer norm and the tanh-approximated GELU. Every
    operation is rounded as written (the kernels build with -ffp-contract=off, no
    -ffast-math), so each function is a fixed function of its inputs on every CPU. */
 #ifndef FRACTAL_FLOOD_CPU_MATH_H
@@ -152,102 +151,6 @@ static inline void gelu_tanh(float *x, int64_t n) { /* 16 lanes at a time, a sho
         memcpy(x + i, &v, sizeof v);
     }
     if (i < n) store_tail(x + i, gelu_tanh_vec(vload_tail(x + i, n - i)), n - i);
-}
-
-/* Attention of one row, every head: q (H * hd) against the row's keys at slots 0..p of each
-   head (head h's slots start at keys + h * L * hd, likewise values); out (H * hd); scores
-   (H * L) scratch. Per head: each key's score is lane_dot's times scale, the maximum (exact
-   in any order) is taken 16 scores at a time, e^(score - max) 16 at a time, the total by
-   lane_sum, and each output element sums e_j * v_j[d] over j in order and is divided by the
-   total. With hd a multiple of 16 (at most GROUP_VECS * 16) those sums run in registers, 16
-   elements at a time for a group of heads at once (independent chains, which overlap); other
-   head sizes take scalar loops. The same operations per element either way. */
-enum { GROUP_VECS = 8 };
-
-static inline __attribute__((always_inline)) void weigh_values(const float *scores, const float *values,
-                                                               int64_t n, int64_t L, int64_t hd,
-                                                               const float *totals, float *out,
-                                                               const int nv, const int heads) {
-    vfloat acc[GROUP_VECS];
-    for (int i = 0; i < nv * heads; i++) acc[i] = (vfloat){0};
-    for (int64_t j = 0; j < n; j++)
-        for (int g = 0; g < heads; g++) {
-            const float e = scores[g * L + j];
-            const float *v = values + (g * L + j) * hd;
-            for (int u = 0; u < nv; u++) {
-                vfloat vv;
-                memcpy(&vv, v + u * VW, sizeof vv);
-                acc[g * nv + u] = acc[g * nv + u] + e * vv;
-            }
-        }
-    for (int g = 0; g < heads; g++)
-        for (int u = 0; u < nv; u++) {
-            const vfloat o = acc[g * nv + u] / totals[g];
-            memcpy(out + g * hd + u * VW, &o, sizeof o);
-        }
-}
-
-static inline void attend_row(const float *q, const float *keys, const float *values, int64_t p, int64_t H,
-                       int64_t hd, int64_t L, float scale, float *scores, float *totals, float *out) {
-    const int64_t n = p + 1;
-    const int fast = hd % VW == 0 && hd / VW <= GROUP_VECS;
-    if (fast)
-        for (int64_t j = 0; j < n; j++)
-            for (int64_t h = 0; h < H; h++)
-                scores[h * L + j] = lane_tree(lane_products(q + h * hd, keys + (h * L + j) * hd, hd)) * scale;
-    else
-        for (int64_t j = 0; j < n; j++)
-            for (int64_t h = 0; h < H; h++)
-                scores[h * L + j] = lane_dot(q + h * hd, keys + (h * L + j) * hd, hd) * scale;
-    for (int64_t h = 0; h < H; h++) {
-        float *sc = scores + h * L, mx = -INFINITY;
-        int64_t j = 0;
-        if (n >= VW) {
-            vfloat m, z;
-            memcpy(&m, sc, sizeof m);
-            for (j = VW; j + VW <= n; j += VW) {
-                memcpy(&z, sc + j, sizeof z);
-                m = vselect(z > m, z, m);
-            }
-            for (int l = 0; l < VW; l++) mx = m[l] > mx ? m[l] : mx;
-        }
-        for (; j < n; j++) mx = sc[j] > mx ? sc[j] : mx;
-        for (j = 0; j + VW <= n; j += VW) {
-            vfloat z;
-            memcpy(&z, sc + j, sizeof z);
-            z = exp_approx_vec(z - mx);
-            memcpy(sc + j, &z, sizeof z);
-        }
-        if (j < n) store_tail(sc + j, exp_approx_vec(vload_tail(sc + j, n - j) - mx), n - j);
-        totals[h] = lane_sum(sc, n);
-    }
-    if (fast) {
-        const int nv = (int)(hd / VW);
-        int g = GROUP_VECS / nv;
-        while (H % g) g /= 2;
-        for (int64_t h = 0; h < H; h += g) {
-            const float *sc = scores + h * L, *v = values + h * L * hd, *t = totals + h;
-            float *o = out + h * hd;
-#define WEIGH(NV, G) \
-    if (nv == NV && g == G) weigh_values(sc, v, n, L, hd, t, o, NV, G)
-            WEIGH(1, 8); else WEIGH(1, 4); else WEIGH(1, 2); else WEIGH(1, 1);
-            else WEIGH(2, 4); else WEIGH(2, 2); else WEIGH(2, 1);
-            else WEIGH(4, 2); else WEIGH(4, 1); else WEIGH(8, 1);
-#undef WEIGH
-        }
-        return;
-    }
-    for (int64_t h = 0; h < H; h++) {
-        const float *sc = scores + h * L;
-        float *o = out + h * hd;
-        for (int64_t d = 0; d < hd; d++) o[d] = 0.0f;
-        for (int64_t j = 0; j < n; j++) {
-            const float e = sc[j];
-            const float *v = values + (h * L + j) * hd;
-            for (int64_t d = 0; d < hd; d++) o[d] = o[d] + e * v[d];
-        }
-        for (int64_t d = 0; d < hd; d++) o[d] = o[d] / totals[h];
-    }
 }
 
 #endif

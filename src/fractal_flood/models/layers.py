@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import cpu_kernels, rowwise_linear
+from . import rowwise_linear
 from . import weight_formats
 from .weight_formats import W8A8Linear
 
@@ -45,8 +45,6 @@ class KVCache(nn.Module):
         cache through ``attn_mask`` (True where a query may see a slot). Fixed shapes, no host
         reads: a step over it can be captured in a CUDA graph."""
         keys, values = self.update(input_pos, k, v)
-        if q.size(2) > 1 and cpu_kernels.prefilling(q):  # a prefill: the C decode step's attention
-            return cpu_kernels.prefill_attention(q, keys, values, input_pos)
         return F.scaled_dot_product_attention(q, keys.to(q.dtype), values.to(q.dtype), attn_mask=attn_mask)
 
 
@@ -114,12 +112,8 @@ class MLP(nn.Module):
         return _dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")), self.dropout, self.training)
 
     def decode(self, x: torch.Tensor) -> torch.Tensor:
-        """``forward`` in eval mode, by direct calls (no dropout: decoding only); within a
-        prefill (``cpu_kernels.prefill``) the C GELU."""
-        h = linear(self.c_fc, x)
-        if cpu_kernels.prefilling(h) and h.is_contiguous():
-            return linear(self.c_proj, cpu_kernels.gelu_(h))
-        return linear(self.c_proj, F.gelu(h, approximate="tanh"))
+        """``forward`` in eval mode, by direct calls (no dropout: decoding only)."""
+        return linear(self.c_proj, F.gelu(linear(self.c_fc, x), approximate="tanh"))
 
 
 class Block(nn.Module):

@@ -27,7 +27,7 @@ import torch.nn as nn
 from ..hierarchy.levels import check_hierarchy
 from ..hierarchy.vocab import UnifiedVocab
 from .config import RendererConfig
-from . import cpu_kernels
+from . import renderer_kernels
 from .layers import Block, init_weights
 
 
@@ -110,9 +110,9 @@ class FractalDiffusionModel(nn.Module):
         if lengths is not None:
             valid = pos.view(1, -1) <= lengths.view(B, 1)  # (B, 1 + L): condition + real slots
             mask = valid.view(B, 1, 1, 1 + L)  # keys a query may attend to
-        fast = not self.training and cpu_kernels.wanted(x)
+        fast = not self.training and renderer_kernels.wanted(x)
         for block in self.blocks:  # bidirectional
-            x = cpu_kernels.block_forward(block, x, valid) if fast else block(x, attn_mask=mask)
+            x = renderer_kernels.block_forward(block, x, valid) if fast else block(x, attn_mask=mask)
         return self.ln_f(x), valid
 
     def _energy(self, h: torch.Tensor, valid: Optional[torch.Tensor]) -> torch.Tensor:

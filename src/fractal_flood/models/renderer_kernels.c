@@ -1,6 +1,6 @@
-/* C kernels for the models' eager passes on the CPU, where PyTorch's operators spend most of
-   the time in per-call overhead: the renderer's bidirectional attention over a few positions,
-   a prefill's causal attention over a KV cache, and the tanh GELU.
+/* The renderer's inference kernels on the CPU: its bidirectional attention over a few
+   positions and its tanh GELU, where PyTorch's operators spend most of a render pass in
+   per-call overhead (flash attention for a handful of positions, GELU's tanh).
 
    attention: qkv (B, T, 3C) as the qkv product writes it (q, k, v side by side, head h's
    dims h * hd .. h * hd + hd - 1 of each), valid (B, T) bytes or NULL (key j of item b seen
@@ -10,12 +10,6 @@
    order, divided by the total. Against PyTorch's scaled_dot_product_attention: another
    summation order and e^x's last bits (tested within a stated tolerance).
 
-   prefill_attention: q (B, T, C), each query's heads side by side; the layer's cache
-   (B, H, L, hd) keys and values, already holding the prefill's positions; out (B, T, C):
-   query t of row b attends over its row's slots 0 .. pos[t] by attend_row (cpu_math.h), the
-   C decode step's attention, so a prefill's caches and outputs are what single steps
-   would compute from the same keys and values.
-
    gelu: cpu_math.h's tanh GELU in place, the C decode step's. */
 #include <math.h>
 #include <stdint.h>
@@ -24,7 +18,7 @@
 
 #include "cpu_math.h"
 
-void tanh_gelu_inplace(float *x, int64_t n) { gelu_tanh(x, n); }
+void renderer_gelu(float *x, int64_t n) { gelu_tanh(x, n); }
 
 int renderer_attention(const float *qkv, const uint8_t *valid, float *y, int64_t B, int64_t T, int64_t H,
                        int64_t hd) {
@@ -64,20 +58,6 @@ int renderer_attention(const float *qkv, const uint8_t *valid, float *y, int64_t
                 float *out = y + (b * T + i) * C + h * hd;
                 for (int64_t d = 0; d < hd; d++) out[d] = acc[d] / total;
             }
-    free(scores);
-    return 0;
-}
-
-int prefill_attention(const float *q, const float *kcache, const float *vcache, const int64_t *pos, float *out,
-                      int64_t B, int64_t T, int64_t H, int64_t hd, int64_t L) {
-    const int64_t C = H * hd;
-    float *scores = malloc(sizeof(float) * (size_t)(H * (L + 1)));
-    if (!scores) return -1;
-    const float scale = 1.0f / sqrtf((float)hd);
-    for (int64_t b = 0; b < B; b++)
-        for (int64_t t = 0; t < T; t++)
-            attend_row(q + (b * T + t) * C, kcache + b * H * L * hd, vcache + b * H * L * hd, pos[t], H, hd, L, scale,
-                       scores, scores + H * L, out + (b * T + t) * C);
     free(scores);
     return 0;
 }
