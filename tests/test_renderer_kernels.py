@@ -1,13 +1,19 @@
 """The renderer's CPU inference kernels (``models/renderer_kernels.py``): the C attention and
 tanh GELU against PyTorch's within a stated tolerance, a block through them against the
-module path, the shipped renderer's text the same either way, and the switch."""
+module path, a whole level's draw in one call against the module path's scores and choices
+(and alone == in any batch, the same work counted, the noise ids draws.randint's), the
+shipped renderer's text the same either way, and the switch."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from fractal_flood.models import renderer_kernels
+from fractal_flood.models.config import RendererConfig
 from fractal_flood.models.layers import Block
+from fractal_flood.models.renderer import FractalDiffusionModel
+from fractal_flood.render import canvas
+from fractal_flood.sampling import draws
 
 pytestmark = pytest.mark.skipif(renderer_kernels.library() is None, reason="no C compiler built the kernels")
 
@@ -87,8 +93,8 @@ def test_the_shipped_renderer_writes_the_same_text_either_way(monkeypatch):
     pipe = load_pipeline(None, "cpu")
     roots = torch.tensor(pipe.generate("ROMEO:", roots=1024, seed=11).root_ids[:1024], dtype=torch.long)
     calls = []
-    real = renderer_kernels.block_forward
-    monkeypatch.setattr(renderer_kernels, "block_forward", lambda *a: calls.append(1) or real(*a))
+    real = renderer_kernels.draw
+    monkeypatch.setattr(renderer_kernels, "draw", lambda *a, **k: calls.append(1) or real(*a, **k))
     texts = {}
     for flag in ("1", "0"):
         monkeypatch.setenv("FRACTAL_FLOOD_RENDER_KERNELS", flag)
@@ -96,3 +102,104 @@ def test_the_shipped_renderer_writes_the_same_text_either_way(monkeypatch):
         texts[flag] = pipe.decoder_for(5).render(roots).root_texts()
         assert (len(calls) > n) == (flag == "1")
     assert len(texts["1"]) == 1024 and texts["1"] == texts["0"]
+
+
+LEVELS = [{"name": "roots", "size": 50, "max_children": 4}, {"name": "chunks", "size": 30, "max_children": 6},
+          {"name": "chars", "size": 12, "max_children": 0}]
+
+
+def small_renderer(top_lengths: bool, d_model: int = 32, seed: int = 0) -> FractalDiffusionModel:
+    torch.manual_seed(seed)
+    return FractalDiffusionModel(RendererConfig(levels=LEVELS, n_layers=2, d_model=d_model, n_heads=4, timesteps=20,
+                                                top_lengths=top_lengths)).eval()
+
+
+def level_inputs(model, level, B, seed, full=False):
+    g = torch.Generator().manual_seed(seed)
+    L = model.max_lens[level]
+    cond = torch.randint(0, model.levels[level].size, (B,), generator=g)
+    item = torch.randint(0, 10_000, (B,), generator=g)
+    lengths = None if full else torch.randint(0, L + 1, (B,), generator=g)
+    return cond, item, torch.zeros_like(item), lengths, L
+
+
+@pytest.mark.parametrize("seed", [0, 7, -3, 2**40 + 5, "per item"])
+@pytest.mark.parametrize("level,L,high", [(0, 8, 1025), (1, 16, 66), (2, 3, 7)])
+def test_the_noise_ids_are_draws_randint(seed, level, L, high):
+    g = torch.Generator().manual_seed(level)
+    item = torch.randint(0, 2**40, (40,), generator=g)
+    draw_id = torch.randint(0, 9, (40,), generator=g)
+    if seed == "per item":
+        seed = torch.randint(-2**62, 2**62, (40,), generator=g)
+    ours = renderer_kernels.noise(seed, draws.NOISE_STREAM, level, item, draw_id, L, high)
+    assert torch.equal(ours, draws.randint(seed, draws.NOISE_STREAM, level, item, draw_id, (L,), high))
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("top_lengths,d_model", [(True, 32), (False, 32), (True, 64)])
+@pytest.mark.parametrize("level", [0, 1])
+def test_a_level_drawn_in_one_call_is_the_module_paths_draw(monkeypatch, top_lengths, d_model, level):
+    """Scores within tolerance of ``model.denoise`` item by item (the module path, kernels
+    off), the same tokens and child lengths as the reference draw, the pad past each length."""
+    model = small_renderer(top_lengths, d_model)
+    full = level == 0 and not top_lengths  # the top canvas has every slot when no head sizes it
+    cond, item, draw_id, lengths, L = level_inputs(model, level, 23, seed=level + d_model, full=full)
+    noise = draws.randint(3, draws.NOISE_STREAM, level, item, draw_id, (L,), model.num_classes(level))
+    tokens, child, scores = renderer_kernels.draw(model, level, cond, noise, lengths, logits=True)
+    monkeypatch.setenv("FRACTAL_FLOOD_RENDER_KERNELS", "0")
+    t = torch.full((1,), model.config.timesteps - 1)
+    for b in range(cond.shape[0]):
+        n = L if lengths is None else int(lengths[b])
+        if n:
+            logits, _ = model.denoise(level, cond[b:b + 1], noise[b:b + 1, :n], t)
+            torch.testing.assert_close(scores[b, :n], logits[0], atol=1e-5, rtol=1e-5)
+        assert (tokens[b, n:] == model.pad_id(level)).all() and (scores[b, n:] == 0).all()
+    ref = canvas.draw(model, level, cond, item, draw_id, lengths, 3, 0.0)
+    assert torch.equal(tokens, ref.tokens)
+    assert (child is None) == (ref.child_lengths is None)
+    if child is not None:
+        assert torch.equal(child, ref.child_lengths)
+
+
+@torch.no_grad()
+def test_an_items_draw_is_the_same_alone_and_in_any_batch():
+    model = small_renderer(True, 64)
+    cond, item, draw_id, lengths, L = level_inputs(model, 0, 300, seed=4)  # > one tile of canvases
+    noise = draws.randint(3, draws.NOISE_STREAM, 0, item, draw_id, (L,), model.num_classes(0))
+    tokens, child, scores = renderer_kernels.draw(model, 0, cond, noise, lengths, logits=True)
+    for b in (0, 1, 150, 299):
+        one = renderer_kernels.draw(model, 0, cond[b:b + 1], noise[b:b + 1], lengths[b:b + 1], logits=True)
+        assert torch.equal(one[0][0], tokens[b]) and torch.equal(one[1][0], child[b])
+        assert torch.equal(one[2][0], scores[b])  # bit for bit
+    part = renderer_kernels.draw(model, 0, cond[77:], noise[77:], lengths[77:], logits=True)
+    assert torch.equal(part[2], scores[77:])
+
+
+@torch.no_grad()
+def test_the_one_call_draw_counts_the_packed_passes_work(monkeypatch):
+    model = small_renderer(True)
+    for level in (0, 1):
+        cond, item, draw_id, lengths, L = level_inputs(model, level, 40, seed=9)
+        for max_batch in (65536, 3):
+            fast, ref = canvas.Work(), canvas.Work()
+            canvas.draw(model, level, cond, item, draw_id, lengths, 1, 0.0, max_batch=max_batch, work=fast)
+            monkeypatch.setenv("FRACTAL_FLOOD_RENDER_KERNELS", "0")
+            canvas.draw(model, level, cond, item, draw_id, lengths, 1, 0.0, max_batch=max_batch, work=ref)
+            monkeypatch.delenv("FRACTAL_FLOOD_RENDER_KERNELS")
+            assert fast == ref and fast.passes > 1
+
+
+@torch.no_grad()
+def test_the_one_call_draw_is_taken_only_where_it_applies(monkeypatch):
+    model = small_renderer(True)
+    cond, item, draw_id, lengths, L = level_inputs(model, 1, 10, seed=2)
+    calls = []
+    real = renderer_kernels.draw
+    monkeypatch.setattr(renderer_kernels, "draw", lambda *a, **k: calls.append(1) or real(*a, **k))
+    canvas.draw(model, 1, cond, item, draw_id, lengths, 1, 0.0)
+    assert len(calls) == 1
+    canvas.draw(model, 1, cond, item, draw_id, lengths, 1, 0.7)  # sampling: the tensor path
+    canvas.draw(model, 1, cond, item, draw_id, lengths, 1, 0.0, packed=False)  # the padded reference
+    model.train()
+    canvas.draw(model, 1, cond, item, draw_id, lengths, 1, 0.0)
+    assert len(calls) == 1

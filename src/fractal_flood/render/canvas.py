@@ -21,6 +21,7 @@ from typing import Optional
 
 import torch
 
+from ..models import renderer_kernels
 from ..models.flops import renderer_pass_flops
 from ..models.renderer import FractalDiffusionModel
 from ..sampling import draws
@@ -63,6 +64,21 @@ def _groups(lengths: Optional[torch.Tensor], B: int, L: int, packed: bool, max_b
     return out
 
 
+def _count(work: Work, model, level: int, lengths: Optional[torch.Tensor], B: int, L: int, max_batch: int,
+           has_len: bool) -> None:
+    """What the packed draw's passes (``_groups``) add to ``work``, from the lengths alone."""
+    per = [(L, B)] if lengths is None else enumerate(torch.bincount(lengths, minlength=L + 1).tolist())
+    for n, c in per:
+        if n == 0 or c == 0:
+            continue
+        for s in range(0, c, max_batch):
+            b = min(c - s, max_batch)
+            work.passes += 1
+            work.positions += b * (1 + n)
+            work.flops += renderer_pass_flops(model.config, level, b, 1 + n, energy=False, length_head=has_len)
+    work.draws += B
+
+
 def _take(x: Optional[torch.Tensor], rows):
     return x if x is None or rows is None else x[rows]
 
@@ -78,9 +94,17 @@ def draw(model: FractalDiffusionModel, level: int, cond: torch.Tensor, item: tor
     """cond, item, draw_id: (B,); lengths (B,) or None at the top -> candidates (B, L)."""
     B, L, C = cond.shape[0], model.max_lens[level], model.num_classes(level)
     pad = model.pad_id(level)
+    has_len = model.has_length_head(level)
+    if temperature == 0 and (packed or lengths is None) and renderer_kernels.draw_wanted(model):
+        # the whole level in one C call (models/renderer_kernels.py), canvases sized to the
+        # lengths as the packed passes size them; the work counted as they count it
+        noise = renderer_kernels.noise(seed, draws.NOISE_STREAM, level, item, draw_id, L, C)
+        tokens, child, _ = renderer_kernels.draw(model, level, cond, noise, lengths)
+        if work is not None:
+            _count(work, model, level, lengths, B, L, max_batch, has_len)
+        return Draw(tokens, child)
     noise = draws.randint(seed, draws.NOISE_STREAM, level, item, draw_id, (L,), C)  # (B, L)
     tokens = torch.full((B, L), pad, dtype=torch.long, device=cond.device)
-    has_len = model.has_length_head(level)
     child = torch.zeros((B, L), dtype=torch.long, device=cond.device) if has_len else None
     t_noise = model.config.timesteps - 1
     for rows, n, mask_len in _groups(lengths, B, L, packed, max_batch, cond.device):
