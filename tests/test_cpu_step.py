@@ -47,20 +47,23 @@ def test_steps_equal_the_eager_steps(width, heads):
             torch.testing.assert_close(b, eb, atol=TOL, rtol=TOL)
 
 
+@pytest.mark.parametrize("weights", ["int8", "bf16", "fp32"])
 @torch.no_grad()
-def test_a_row_is_the_same_alone_or_among_others_bit_for_bit():
+def test_a_row_is_the_same_alone_or_among_others_bit_for_bit(weights):
+    """Also where batches of WIDE_ROWS or more multiply by the widened copy of int8 and bf16
+    weights and smaller ones by the stored bits (cpu_step.c)."""
     m = model()
     S = 33
     m.setup_cache(S)
     g = torch.Generator().manual_seed(1)
     m.hidden_cached(torch.randint(0, 512, (S, 31), generator=g), torch.arange(31))
     k, v = caches(m)
-    step = cpu_step.CpuStep(m, k, v)
+    step = cpu_step.CpuStep(m, k, v, weights=weights)
     tok = torch.randint(0, 512, (S,), generator=g)
     pos = torch.randint(0, 31, (S,), generator=g)  # every row at its own position
     saved = [(a.clone(), b.clone()) for a, b in zip(k, v)]
     together = step.hidden(tok, pos)
-    for rows in (1, 2, 5, 11, 32):
+    for rows in (1, 2, 3, 4, 5, 11, 32):
         for start in (0, S - rows):
             for (a, b), (a0, b0) in zip(zip(k, v), saved):
                 a.copy_(a0), b.copy_(b0)

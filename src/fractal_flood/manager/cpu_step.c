@@ -16,8 +16,15 @@
    ln_1 w, b; c_attn weight transposed (C, 3C), bias; attn c_proj transposed (C, C), bias;
    ln_2 w, b; c_fc transposed (C, 4C), bias; mlp c_proj transposed (4C, C), bias; the
    layer's key cache and value cache (rows, heads, L, head_dim), float32; then the four
-   matrices' int8 scales (or 0). wfmt: how the four matrices are stored, 0 float32,
-   1 bfloat16, 2 int8 with one scale per output (rowwise_linear.c; weight_formats.py). */
+   matrices' int8 scales (or 0); then the four matrices widened to float32, transposed (or 0:
+   fp32 and w8a8). wfmt: how the four matrices are stored, 0 float32, 1 bfloat16, 2 int8 with
+   one scale per output (rowwise_linear.c; weight_formats.py).
+
+   Batched rows (WIDE_ROWS or more) multiply by the widened copy: rowwise_linear over the
+   weights the bf16 and int8 tiles widen as they read (weight_formats.dequantized), which is
+   those tiles' result bit for bit (each weight widened exactly as they widen it, then the
+   same operations), without widening every weight again for every four rows. A single row
+   keeps the stored bits, a quarter or half of the bytes to read. */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -37,12 +44,14 @@ int draw_rows(const float *h, int64_t M, int64_t C, int64_t classes, int64_t per
               const float *class_wt, const float *token_wt, int64_t lanes, int64_t simd,
               const int64_t *seeds, const int64_t *steps, const float *temperature, int64_t *ids);
 
-enum { PER_LAYER = 18 };
+enum { PER_LAYER = 22, WIDE_ROWS = 4 };
 
-static int linear(int64_t wfmt, const float *x, const void *wt, const float *scale, const float *b, float *y,
-                  int64_t M, int64_t K, int64_t N) {
+static int linear(int64_t wfmt, const float *x, const void *wt, const float *scale, const float *wide, const float *b,
+                  float *y, int64_t M, int64_t K, int64_t N) {
     if (wfmt == 3) return w8a8_linear(x, (const int8_t *)wt, scale, b, y, M, K, N);
-    if (wfmt == 1)
+    if (wide && M >= WIDE_ROWS)
+        rowwise_linear(x, wide, b, y, M, K, N);
+    else if (wfmt == 1)
         rowwise_linear_bf16(x, (const uint16_t *)wt, scale, b, y, M, K, N);
     else if (wfmt == 2)
         rowwise_linear_int8(x, (const int8_t *)wt, scale, b, y, M, K, N);
@@ -174,9 +183,11 @@ int decode_step(const int64_t *params, int64_t n_layers, int64_t wfmt, const int
         float *kcache = (float *)p[12], *vcache = (float *)p[13];
         const float *attn_s = (const float *)p[14], *proj_s = (const float *)p[15];
         const float *fc_s = (const float *)p[16], *mp_s = (const float *)p[17];
+        const float *attn_w = (const float *)p[18], *proj_w = (const float *)p[19];
+        const float *fc_w = (const float *)p[20], *mp_w = (const float *)p[21];
 
         for (int64_t m = 0; m < M; m++) layer_norm(x + m * C, ln1w, ln1b, xn + m * C, C, eps, tmp);
-        if ((failed = linear(wfmt, xn, attn_wt, attn_s, attn_b, qkv, M, C, 3 * C)) != 0) break;
+        if ((failed = linear(wfmt, xn, attn_wt, attn_s, attn_w, attn_b, qkv, M, C, 3 * C)) != 0) break;
         for (int64_t m = 0; m < M; m++) {
             const int64_t r = row0 + m, at = pos[m];
             float *keys = kcache + r * n_heads * L * hd, *values = vcache + r * n_heads * L * hd;
@@ -187,12 +198,12 @@ int decode_step(const int64_t *params, int64_t n_layers, int64_t wfmt, const int
             attend_row(qkv + m * 3 * C, keys, values, at, n_heads, hd, L, scale, scores, scores + n_heads * L,
                        att + m * C);
         }
-        if ((failed = linear(wfmt, att, proj_wt, proj_s, proj_b, y, M, C, C)) != 0) break;
+        if ((failed = linear(wfmt, att, proj_wt, proj_s, proj_w, proj_b, y, M, C, C)) != 0) break;
         for (int64_t i = 0; i < M * C; i++) x[i] = x[i] + y[i];
         for (int64_t m = 0; m < M; m++) layer_norm(x + m * C, ln2w, ln2b, xn + m * C, C, eps, tmp);
-        if ((failed = linear(wfmt, xn, fc_wt, fc_s, fc_b, h, M, C, F)) != 0) break;
+        if ((failed = linear(wfmt, xn, fc_wt, fc_s, fc_w, fc_b, h, M, C, F)) != 0) break;
         gelu_tanh(h, M * F);
-        if ((failed = linear(wfmt, h, mp_wt, mp_s, mp_b, y, M, F, C)) != 0) break;
+        if ((failed = linear(wfmt, h, mp_wt, mp_s, mp_w, mp_b, y, M, F, C)) != 0) break;
         for (int64_t i = 0; i < M * C; i++) x[i] = x[i] + y[i];
     }
     if (failed) {

@@ -209,6 +209,11 @@ class CpuStep:
             wt, scale = weight_formats.stored(w, self.weights)
             return ptr(wt), (ptr(scale) if scale is not None else 0)
 
+        def widened(w: torch.Tensor) -> int:  # bf16 and int8: the float32 the tiles widen to
+            if self.weights not in ("bf16", "int8"):
+                return 0
+            return ptr(weight_formats.dequantized(w, self.weights).t())
+
         ptrs = [ptr(m.wte.weight), ptr(m.wpe.weight), ptr(m.ln_f.weight), ptr(m.ln_f.bias)]
         for b, kc, vc in zip(m.blocks, self.k, self.v):
             a, f = b.attn, b.mlp
@@ -216,7 +221,8 @@ class CpuStep:
             (fc, fc_s), (out, out_s) = matrix(f.c_fc.weight), matrix(f.c_proj.weight)
             ptrs += [ptr(b.ln_1.weight), ptr(b.ln_1.bias), qkv, ptr(a.c_attn.bias), proj, ptr(a.c_proj.bias),
                      ptr(b.ln_2.weight), ptr(b.ln_2.bias), fc, ptr(f.c_fc.bias), out, ptr(f.c_proj.bias),
-                     kc.data_ptr(), vc.data_ptr(), qkv_s, proj_s, fc_s, out_s]
+                     kc.data_ptr(), vc.data_ptr(), qkv_s, proj_s, fc_s, out_s,
+                     *(widened(w) for w in (a.c_attn.weight, a.c_proj.weight, f.c_fc.weight, f.c_proj.weight))]
         if m.class_head is not None:  # the draw's operands: rowwise_linear's own copies
             K = m.class_head.weight.size(0)
             head = [K, m.lm_head.weight.size(0) // K, ptr(rowwise_linear.transposed(m.class_head.weight)),

@@ -105,6 +105,34 @@ class JsonBodyRoute(APIRoute):
         return route
 
 
+class CountResponses:
+    """Counts every HTTP response by path and status (``ServerMetrics.request``); a plain ASGI
+    middleware, which adds no task or stream to a request (Starlette's ``BaseHTTPMiddleware``
+    adds both, and every request paid for them while holding the engine's interpreter lock)."""
+
+    def __init__(self, app, metrics: ServerMetrics):
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path = scope["path"] if scope["path"] in KNOWN_PATHS else "other"
+        status = []
+
+        async def send_counted(message):
+            if message["type"] == "http.response.start":
+                status.append(message["status"])
+                self.metrics.request(path, message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_counted)
+        except Exception:
+            if not status:
+                self.metrics.request(path, 500)  # answered by internal_error
+            raise
+
+
 def block_event(block) -> dict:
     """One block, root by root: its text and energy, and its chunks' (level-1 items')
     characters and energies, at any depth (a chunk's text is every character under it)."""
@@ -151,16 +179,7 @@ def create_app(pipe, max_batch: int = 32, max_queue: int = 64, block_roots: int 
     app.state.engine, app.state.metrics = engine, metrics
     metrics.watch(engine)
 
-    @app.middleware("http")
-    async def count(request: HttpRequest, call_next):
-        path = request.url.path if request.url.path in KNOWN_PATHS else "other"
-        try:
-            response = await call_next(request)
-        except Exception:
-            metrics.request(path, 500)  # answered by internal_error below
-            raise
-        metrics.request(path, response.status_code)
-        return response
+    app.add_middleware(CountResponses, metrics=metrics)
 
     @app.exception_handler(ApiError)
     async def api_error(request, e: ApiError):
