@@ -2,9 +2,15 @@
 
 Starts a server on 127.0.0.1 (a free port; the shipped model unless --model), then for each
 concurrency level sends the same fixed set of requests (prompt, max_tokens, seed) from that
-many client threads and prints requests/s, tokens/s (a token is one level-1 chunk, as in
-the bench; roots/s and chars/s too) and p50/p99 latency. Bounded: --requests per level and
---time-limit seconds per level. Loopback only.
+many clients (a closed loop: each sends its next request when its last is answered) and
+prints requests/s, tokens/s (a token is one level-1 chunk, as in the bench; roots/s and
+chars/s too) and p50/p99 latency. Bounded: --requests per level and --time-limit seconds per
+level. Loopback only.
+
+The clients are coroutines on one thread, each on its own keep-alive connection, writing
+plain HTTP/1.1: the load generator shares the machine's cores with the server, and a
+thread per client through an HTTP library took ~60% of a core at 32 clients on the 2-core
+CPU (2026-12-07), which the server then did not get. Its own CPU time is in the table.
 
 Exactness: concurrency 1 runs every request alone, which is its solo run; every other level
 must return the very same text for every request (the engine's promise), and the table says
@@ -25,6 +31,7 @@ its tokens/s (median of 3 runs after a warm-up) and the served level's over it a
 from __future__ import annotations
 
 import argparse
+import asyncio
 import datetime
 import json
 import os
@@ -34,7 +41,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 import httpx
@@ -86,35 +92,60 @@ def engine_counters(base: str) -> dict:
     return {n: float(values[f"fractal_flood_{n}_total"]) for n in names}
 
 
-def run_level(base: str, reqs: list[dict], concurrency: int, time_limit: float) -> dict:
-    before = engine_counters(base)
+async def _post(conn, host: str, body: bytes) -> tuple[int, bytes]:
+    """One POST /v1/completions over an open keep-alive connection -> (status, body)."""
+    reader, writer = conn
+    writer.write(b"POST /v1/completions HTTP/1.1\r\nHost: " + host.encode() + b"\r\n"
+                 b"Content-Type: application/json\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    await writer.drain()
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = {k.strip().lower(): v.strip() for k, v in (h.split(":", 1) for h in lines[1:] if ":" in h)}
+    if "content-length" not in headers:
+        raise SystemExit(f"load_test: a response without Content-Length ({lines[0]})")
+    return status, await reader.readexactly(int(headers["content-length"]))
+
+
+async def _clients(base: str, reqs: list[dict], concurrency: int, time_limit: float, t0: float) -> dict:
+    """``concurrency`` clients, each on its own keep-alive connection, taking the next request
+    as soon as their last one is answered (a closed loop), until all are sent or time is up."""
+    host, port = base.removeprefix("http://").rsplit(":", 1)
+    bodies_json = [json.dumps(r).encode() for r in reqs]
     results: dict = {}
     next_index = [0]
-    lock = threading.Lock()
-    t0 = time.perf_counter()
 
-    def worker():
-        with httpx.Client(base_url=base, timeout=600) as client:
+    async def client():
+        conn = await asyncio.open_connection(host, int(port))
+        try:
             while True:
-                with lock:
-                    i = next_index[0]
-                    if i >= len(reqs) or time.perf_counter() - t0 > time_limit:
-                        return
-                    next_index[0] += 1
+                i = next_index[0]
+                if i >= len(reqs) or time.perf_counter() - t0 > time_limit:
+                    return
+                next_index[0] += 1
                 start = time.perf_counter()
-                r = client.post("/v1/completions", json=reqs[i])
+                status, body = await _post(conn, f"{host}:{port}", bodies_json[i])
                 latency = time.perf_counter() - start
-                if r.status_code != 200:
-                    raise SystemExit(f"load_test: request {i} got {r.status_code}: {r.text}")
-                d = r.json()
+                if status != 200:
+                    raise SystemExit(f"load_test: request {i} got {status}: {body.decode(errors='replace')}")
+                d = json.loads(body)
                 results[i] = (latency, d["choices"][0]["text"], d["fractal_flood"])
+        finally:
+            conn[1].close()
 
-    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    await asyncio.gather(*(client() for _ in range(concurrency)))
+    return results
+
+
+def run_level(base: str, reqs: list[dict], concurrency: int, time_limit: float) -> dict:
+    """One level: the clients run on one thread (asyncio, raw HTTP/1.1), so the load generator
+    takes as little of the machine's CPU as it can (its own CPU time is reported: on a small
+    machine it shares the cores with the server)."""
+    before = engine_counters(base)
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    results = asyncio.run(_clients(base, reqs, concurrency, time_limit, t0))
     seconds = time.perf_counter() - t0
+    client_cpu = time.process_time() - cpu0
     work = {k: v - before[k] for k, v in engine_counters(base).items()}
     lat = sorted(v[0] for v in results.values())
     ext = [v[2] for v in results.values()]
@@ -127,6 +158,7 @@ def run_level(base: str, reqs: list[dict], concurrency: int, time_limit: float) 
             "mean_batch": work["manager_row_steps"] / max(1, work["manager_steps"]),
             "engine_busy": work["engine_busy_seconds"] / seconds,
             "flood_share": work["engine_flood_seconds"] / max(1e-9, work["engine_busy_seconds"]),
+            "client_cpu": client_cpu / seconds,
             "p50_s": statistics.median(lat), "p99_s": lat[min(len(lat) - 1, int(0.99 * len(lat)))],
             "texts": {i: v[1] for i, v in results.items()}}
 
@@ -222,16 +254,18 @@ def main() -> int:
           f"{f' with {args.server_threads} torch thread(s)' if args.server_threads else ''}; "
           f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, {date}")
     print("| clients | requests | seconds | requests/s | tokens/s | roots/s | chars/s | p50 latency (s) | "
-          "p99 latency (s) | mean batch | engine busy | flood share | text equal to solo |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "p99 latency (s) | mean batch | engine busy | flood share | load generator CPU | text equal to solo |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(f"| {r['concurrency']} | {r['requests']} | {r['seconds']:.1f} | {r['requests_per_s']:.2f} | "
               f"{r['tokens_per_s']:.0f} | {r['roots_per_s']:.0f} | {r['chars_per_s']:.0f} | {r['p50_s']:.2f} | "
               f"{r['p99_s']:.2f} | {r['mean_batch']:.1f} | {r['engine_busy']:.0%} | {r['flood_share']:.0%} | "
+              f"{r['client_cpu']:.0%} | "
               f"{r['equal_to_solo']}/{r['compared']} |")
     print("mean batch: rows per manager step; engine busy: the share of the level's wall time the "
           "server's engine spent in rounds (the rest it waited for requests); flood share: the share "
-          "of those rounds spent rendering")
+          "of those rounds spent rendering; load generator CPU: this script's own CPU time over the level's wall "
+          "time (its clients share the machine's cores with the server)")
     top = rows[-1]
     print(f"{top['concurrency']} clients vs 1: {top['tokens_per_s'] / rows[0]['tokens_per_s']:.2f}x tokens/s")
     if args.engines:

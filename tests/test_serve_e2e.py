@@ -164,6 +164,7 @@ def test_load_test_script_runs_and_checks_texts(tiny_model_dir, tmp_path):
     assert rows[0]["mean_batch"] == 1.0  # one client: one row per manager step
     assert 1.0 <= rows[1]["mean_batch"] <= 4.0 and all(0 < r["engine_busy"] <= 1.05 for r in rows)
     assert all(0 < r["flood_share"] < 1 for r in rows)
+    assert all(0 < r["client_cpu"] < 2 for r in rows)  # the load generator's own CPU, a share of a core
 
 
 @pytest.mark.slow
