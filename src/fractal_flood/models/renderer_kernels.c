@@ -10,7 +10,10 @@
    order, divided by the total. Against PyTorch's scaled_dot_product_attention: another
    summation order and e^x's last bits (tested within a stated tolerance).
 
-   gelu: cpu_math.h's tanh GELU in place, the C decode step's. */
+   gelu: cpu_math.h's tanh GELU in place, the C decode step's.
+
+   Below: renderer_draw (a whole level's draw in one call) and renderer_noise (its noise
+   ids), each with its own note. */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>

@@ -1,12 +1,23 @@
-"""The renderer's inference kernels on the CPU (``renderer_kernels.c``): its bidirectional
-attention and its tanh GELU in C, for a render pass without gradients on a CPU in float32.
+"""The renderer's inference kernels on the CPU (``renderer_kernels.c``), for render passes
+without gradients on a CPU in float32. ``FRACTAL_FLOOD_RENDER_KERNELS=0`` (or no C compiler)
+keeps the module path, the reference every kernel is tested against.
+
+``draw(model, level, cond, noise, lengths)``: a whole level's denoising draw at temperature
+0 in one call (what ``render/canvas.py``'s packed passes compute with ``model.denoise`` and
+an argmax, without a PyTorch operator or a line of Python per pass): embedding, blocks, final
+layer norm, the token head's and the length head's argmax, item by item in tiles of whole
+canvases, every linear layer ``rowwise_linear_fma`` (row-invariant: an item's scores are the
+same alone or in any batch, bit for bit). ``noise(...)`` is ``draws.randint``'s hash in C,
+the same integers. The flood's default (K = 1, temperature 0) takes them.
 
 ``block_forward(block, x, valid)`` is ``Block.forward(x, attn_mask=valid mask)`` in eval mode
-with those two kernels in place of PyTorch's ``scaled_dot_product_attention`` and
-``gelu(approximate="tanh")``: the same function, other rounding (another summation order,
-e^x by a polynomial to ~2 ulp); the linear layers and layer norms stay PyTorch's. Tested
-against the module path within a stated tolerance, and the render's tokens against its.
-``FRACTAL_FLOOD_RENDER_KERNELS=0`` (or no C compiler) keeps the module path.
+with the C attention and tanh GELU in place of PyTorch's ``scaled_dot_product_attention`` and
+``gelu(approximate="tanh")``, for the passes ``draw`` does not take (energies, sampling at a
+temperature); the linear layers and layer norms stay PyTorch's.
+
+Against the module path both are the same function with other rounding (other summation
+orders, e^x by a polynomial to ~2 ulp): tested within a stated tolerance, the tokens the
+same, and the shipped renderer's text and fidelity the same.
 """
 
 from __future__ import annotations
