@@ -1,4 +1,4 @@
-"""scripts/block_size_cost.py (the notebook's block-size figures) and scripts/profile_generate.py
+"""scripts/block_size_cost.py (the notebook's block-size figures), scripts/render_cost.py and scripts/profile_generate.py
 (RESULTS.md's split of one generate) run on a tiny trained model directory and refuse bad
 input in one line."""
 
@@ -48,3 +48,19 @@ def test_the_profile_splits_one_generate(tiny_model_dir):
 def test_the_profile_refuses_bad_input():
     out = run("profile_generate.py", "--roots", "0")
     assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1
+
+
+def test_the_render_cost_takes_turns_and_writes_the_same_text(tiny_model_dir):
+    """scripts/render_cost.py (the notebook's render figures): the C kernels and the module
+    path take turns, every render's text compared."""
+    out = run("render_cost.py", "--model", str(tiny_model_dir), "--blocks", "2,5", "--rounds", "2")
+    assert out.returncode == 0, out.stderr
+    assert "every render's text the same both ways" in out.stdout
+    rows = [line for line in out.stdout.splitlines() if line.startswith("| 2 |") or line.startswith("| 5 |")]
+    assert len(rows) == 2 and all(line.rstrip().endswith("x |") for line in rows)
+
+
+@pytest.mark.parametrize("args", [("--blocks", "8,x"), ("--blocks", "0"), ("--rounds", "0")])
+def test_the_render_cost_refuses_bad_input(args):
+    out = run("render_cost.py", *args)
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1 and "error" in out.stderr
