@@ -165,3 +165,33 @@ def test_the_compiled_step_gives_one_row_the_same_bits_in_slots_and_stream(sampl
     n = 3 * 32 + 5
     a, b = slots.generate(n)[1], stream.generate(n)[0]
     assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("prompt_len", [2, 9, 30])
+@torch.no_grad()
+def test_a_slot_row_is_a_stream_bit_for_bit_prefills_and_slides_included(prompt_len):
+    """A slot row's cache after its prompt's prefill, and after window slides, is an
+    ``ARStream``'s bit for bit (one row's prefill takes the stream's own attention call), so
+    with the compiled step a request's tokens in the engine are its tokens alone by
+    construction: the same tokens over 3 window slides, the same caches at the end."""
+    from fractal_flood.manager.stream import ARStream
+
+    m = model(16, 4, 32)
+    prompt = torch.randint(0, 512, (prompt_len,), generator=torch.Generator().manual_seed(prompt_len))
+    sampling = SamplingConfig(0.9)
+    stream = ARStream(m, 1, sampling, "cpu", seed=7)
+    stream.start(prompt)
+    stream_caches = [(c.k[0].clone(), c.v[0].clone()) for c in m.kv_caches]
+    slots = SlotManager(m, 3, "cpu")
+    slots.add("other", [1, 2, 3], SamplingConfig(1.0), seed=1)
+    slots.add("me", prompt.tolist(), sampling, seed=7)
+    T = prompt_len - 1  # the prefilled positions
+    for (sk, sv), k, v in zip(stream_caches, slots.k, slots.v):
+        assert torch.equal(k[1, :, :T], sk[:, :T]) and torch.equal(v[1, :, :T], sv[:, :T])
+    n = 100  # three window slides of a 32-slot context
+    ours = stream.generate(n)[0]
+    theirs = slots.generate(n)[1]
+    assert torch.equal(ours, theirs)
+    last = int(slots.pos[1])  # the row's slots 0 .. last - 1 hold what the stream's hold
+    for c, k, v in zip(m.kv_caches, slots.k, slots.v):
+        assert torch.equal(k[1, :, :last], c.k[0, :, :last]) and torch.equal(v[1, :, :last], c.v[0, :, :last])
