@@ -203,3 +203,21 @@ def test_the_one_call_draw_is_taken_only_where_it_applies(monkeypatch):
     model.train()
     canvas.draw(model, 1, cond, item, draw_id, lengths, 1, 0.0)
     assert len(calls) == 1
+
+
+@torch.no_grad()
+def test_the_one_call_draw_refuses_ids_and_lengths_outside_its_tables():
+    """Whatever reaches it, the C draw reads only inside its tables: a bad id or length is a
+    ValueError (the module path's embedding raises too), never a read past the weights."""
+    model = small_renderer(True)
+    cond, item, draw_id, lengths, L = level_inputs(model, 1, 6, seed=5)
+    noise = draws.randint(3, draws.NOISE_STREAM, 1, item, draw_id, (L,), model.num_classes(1))
+    renderer_kernels.draw(model, 1, cond, noise, lengths)  # fine as drawn
+    for bad in (lambda c, n, ln: (c + 10**6, n, ln), lambda c, n, ln: (c - 10**6, n, ln),
+                lambda c, n, ln: (c, n + 10**6, ln), lambda c, n, ln: (c, n, ln + L + 1),
+                lambda c, n, ln: (c, n, ln - 10)):
+        c, n, ln = bad(cond.clone(), noise.clone(), lengths.clone())
+        with pytest.raises(ValueError):
+            renderer_kernels.draw(model, 1, c, n, ln)
+    with pytest.raises(ValueError):
+        renderer_kernels.draw(model, 1, cond, noise[:2], lengths)  # rows of noise for two items of six

@@ -110,6 +110,7 @@ typedef struct {
     int64_t d, heads, n_layers;
     const render_block *blocks;
     const float *wte, *wpe, *lnf_w, *lnf_b;
+    int64_t wte_rows, wpe_rows; /* the tables' rows: ids and positions are checked against them */
     float ln_eps[3]; /* ln_1, ln_2 (every block alike), ln_f */
     const float *head_wt, *head_b; /* (d, head_ld) columns past head_n zero */
     int64_t head_n, head_ld;
@@ -149,6 +150,15 @@ int renderer_draw(const render_weights *w, const float *add, int64_t cond_offset
                   int64_t N, const int64_t *cond, const int64_t *lengths, const int64_t *noise, int64_t L, int64_t pad,
                   int64_t *tokens, int64_t *child, float *logits_out) {
     const int64_t d = w->d, H = w->heads, hd = d / H;
+    if (L + 1 > w->wpe_rows) return -2;
+    for (int64_t i = 0; i < N; i++) { /* every id inside its table, every length inside the canvas */
+        const int64_t n = lengths ? lengths[i] : L;
+        if (n < 0 || n > L || cond[i] + cond_offset < 0 || cond[i] + cond_offset >= w->wte_rows) return -2;
+        for (int64_t p = 0; p < n; p++) {
+            const int64_t id = noise[i * L + p] + target_offset;
+            if (id < 0 || id >= w->wte_rows) return -2;
+        }
+    }
     const int64_t cap = TILE > 1 + L ? TILE : 1 + L; /* positions a tile holds */
     const int64_t wide = w->head_ld > w->len_ld ? w->head_ld : w->len_ld;
     const size_t floats = (size_t)cap * (size_t)(d + d + 3 * d + d + 4 * d + d + wide) + (size_t)(cap + LANES + hd + d);

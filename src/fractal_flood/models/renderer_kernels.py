@@ -110,7 +110,8 @@ class _Block(ctypes.Structure):
 class _Weights(ctypes.Structure):
     _fields_ = [("d", ctypes.c_int64), ("heads", ctypes.c_int64), ("n_layers", ctypes.c_int64),
                 ("blocks", ctypes.c_void_p), ("wte", ctypes.c_void_p), ("wpe", ctypes.c_void_p),
-                ("lnf_w", ctypes.c_void_p), ("lnf_b", ctypes.c_void_p), ("ln_eps", ctypes.c_float * 3),
+                ("lnf_w", ctypes.c_void_p), ("lnf_b", ctypes.c_void_p), ("wte_rows", ctypes.c_int64),
+                ("wpe_rows", ctypes.c_int64), ("ln_eps", ctypes.c_float * 3),
                 ("head_wt", ctypes.c_void_p), ("head_b", ctypes.c_void_p), ("head_n", ctypes.c_int64),
                 ("head_ld", ctypes.c_int64), ("len_wt", ctypes.c_void_p), ("len_b", ctypes.c_void_p),
                 ("len_n", ctypes.c_int64), ("len_ld", ctypes.c_int64)]
@@ -172,7 +173,8 @@ def _weights(model, level: int):
     head_wt, head_b, head_n, head_ld = _padded(head)
     w = _Weights(d=model.config.d_model, heads=first.attn.n_heads, n_layers=len(model.blocks),
                  blocks=ctypes.addressof(blocks), wte=ptr(model.wte.weight), wpe=ptr(model.wpe.weight),
-                 lnf_w=ptr(model.ln_f.weight), lnf_b=ptr(model.ln_f.bias), head_wt=ptr(head_wt, head.weight),
+                 lnf_w=ptr(model.ln_f.weight), lnf_b=ptr(model.ln_f.bias), wte_rows=model.wte.num_embeddings,
+                 wpe_rows=model.wpe.num_embeddings, head_wt=ptr(head_wt, head.weight),
                  head_b=ptr(head_b, head.bias), head_n=head_n, head_ld=head_ld)
     w.ln_eps[:] = (first.ln_1.eps, first.ln_2.eps, model.ln_f.eps)
     if model.has_length_head(level):
@@ -204,11 +206,17 @@ def draw(model, level: int, cond: torch.Tensor, noise: torch.Tensor, lengths: Op
     tokens = torch.empty(B, L, dtype=torch.long)
     child = torch.empty(B, L, dtype=torch.long) if w.len_wt else None
     scores = torch.zeros(B, L, w.head_n) if logits else None
-    if _lib().renderer_draw(
-            ctypes.byref(w), add, model.vocab.offset(level), model.vocab.offset(level + 1), B, cond.data_ptr(),
-            lengths.data_ptr() if lengths is not None else None, noise.data_ptr(), L, model.pad_id(level),
-            tokens.data_ptr(), child.data_ptr() if child is not None else None,
-            scores.data_ptr() if logits else None):
+    if noise.shape != (B, L) or (lengths is not None and lengths.shape != (B,)):
+        raise ValueError(f"renderer_kernels.draw: noise must be (B, L) and lengths (B,), got {tuple(noise.shape)} "
+                         f"and {None if lengths is None else tuple(lengths.shape)} for B = {B}")
+    failed = _lib().renderer_draw(
+        ctypes.byref(w), add, model.vocab.offset(level), model.vocab.offset(level + 1), B, cond.data_ptr(),
+        lengths.data_ptr() if lengths is not None else None, noise.data_ptr(), L, model.pad_id(level),
+        tokens.data_ptr(), child.data_ptr() if child is not None else None, scores.data_ptr() if logits else None)
+    if failed == -2:
+        raise ValueError("renderer_kernels.draw: an id outside the renderer's vocabulary or a length outside "
+                         f"0..{L}")
+    if failed:
         raise MemoryError("the renderer's draw kernel could not allocate its scratch")
     return tokens, child, scores
 
