@@ -234,3 +234,17 @@ def test_a_render_that_fails_mid_round_answers_every_request_with_an_error(pipe)
     engine._fail_all(RuntimeError("render failed"))
     assert all(j.done.is_set() and j.completion.finish_reason == "error" for j in jobs)
     assert engine.slots.active == 0 and engine.queued == 0
+
+
+def test_requests_longer_than_the_window_equal_solo(pipe):
+    """Requests that slide their window several times (the tiny manager's context is 64
+    roots), among others that join and leave: each one's roots and text are its solo run's
+    (a slot row's prefills are a stream's, bit for bit)."""
+    reqs = [Request("ROMEO:\n", roots=200, sampling=SamplingConfig(0.9), seed=11),
+            Request("JULIET:\nO Romeo, ", roots=150, sampling=SamplingConfig(1.0), seed=12),
+            Request("", roots=30, sampling=SamplingConfig(0.8), seed=13),
+            Request("KING", roots=170, sampling=SamplingConfig(0), seed=14)]
+    solo = [generate_solo(pipe, r, BLOCK) for r in reqs]
+    got = Engine(pipe, max_batch=3, block_roots=BLOCK).run(reqs)
+    for g, ref in zip(got, solo):
+        assert g.root_ids == ref.root_ids and g.text == ref.text
