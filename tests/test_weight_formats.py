@@ -164,9 +164,10 @@ def test_the_script_prints_bits_per_character_beside_tokens_per_second(tiny_mode
 
 @pytest.mark.skipif(rowwise_linear.library() is None, reason="no C compiler")
 def test_the_build_without_native_instructions_gives_the_same_bits(tmp_path):
-    """The kernels built without -march=native (no AVX-512: the int8 tiles' intrinsics are not
-    compiled, GCC's vectorised loops run instead) against this machine's build: the same
-    bits, every format, one row and tiles of four."""
+    """The kernels built without -march=native (no AVX-512, no FMA instruction: the tiles'
+    intrinsics are not compiled, GCC's loops run instead, and ``fmaf`` is the library's
+    correctly rounded call) against this machine's build: the same bits, every format, one row
+    and tiles of four."""
     import ctypes
     import os
     import shutil
@@ -196,3 +197,11 @@ def test_the_build_without_native_instructions_gives_the_same_bits(tmp_path):
                                        ctypes.c_int64(N))
                 outs.append(y)
             assert torch.equal(outs[0], outs[1]), (fmt, M, K, N)
+        wt = w.t().contiguous()  # float32: the same fmaf sequence, intrinsics or GCC's loops
+        outs = []
+        for library in (lib, here):
+            y = torch.empty(M, N)
+            library.rowwise_linear(p(x.data_ptr()), p(wt.data_ptr()), p(b.data_ptr()), p(y.data_ptr()),
+                                   ctypes.c_int64(M), ctypes.c_int64(K), ctypes.c_int64(N))
+            outs.append(y)
+        assert torch.equal(outs[0], outs[1]), ("fp32", M, K, N)

@@ -8,8 +8,9 @@ later runs load it at once and an edited source or another CPU builds anew. The 
 written to a temporary file and renamed, so concurrent first uses each see a whole library.
 
 Flags: ``-O3 -ffp-contract=off`` and no ``-ffast-math``: every float operation is rounded
-as written (no fused multiply-add, no reordering), so a kernel's result is a fixed function
-of its inputs, the same for every vector width the compiler picks.
+as written (no multiply and add fused by the compiler, no reordering; a kernel that wants a
+fused multiply-add writes ``fmaf``, correctly rounded on every CPU), so a kernel's result is
+a fixed function of its inputs, the same for every vector width the compiler picks.
 
 Without a C compiler (``CC`` or ``cc``), or when a build fails, ``build`` returns None and
 callers take their tensor-op path.

@@ -144,10 +144,8 @@ def prefill_products(native: Optional["CpuStep"]):
     """The products a stream's or slot cache's eager prefills (a prompt, a window slide)
     compute in, to go with its compiled step ``native`` (None: the eager step):
     ``weight_formats.decode_products`` of its format, so a w8a8 stream's every product is
-    w8a8 (the other formats' prefills stay float32), and the row-invariant kernel's fused
-    multiply-adds (``rowwise_linear.fused_products``), for compiled and eager streams alike."""
-    with weight_formats.decode_products(native.weights if native is not None else "fp32"), \
-            rowwise_linear.fused_products():
+    w8a8 (the other formats' prefills stay float32, the row-invariant kernel's)."""
+    with weight_formats.decode_products(native.weights if native is not None else "fp32"):
         yield
 
 

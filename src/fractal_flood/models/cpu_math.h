@@ -2,7 +2,8 @@
    sums and dot products in 16 fixed lanes and a fixed tree, e^x by a polynomial (scalar and
    16 lanes at a time, the same bits), layer norm and the tanh-approximated GELU. Every
    operation is rounded as written (the kernels build with -ffp-contract=off, no
-   -ffast-math), so each function is a fixed function of its inputs on every CPU. */
+   -ffast-math; the linear layers' one fmaf a product is rowwise_linear.c's), so each
+   function is a fixed function of its inputs on every CPU. */
 #ifndef FRACTAL_FLOOD_CPU_MATH_H
 #define FRACTAL_FLOOD_CPU_MATH_H
 #include <math.h>

@@ -94,12 +94,12 @@ int renderer_attention(const float *qkv, const uint8_t *valid, float *y, int64_t
    norm of the target positions, the token head's argmax (the first of equal maxima, as
    torch.argmax) and the length head's argmax over classes 1.. plus one; slots past n_i get
    the pad, a pad's children 0. Items go through in tiles of whole canvases (TILE
-   positions); every linear is rowwise_linear_fma (row-invariant) and attention is per item,
+   positions); every linear is rowwise_linear (row-invariant) and attention is per item,
    so an item's result does not depend on the others or on the tiling. Against the module
    path: other summation orders and e^x's last bits (tested within a stated tolerance, and
    the shipped renderer's text the same). */
 
-void rowwise_linear_fma(const float *x, const float *wt, const float *b, float *y, int64_t M, int64_t K, int64_t N);
+void rowwise_linear(const float *x, const float *wt, const float *b, float *y, int64_t M, int64_t K, int64_t N);
 
 typedef struct {
     const float *ln1_w, *ln1_b, *attn_wt, *attn_b, *proj_wt, *proj_b;
@@ -195,17 +195,17 @@ int renderer_draw(const render_weights *w, const float *add, int64_t cond_offset
         for (int64_t l = 0; l < w->n_layers; l++) {
             const render_block *b = w->blocks + l;
             rows_layer_norm(x, b->ln1_w, b->ln1_b, h, P, d, w->ln_eps[0], tmp);
-            rowwise_linear_fma(h, b->attn_wt, b->attn_b, qkv, P, d, 3 * d);
+            rowwise_linear(h, b->attn_wt, b->attn_b, qkv, P, d, 3 * d);
             for (int64_t i = i0; i < i1; i++) {
                 const int64_t s = start[i - i0], n = lengths ? lengths[i] : L;
                 attend_item(qkv + s * 3 * d, 0, y + s * d, 1 + n, H, hd, scores);
             }
-            rowwise_linear_fma(y, b->proj_wt, b->proj_b, h, P, d, d);
+            rowwise_linear(y, b->proj_wt, b->proj_b, h, P, d, d);
             for (int64_t k = 0; k < P * d; k++) x[k] = x[k] + h[k];
             rows_layer_norm(x, b->ln2_w, b->ln2_b, h, P, d, w->ln_eps[1], tmp);
-            rowwise_linear_fma(h, b->fc_wt, b->fc_b, mlp, P, d, 4 * d);
+            rowwise_linear(h, b->fc_wt, b->fc_b, mlp, P, d, 4 * d);
             gelu_tanh(mlp, P * 4 * d);
-            rowwise_linear_fma(mlp, b->fc2_wt, b->fc2_b, h, P, 4 * d, d);
+            rowwise_linear(mlp, b->fc2_wt, b->fc2_b, h, P, 4 * d, d);
             for (int64_t k = 0; k < P * d; k++) x[k] = x[k] + h[k];
         }
         /* the target positions, compacted, through the final layer norm */
@@ -215,7 +215,7 @@ int renderer_draw(const render_weights *w, const float *add, int64_t cond_offset
             rows_layer_norm(x + (s + 1) * d, w->lnf_w, w->lnf_b, tgt + t * d, n, d, w->ln_eps[2], tmp);
             t += n;
         }
-        rowwise_linear_fma(tgt, w->head_wt, w->head_b, logits, T, d, w->head_ld);
+        rowwise_linear(tgt, w->head_wt, w->head_b, logits, T, d, w->head_ld);
         t = 0;
         for (int64_t i = i0; i < i1; i++) {
             const int64_t n = lengths ? lengths[i] : L;
@@ -231,7 +231,7 @@ int renderer_draw(const render_weights *w, const float *add, int64_t cond_offset
             t += n;
         }
         if (w->len_wt && child) {
-            rowwise_linear_fma(tgt, w->len_wt, w->len_b, logits, T, d, w->len_ld);
+            rowwise_linear(tgt, w->len_wt, w->len_b, logits, T, d, w->len_ld);
             t = 0;
             for (int64_t i = i0; i < i1; i++) {
                 const int64_t n = lengths ? lengths[i] : L;

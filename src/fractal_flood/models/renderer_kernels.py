@@ -6,7 +6,7 @@ keeps the module path, the reference every kernel is tested against.
 0 in one call (what ``render/canvas.py``'s packed passes compute with ``model.denoise`` and
 an argmax, without a PyTorch operator or a line of Python per pass): embedding, blocks, final
 layer norm, the token head's and the length head's argmax, item by item in tiles of whole
-canvases, every linear layer ``rowwise_linear_fma`` (row-invariant: an item's scores are the
+canvases, every linear layer ``rowwise_linear`` (row-invariant: an item's scores are the
 same alone or in any batch, bit for bit). ``noise(...)`` is ``draws.randint``'s hash in C,
 the same integers. The flood's default (K = 1, temperature 0) takes them.
 
@@ -37,7 +37,7 @@ SOURCE = Path(__file__).with_name("renderer_kernels.c")
 MATH_HEADER = Path(__file__).with_name("cpu_math.h")
 BLOCK_FIELDS = ("ln1_w", "ln1_b", "attn_wt", "attn_b", "proj_wt", "proj_b",
                 "ln2_w", "ln2_b", "fc_wt", "fc_b", "fc2_wt", "fc2_b")
-HEAD_COLUMNS = 64  # the heads' columns padded to whole tiles of rowwise_linear_fma
+HEAD_COLUMNS = 64  # the heads' columns padded to whole tiles of rowwise_linear
 _library: Optional[ctypes.CDLL] = None
 
 

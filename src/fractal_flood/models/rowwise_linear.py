@@ -5,8 +5,9 @@ row multiplied by the same weights can round differently in a batch of 4 and a b
 (how differently, and from which row count on, depends on the CPU and the library). A
 server that batches requests would then give a request another text among others than
 alone whenever a draw falls near a tie. Here every row is computed by one fixed sequence
-of float32 operations (``rowwise_linear.c``: bias first, then each product added in k
-order, no fused multiply-add, no reassociation), so a row's result is the same alone or
+of float32 operations (``rowwise_linear.c``: bias first, then one fused multiply-add a
+product in k order, ``fmaf``, correctly rounded wherever it runs; nothing reassociated), so
+a row's result is the same alone or
 among any number of others, by construction, on any x86 or ARM CPU.
 
 Three ways to compute it (``FRACTAL_FLOOD_ROWWISE``):
@@ -17,15 +18,12 @@ Three ways to compute it (``FRACTAL_FLOOD_ROWWISE``):
   batch-invariant too, with BLAS's rounding, slower at large batches.
 - ``blas``: one library call for the whole batch: the reference path, not batch-invariant.
 
-Within ``fused_products()`` (the streams' and slot caches' prefills: a prompt, a window
-slide's re-encoding) the kernel takes a fused multiply-add a product
-(``rowwise_linear_fma``: one rounding instead of two, half the instructions; still one
-fixed sequence a row, the same bits on every CPU); the decode steps keep the separate
-multiply and add.
+Every decode path takes it: the compiled step's layers and draw, the eager step, the
+prefills (a prompt, a window slide's re-encoding), the renderer's one-call draw.
 
-``reference_linear`` computes the kernel's exact sequence of operations with tensor ops
-(bit for bit its result; one elementwise multiply and add per k, so slow): the tests hold
-the kernel to it.
+``reference_linear`` computes the kernel's exact sequence of operations one element at a
+time (``rowwise_linear_scalar``: no tiles, no vectors; slow): the tests hold the kernel to
+it.
 
 Only CPU float32 inference takes these paths; anything else (a GPU, another dtype, a
 tensor that needs gradients) is a plain ``F.linear``.
@@ -33,12 +31,10 @@ tensor that needs gradients) is a plain ``F.linear``.
 
 from __future__ import annotations
 
-import contextvars
 import ctypes
 import os
 import sys
 import weakref
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -53,19 +49,6 @@ MODES = ("kernel", "rows", "blas")
 _library: Optional[ctypes.CDLL] = None
 
 _per_weight: dict = {}  # (id(weight), kind) -> (weakref, version, data_ptr, the copy)
-_fused: contextvars.ContextVar = contextvars.ContextVar("rowwise_fused", default=False)
-
-
-@contextmanager
-def fused_products():
-    """Within: ``linear``'s kernel takes a fused multiply-add a product (the module's doc)."""
-    token = _fused.set(True)
-    try:
-        yield
-    finally:
-        _fused.reset(token)
-
-
 def mode() -> str:
     """How rows are computed now: ``kernel``, ``rows`` (no compiler, or asked for) or ``blas``."""
     asked = os.environ.get("FRACTAL_FLOOD_ROWWISE", "kernel")
@@ -92,9 +75,8 @@ def _setup(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.rowwise_linear.restype = None
     lib.rowwise_gathered.argtypes = [p, p, p, p, n, n, n]
     lib.rowwise_gathered.restype = None
-    for name in ("rowwise_linear_fma", "rowwise_linear_fma_scalar"):
-        getattr(lib, name).argtypes = [p, p, p, p, n, n, n]
-        getattr(lib, name).restype = None
+    lib.rowwise_linear_scalar.argtypes = [p, p, p, p, n, n, n]
+    lib.rowwise_linear_scalar.restype = None
     for name in ("rowwise_linear_bf16", "rowwise_linear_int8"):
         getattr(lib, name).argtypes = [p, p, p, p, p, n, n, n]
         getattr(lib, name).restype = None
@@ -150,8 +132,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] =
     M, N = rows.size(0), weight.size(0)
     y = torch.empty(M, N, dtype=torch.float32)
     b = bias.detach().contiguous() if bias is not None else None
-    kernel = _library.rowwise_linear_fma if _fused.get() else _library.rowwise_linear
-    kernel(rows.data_ptr(), wt.data_ptr(), b.data_ptr() if b is not None else None, y.data_ptr(), M, K, N)
+    _library.rowwise_linear(rows.data_ptr(), wt.data_ptr(), b.data_ptr() if b is not None else None, y.data_ptr(), M, K, N)
     return y.view(*lead, N)
 
 
@@ -198,15 +179,19 @@ def stored_linear(x: torch.Tensor, wt: torch.Tensor, scale: Optional[torch.Tenso
 
 
 def reference_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """The kernel's sequence of operations as tensor ops: bias (or 0), then + x[:, k] * w[k]
-    for k in order, each multiply and add rounded on its own. Bit for bit the kernel."""
-    x2 = x.reshape(-1, x.size(-1)).float()
-    wt = weight.detach().float().t()
-    acc = (bias.detach().float().expand(x2.size(0), -1).clone() if bias is not None
-           else torch.zeros(x2.size(0), weight.size(0)))
-    for k in range(x2.size(1)):
-        acc = acc + x2[:, k:k + 1] * wt[k]
-    return acc.view(*x.shape[:-1], -1)
+    """The kernel's sequence of operations one element at a time (``rowwise_linear_scalar``:
+    bias (or 0), then ``fmaf(x[m, k], w[n, k], acc)`` for k in order). Bit for bit the
+    kernel; needs the compiled library."""
+    lib = library()
+    if lib is None:
+        raise RuntimeError("no C compiler built the row-invariant kernel")
+    x2 = x.reshape(-1, x.size(-1)).float().contiguous()
+    wt = weight.detach().float().t().contiguous()
+    b = bias.detach().float().contiguous() if bias is not None else None
+    y = torch.empty(x2.size(0), weight.size(0), dtype=torch.float32)
+    lib.rowwise_linear_scalar(x2.data_ptr(), wt.data_ptr(), b.data_ptr() if b is not None else None, y.data_ptr(),
+                              x2.size(0), x2.size(1), weight.size(0))
+    return y.view(*x.shape[:-1], -1)
 
 
 if __name__ == "__main__":  # python -m fractal_flood.models.rowwise_linear: build it now, say where
