@@ -29,9 +29,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..models.causal_lm import CausalLM
+from ..models.layers import cache_attention
 from ..sampling.tokens import RowSampling, SamplingConfig, check_seed
 from . import cpu_step
 from .cpu_step import CpuStep
@@ -81,13 +81,13 @@ class SlotRows:
         self.k.transpose(1, 2)[self.batch, input_pos] = k.transpose(1, 2).to(self.k.dtype)
         self.v.transpose(1, 2)[self.batch, input_pos] = v.transpose(1, 2).to(self.v.dtype)
         if q.size(0) == 1 and q.size(2) > 1:
-            # one row's prefill (a prompt, a window slide): a stream's own attention call
-            # (``KVCache.attend``: the whole cache, masked past each position), the same
+            # one row's prefill (a prompt, a window slide): a stream's attention
+            # (``cache_attention``: the whole cache, masked past each position), the same
             # inputs, so the row's cache is the stream's bit for bit and a request's text in
             # the engine is its text alone (generate_solo) by construction, not by luck
             L = self.k.size(2)
             mask = (torch.arange(L, device=q.device) <= input_pos[0][:, None])[None, None]
-            return F.scaled_dot_product_attention(q, self.k.to(q.dtype), self.v.to(q.dtype), attn_mask=mask)
+            return cache_attention(q, self.k, self.v, mask)
         S = attn_mask.size(-1)
         return batch_invariant_attention(q, self.k[:, :, :S].to(q.dtype), self.v[:, :, :S].to(q.dtype),
                                          attn_mask)

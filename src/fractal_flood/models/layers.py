@@ -45,7 +45,15 @@ class KVCache(nn.Module):
         cache through ``attn_mask`` (True where a query may see a slot). Fixed shapes, no host
         reads: a step over it can be captured in a CUDA graph."""
         keys, values = self.update(input_pos, k, v)
-        return F.scaled_dot_product_attention(q, keys.to(q.dtype), values.to(q.dtype), attn_mask=attn_mask)
+        return cache_attention(q, keys, values, attn_mask)
+
+
+def cache_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+                    attn_mask: torch.Tensor) -> torch.Tensor:
+    """q (B, nh, T, hd) over a whole cache (B, nh, L, hd), ``attn_mask`` (.., T, L) True where
+    a query may see a slot: ``KVCache.attend``'s attention, and a slot row's prefill's
+    (``manager/slots.py``), so the two leave the same cache bit for bit."""
+    return F.scaled_dot_product_attention(q, keys.to(q.dtype), values.to(q.dtype), attn_mask=attn_mask)
 
 
 def layer_norm(m: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
