@@ -64,6 +64,13 @@ def _groups(lengths: Optional[torch.Tensor], B: int, L: int, packed: bool, max_b
     return out
 
 
+def _add_pass(work: Work, model, level: int, b: int, n: int, energy: bool, length_head: bool) -> None:
+    """One pass over b canvases of 1 + n positions, into ``work``."""
+    work.passes += 1
+    work.positions += b * (1 + n)
+    work.flops += renderer_pass_flops(model.config, level, b, 1 + n, energy=energy, length_head=length_head)
+
+
 def _count(work: Work, model, level: int, lengths: Optional[torch.Tensor], B: int, L: int, max_batch: int,
            has_len: bool) -> None:
     """What the packed draw's passes (``_groups``) add to ``work``, from the lengths alone."""
@@ -72,10 +79,7 @@ def _count(work: Work, model, level: int, lengths: Optional[torch.Tensor], B: in
         if n == 0 or c == 0:
             continue
         for s in range(0, c, max_batch):
-            b = min(c - s, max_batch)
-            work.passes += 1
-            work.positions += b * (1 + n)
-            work.flops += renderer_pass_flops(model.config, level, b, 1 + n, energy=False, length_head=has_len)
+            _add_pass(work, model, level, min(c - s, max_batch), n, False, has_len)
     work.draws += B
 
 
@@ -132,10 +136,7 @@ def draw(model: FractalDiffusionModel, level: int, cond: torch.Tensor, item: tor
             if has_len:
                 child[rows, :n] = n_child
         if work is not None:
-            work.passes += 1
-            work.positions += b * (1 + n)
-            work.flops += renderer_pass_flops(model.config, level, b, 1 + n, energy=False,
-                                              length_head=has_len)
+            _add_pass(work, model, level, b, n, False, has_len)
     if lengths is not None:  # slots past an item's length are pads, whatever the reference computed
         beyond = torch.arange(L, device=cond.device).view(1, L) >= lengths.view(B, 1)
         tokens = tokens.masked_fill(beyond, pad)
@@ -163,7 +164,5 @@ def score(model: FractalDiffusionModel, level: int, cond: torch.Tensor, cand: to
         else:
             energy[rows] = e
         if work is not None:
-            work.passes += 1
-            work.positions += b * (1 + n)
-            work.flops += renderer_pass_flops(model.config, level, b, 1 + n, energy=True, length_head=False)
+            _add_pass(work, model, level, b, n, True, False)
     return energy
