@@ -75,7 +75,8 @@ def main(argv=None) -> int:
     print("|---:|---:|---:|---:|")
     for b in blocks:
         on, off = statistics.median(times[(b, "1")]), statistics.median(times[(b, "0")])
-        print(f"| {b} | {on * 1e3:.2f} ({on / b * 1e6:.1f}) | {off * 1e3:.2f} ({off / b * 1e6:.1f}) | {off / on:.2f}x |")
+        print(f"| {b} | {on * 1e3:.2f} ({on / b * 1e6:.1f}) | {off * 1e3:.2f} ({off / b * 1e6:.1f}) "
+              f"| {off / on:.2f}x |")
     return 0
 
 

@@ -226,7 +226,8 @@ def noise(seed, stream: int, level: int, item: torch.Tensor, draw_id: torch.Tens
     draws (``seed`` an int or (B,) seeds) by ``renderer_noise``: the same integers."""
     item, draw_id = item.long().contiguous(), draw_id.long().contiguous()
     seeds = seed.long().contiguous() if isinstance(seed, torch.Tensor) else None
+    shared = 0 if seeds is not None else int(seed) & 0xFFFFFFFF  # only the low 32 bits enter
     out = torch.empty(item.shape[0], L, dtype=torch.long)
-    _lib().renderer_noise(seeds.data_ptr() if seeds is not None else None, 0 if seeds is not None else int(seed) & 0xFFFFFFFF,
-                          stream, level, item.data_ptr(), draw_id.data_ptr(), item.shape[0], L, high, out.data_ptr())
+    _lib().renderer_noise(seeds.data_ptr() if seeds is not None else None, shared, stream, level, item.data_ptr(),
+                          draw_id.data_ptr(), item.shape[0], L, high, out.data_ptr())
     return out

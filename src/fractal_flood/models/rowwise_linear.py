@@ -49,6 +49,8 @@ MODES = ("kernel", "rows", "blas")
 _library: Optional[ctypes.CDLL] = None
 
 _per_weight: dict = {}  # (id(weight), kind) -> (weakref, version, data_ptr, the copy)
+
+
 def mode() -> str:
     """How rows are computed now: ``kernel``, ``rows`` (no compiler, or asked for) or ``blas``."""
     asked = os.environ.get("FRACTAL_FLOOD_ROWWISE", "kernel")
@@ -132,7 +134,8 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] =
     M, N = rows.size(0), weight.size(0)
     y = torch.empty(M, N, dtype=torch.float32)
     b = bias.detach().contiguous() if bias is not None else None
-    _library.rowwise_linear(rows.data_ptr(), wt.data_ptr(), b.data_ptr() if b is not None else None, y.data_ptr(), M, K, N)
+    _library.rowwise_linear(rows.data_ptr(), wt.data_ptr(), b.data_ptr() if b is not None else None,
+                            y.data_ptr(), M, K, N)
     return y.view(*lead, N)
 
 
