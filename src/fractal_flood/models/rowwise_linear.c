@@ -149,6 +149,56 @@ VECTOR_TILES(int8, int8_t, widen16_int8)
 FULL_VTILE(fp32, float)
 FULL_VTILE(bf16, uint16_t)
 FULL_VTILE(int8, int8_t)
+/* Many rows of float32 weights (a batched step over the widened copy, a prefill, the
+   renderer's canvases): tiles of WR rows x WNB outputs, 16 accumulators, each weight vector
+   loaded once for WR rows (the R x NB tile loads it for R = 4). The last rows of a column
+   block take the same tile with fewer rows. The same operations per element as every
+   other tile: bias, then one fmadd a product in k order. */
+enum { WR = 8, WNB = 32, WNV = WNB / VL };
+
+static inline __attribute__((always_inline)) void fp32_wtile(const float *restrict x, const float *restrict wt,
+                                                             const float *restrict b, float *restrict y, int64_t K,
+                                                             int64_t N, const int rows) {
+    __m512 acc[WR][WNV];
+    for (int r = 0; r < rows; r++)
+        for (int v = 0; v < WNV; v++) acc[r][v] = b ? _mm512_loadu_ps(b + v * VL) : _mm512_setzero_ps();
+    for (int64_t k = 0; k < K; k++) {
+        const float *w = wt + k * N;
+        __m512 wk[WNV];
+        for (int v = 0; v < WNV; v++) wk[v] = _mm512_loadu_ps(w + v * VL);
+        for (int r = 0; r < rows; r++) {
+            const __m512 xv = _mm512_set1_ps(x[r * K + k]);
+            for (int v = 0; v < WNV; v++) acc[r][v] = _mm512_fmadd_ps(xv, wk[v], acc[r][v]);
+        }
+    }
+    for (int r = 0; r < rows; r++)
+        for (int v = 0; v < WNV; v++) _mm512_storeu_ps(y + r * N + v * VL, acc[r][v]);
+}
+
+static void fp32_many_rows(const float *x, const float *wt, const float *b, float *y, int64_t M, int64_t K,
+                           int64_t N) {
+    int64_t n0 = 0;
+    for (; n0 + WNB <= N; n0 += WNB) {
+        const float *bn = b ? b + n0 : 0;
+        for (int64_t m0 = 0; m0 < M; m0 += WR) {
+            const float *xm = x + m0 * K;
+            float *ym = y + m0 * N + n0;
+            switch (M - m0 < WR ? M - m0 : WR) { /* a constant row count each: registers */
+            case 8: fp32_wtile(xm, wt + n0, bn, ym, K, N, 8); break;
+            case 7: fp32_wtile(xm, wt + n0, bn, ym, K, N, 7); break;
+            case 6: fp32_wtile(xm, wt + n0, bn, ym, K, N, 6); break;
+            case 5: fp32_wtile(xm, wt + n0, bn, ym, K, N, 5); break;
+            case 4: fp32_wtile(xm, wt + n0, bn, ym, K, N, 4); break;
+            case 3: fp32_wtile(xm, wt + n0, bn, ym, K, N, 3); break;
+            case 2: fp32_wtile(xm, wt + n0, bn, ym, K, N, 2); break;
+            default: fp32_wtile(xm, wt + n0, bn, ym, K, N, 1); break;
+            }
+        }
+    }
+    if (n0 < N) /* the last outputs (fewer than WNB) */
+        fp32_part(x, wt + n0, 0, b ? b + n0 : 0, y + n0, K, N, K, M, N - n0);
+}
+#define FP32_MANY fp32_many_rows
 #define FP32_ROW fp32_row
 #define BF16_ROW bf16_row
 #define INT8_ROW int8_row
@@ -156,6 +206,7 @@ FULL_VTILE(int8, int8_t)
 #define BF16_FULL bf16_full_v
 #define INT8_FULL int8_full_v
 #else
+#define FP32_MANY 0
 #define FP32_ROW 0
 #define BF16_ROW 0
 #define INT8_ROW 0
@@ -190,6 +241,11 @@ PRODUCT(bf16, uint16_t, BF16_FULL, BF16_ROW)
 PRODUCT(int8, int8_t, INT8_FULL, INT8_ROW)
 
 void rowwise_linear(const float *x, const float *wt, const float *b, float *y, int64_t M, int64_t K, int64_t N) {
+    void (*many)(const float *, const float *, const float *, float *, int64_t, int64_t, int64_t) = FP32_MANY;
+    if (many && M >= R) {
+        many(x, wt, b, y, M, K, N);
+        return;
+    }
     fp32_product(x, wt, 0, b, y, M, K, N);
 }
 
