@@ -197,3 +197,21 @@ def test_the_16_lane_exponential_is_the_scalar_one_bit_for_bit():
     assert torch.equal(vec.view(torch.int32), scalar.view(torch.int32))
     finite = x.abs() < 80
     torch.testing.assert_close(scalar[finite].double(), x[finite].double().exp(), rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("hd", [16, 32, 64])
+def test_the_attention_scores_16_keys_at_a_time_are_one_at_a_time_bit_for_bit(hd):
+    """The step's attention scores 16 keys at once (cpu_step.c's key_scores: the lane tree's
+    additions for 16 keys by shuffles); every score must be the one-key lane tree's, for
+    lengths with and without a remainder, signed zeros and large values included."""
+    g = torch.Generator().manual_seed(hd)
+    for n in (1, 15, 16, 17, 40, 256):
+        q = torch.randn(hd, generator=g) * 3
+        keys = torch.randn(n, hd, generator=g) * torch.rand(n, 1, generator=g) * 10
+        keys[::7] = 0.0
+        keys[1::9] = -0.0
+        vec, scalar = torch.empty(n), torch.empty(n)
+        cpu_step.library().attention_scores_both(q.data_ptr(), keys.data_ptr(), n, hd, 0.125, vec.data_ptr(),
+                                                 scalar.data_ptr())
+        assert torch.equal(vec.view(torch.int32), scalar.view(torch.int32)), n
+        torch.testing.assert_close(scalar.double(), (keys.double() @ q.double()) * 0.125, rtol=1e-4, atol=1e-4)

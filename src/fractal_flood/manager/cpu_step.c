@@ -31,6 +31,9 @@
 #include <string.h>
 
 #include "../models/cpu_math.h"
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 void rowwise_linear(const float *x, const float *wt, const float *b, float *y,
                     int64_t M, int64_t K, int64_t N);
@@ -93,14 +96,66 @@ static inline __attribute__((always_inline)) void weigh_values(const float *scor
         }
 }
 
+/* Scores of keys 0..n-1 (rows of hd floats, hd a multiple of 16) against q:
+   lane_tree(lane_products(q, key, hd)) * scale each, into out[0..n-1]. With AVX-512, 16 keys
+   at a time: each key's 16 lane products as before, then lane_tree's additions for the 16
+   keys together by shuffles, in the same pairs (lane l + 8 into l, then + 4, + 2, + 1; a
+   float addition's operands commute, so only the pairs matter): the same bits as one key at
+   a time (tested, attention_scores_both), 45 vector operations instead of ~150 for a tree. */
+#if defined(__AVX512F__)
+static inline __attribute__((always_inline)) void scores16(const float *q, const float *keys, int64_t j0, int64_t j1,
+                                                           int64_t hd, float scale, float *out) {
+    const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    const __m512 sc = _mm512_set1_ps(scale);
+    for (int64_t j = j0; j + 16 <= j1; j += 16) {
+        __m512 p[16], a[8], b[4], c[2];
+        for (int t = 0; t < 16; t++) {
+            __m512 acc = _mm512_setzero_ps();
+            for (int64_t i = 0; i < hd; i += 16)
+                acc = _mm512_add_ps(acc, _mm512_mul_ps(_mm512_loadu_ps(q + i), _mm512_loadu_ps(keys + (j + t) * hd + i)));
+            p[t] = acc;
+        }
+        for (int t = 0; t < 8; t++) /* lanes 0-7 + 8-15: key 2t in quarters 0-1, key 2t+1 in 2-3 */
+            a[t] = _mm512_add_ps(_mm512_shuffle_f32x4(p[2 * t], p[2 * t + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+                                 _mm512_shuffle_f32x4(p[2 * t], p[2 * t + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+        for (int t = 0; t < 4; t++) /* + 4: quarter u holds key 4t + u's four lanes */
+            b[t] = _mm512_add_ps(_mm512_shuffle_f32x4(a[2 * t], a[2 * t + 1], _MM_SHUFFLE(2, 0, 2, 0)),
+                                 _mm512_shuffle_f32x4(a[2 * t], a[2 * t + 1], _MM_SHUFFLE(3, 1, 3, 1)));
+        for (int t = 0; t < 2; t++) /* + 2: quarter u holds (a, b) of keys 8t + u and 8t + 4 + u */
+            c[t] = _mm512_add_ps(_mm512_shuffle_ps(b[2 * t], b[2 * t + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+                                 _mm512_shuffle_ps(b[2 * t], b[2 * t + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+        /* + 1: quarter u holds the sums of keys u, 4 + u, 8 + u, 12 + u */
+        const __m512 s = _mm512_add_ps(_mm512_shuffle_ps(c[0], c[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                                       _mm512_shuffle_ps(c[0], c[1], _MM_SHUFFLE(3, 1, 3, 1)));
+        _mm512_storeu_ps(out + j, _mm512_permutexvar_ps(order, _mm512_mul_ps(s, sc)));
+    }
+}
+#endif
+
+static void key_scores(const float *q, const float *keys, int64_t n, int64_t hd, float scale, float *out) {
+    int64_t j = 0;
+#if defined(__AVX512F__)
+    j = n / 16 * 16;
+    scores16(q, keys, 0, j, hd, scale, out);
+#endif
+    for (; j < n; j++) out[j] = lane_tree(lane_products(q, keys + j * hd, hd)) * scale;
+}
+
 static void attend_row(const float *q, const float *keys, const float *values, int64_t p, int64_t H,
                        int64_t hd, int64_t L, float scale, float *scores, float *totals, float *out) {
     const int64_t n = p + 1;
     const int fast = hd % VW == 0 && hd / VW <= GROUP_VECS;
-    if (fast)
-        for (int64_t j = 0; j < n; j++)
+    if (fast) {
+        int64_t j = 0;
+#if defined(__AVX512F__)
+        for (; j + 16 <= n; j += 16) /* a block of keys of every head: H streams through the cache */
+            for (int64_t h = 0; h < H; h++)
+                scores16(q + h * hd, keys + h * L * hd, j, j + 16, hd, scale, scores + h * L);
+#endif
+        for (; j < n; j++)
             for (int64_t h = 0; h < H; h++)
                 scores[h * L + j] = lane_tree(lane_products(q + h * hd, keys + (h * L + j) * hd, hd)) * scale;
+    }
     else
         for (int64_t j = 0; j < n; j++)
             for (int64_t h = 0; h < H; h++)
@@ -258,6 +313,15 @@ int decode_draw_steps(const int64_t *params, int64_t n_layers, int64_t wfmt, int
     }
     free(pos);
     return 0;
+}
+
+/* For the tests: the scores of n keys (rows of hd floats, hd a multiple of 16) against q by
+   key_scores into vec, and one key at a time by lane_tree's definition into scalar: the two
+   must agree bit for bit. */
+void attention_scores_both(const float *q, const float *keys, int64_t n, int64_t hd, float scale, float *vec,
+                           float *scalar) {
+    key_scores(q, keys, n, hd, scale, vec);
+    for (int64_t j = 0; j < n; j++) scalar[j] = lane_tree(lane_products(q, keys + j * hd, hd)) * scale;
 }
 
 /* For the tests: e^x of n floats by the 16-lane path as the step takes it (whole blocks of

@@ -93,6 +93,8 @@ def library() -> Optional[ctypes.CDLL]:
             lib.decode_draw_steps.restype = ctypes.c_int
             lib.exp_both.argtypes = [p, n, p, p]
             lib.exp_both.restype = None
+            lib.attention_scores_both.argtypes = [p, p, n, n, ctypes.c_float, p, p]
+            lib.attention_scores_both.restype = None
             lib.draw_rows.argtypes = [p, n, n, n, n, p, p, n, n, p, p, p, p]
             lib.draw_rows.restype = ctypes.c_int
             lib.softmax_rows.argtypes = [p, n, n, p, n, n, p, p]
