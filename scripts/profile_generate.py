@@ -10,7 +10,8 @@ warm-up, and the split is printed as seconds, share and microseconds per root:
   Python's);
 - manager, Python: ``ARStream.generate`` minus the C calls and window slides (argument
   conversion, the buffers' updates, the loop);
-- manager, window slides and the prompt's prefill (the eager batched forward);
+- manager, window slides and the prompt's prefill (``CpuStep.prefill``: the compiled step's
+  operations over the positions in one C call; the eager batched forward with the eager step);
 - render: ``decoder.render`` (the flood over each block's roots, its text);
 - text limit: stop strings and ``max_chars`` over each block's text;
 - the rest: ``TextPipeline.run`` minus all of the above (per-block Python, the generator).

@@ -215,3 +215,45 @@ def test_the_attention_scores_16_keys_at_a_time_are_one_at_a_time_bit_for_bit(hd
                                                  scalar.data_ptr())
         assert torch.equal(vec.view(torch.int32), scalar.view(torch.int32)), n
         torch.testing.assert_close(scalar.double(), (keys.double() @ q.double()) * 0.125, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("weights", ["int8", "bf16", "w8a8", "fp32"])
+@torch.no_grad()
+def test_a_prefill_is_its_steps_one_position_at_a_time_bit_for_bit(weights):
+    """``CpuStep.prefill`` (a prompt, a window slide) writes the cache bits that T single steps
+    at positions 0..T-1 write, in any cache row, and the eager prefill's within the tolerance."""
+    m = model(context=32)
+    S, T = 4, 21
+    m.setup_cache(S)
+    k, v = caches(m)
+    step = cpu_step.CpuStep(m, k, v, weights=weights)
+    tokens = torch.randint(0, 512, (T,), generator=torch.Generator().manual_seed(7))
+    for c in (*k, *v):
+        c.zero_()
+    hidden = step.prefill(tokens, row=2)
+    prefilled = [c[2].clone() for c in (*k, *v)]
+    assert all(c[[0, 1, 3]].abs().sum() == 0 for c in (*k, *v))  # no other row written
+    for c in (*k, *v):
+        c.zero_()
+    one_by_one = torch.cat([step.hidden(tokens[t:t + 1], torch.tensor([t]), row0=2) for t in range(T)])
+    assert torch.equal(hidden, one_by_one)
+    for a, c in zip(prefilled, (*k, *v)):
+        assert torch.equal(a, c[2])
+    if weights == "fp32":  # the eager prefill of the same tokens
+        for c in (*k, *v):
+            c.zero_()
+        eager = m.hidden_cached(tokens[None].expand(S, T), torch.arange(T))[2]
+        torch.testing.assert_close(hidden, eager, atol=TOL, rtol=TOL)
+        for a, c in zip(prefilled, (*k, *v)):
+            torch.testing.assert_close(a, c[2], atol=TOL, rtol=TOL)
+
+
+def test_a_prefill_refuses_what_it_cannot_take():
+    m = model(context=32)
+    m.setup_cache(2)
+    step = cpu_step.CpuStep(m, *caches(m))
+    with pytest.raises(ValueError, match="pass the context"):
+        step.prefill(torch.zeros(33, dtype=torch.long))
+    with pytest.raises(ValueError, match="cache row 2 outside"):
+        step.prefill(torch.zeros(3, dtype=torch.long), row=2)
+    assert step.prefill(torch.zeros(0, dtype=torch.long)).shape == (0, 64)

@@ -117,9 +117,9 @@ def model(seed=0, width=128, heads=4):
 
 @torch.no_grad()
 def test_a_w8a8_stream_prefills_in_w8a8_and_steps_near_the_eager_model_of_the_format(monkeypatch):
-    """A w8a8 stream's prompt prefill is the eager model of the format's, bit for bit (both
-    eager), not the float32 one; its first 48 tokens are the eager stream's (the steps'
-    hidden states: the next test)."""
+    """A w8a8 stream's prompt prefill (the compiled step's operations, position by position)
+    is the eager model of the format's within float32's last bits, not the float32 one; its
+    first 48 tokens are the eager stream's (the steps' hidden states: the next test)."""
     monkeypatch.setenv("FRACTAL_FLOOD_CPU_WEIGHTS", "w8a8")
     m = model()
     ref = weight_formats.dequantized_model(m, "w8a8")
@@ -133,12 +133,13 @@ def test_a_w8a8_stream_prefills_in_w8a8_and_steps_near_the_eager_model_of_the_fo
     assert theirs._native is None
     theirs.start(prompt)
     for a, b in zip(m.kv_caches, ref.kv_caches):
-        assert torch.equal(a.k, b.k) and torch.equal(a.v, b.v)
+        torch.testing.assert_close(a.k, b.k, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(a.v, b.v, atol=1e-5, rtol=1e-5)
     # and not the float32 prefill
     m32 = model()
     monkeypatch.setenv("FRACTAL_FLOOD_CPU_STEP", "eager")
     ARStream(m32, 1, SamplingConfig(0.8), "cpu", seed=4).start(prompt)
-    assert not torch.equal(m32.kv_caches[0].k, m.kv_caches[0].k)
+    assert (m32.kv_caches[0].k - m.kv_caches[0].k).abs().max() > 1e-3
     assert torch.equal(ours.generate(48), theirs.generate(48))
 
 

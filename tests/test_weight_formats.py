@@ -62,8 +62,8 @@ def test_int8_scales_and_rounding():
 @torch.no_grad()
 def test_the_step_is_the_float32_step_over_the_dequantised_model(fmt, classes):
     """Hidden states, cache and drawn ids, 24 steps of 3 rows at their own positions and
-    temperatures, from empty caches: bit for bit. (A prompt's prefill is the eager step over
-    the float32 weights, whatever the format: only the decode steps read the stored one.)"""
+    temperatures, from empty caches: bit for bit. (A prompt's prefill is these steps'
+    operations over its positions, ``CpuStep.prefill``: tests/test_cpu_step.py.)"""
     m = model(classes)
     deq = weight_formats.dequantized_model(m, fmt)
     for x in (m, deq):

@@ -211,10 +211,14 @@ static void attend_row(const float *q, const float *keys, const float *values, i
     }
 }
 
-/* tok, pos (M,): each row's pending token and its position; cache rows row0 .. row0+M-1.
-   out (M, C): final hidden states. Returns 0, or -1 when out of memory. */
-int decode_step(const int64_t *params, int64_t n_layers, int64_t wfmt, const int64_t *tok, const int64_t *pos,
-                int64_t M, int64_t row0, int64_t C, int64_t n_heads, int64_t L, float eps, float *out) {
+/* tok, pos (M,): each row's token and its position; row m's cache row is row0 + m * row_step.
+   out (M, C): final hidden states. Rows are taken in order, each writing its key and value
+   before it attends: with row_step 0 and positions 0..M-1 the rows are one cache row's
+   prompt, each attending to those before it (a prefill). Returns 0, or -1 when out of
+   memory. */
+static int layers(const int64_t *params, int64_t n_layers, int64_t wfmt, const int64_t *tok, const int64_t *pos,
+                  int64_t M, int64_t row0, int64_t row_step, int64_t C, int64_t n_heads, int64_t L, float eps,
+                  float *out) {
     const float *wte = (const float *)params[0], *wpe = (const float *)params[1];
     const int64_t hd = C / n_heads, F = 4 * C;
     float *buf = malloc(sizeof(float) * (size_t)(M * (C + C + 3 * C + C + F + C) + n_heads * (L + 1) + C));
@@ -244,7 +248,7 @@ int decode_step(const int64_t *params, int64_t n_layers, int64_t wfmt, const int
         for (int64_t m = 0; m < M; m++) layer_norm(x + m * C, ln1w, ln1b, xn + m * C, C, eps, tmp);
         if ((failed = linear(wfmt, xn, attn_wt, attn_s, attn_w, attn_b, qkv, M, C, 3 * C)) != 0) break;
         for (int64_t m = 0; m < M; m++) {
-            const int64_t r = row0 + m, at = pos[m];
+            const int64_t r = row0 + m * row_step, at = pos[m];
             float *keys = kcache + r * n_heads * L * hd, *values = vcache + r * n_heads * L * hd;
             for (int64_t hh = 0; hh < n_heads; hh++) {
                 memcpy(keys + (hh * L + at) * hd, qkv + m * 3 * C + C + hh * hd, sizeof(float) * hd);
@@ -269,6 +273,28 @@ int decode_step(const int64_t *params, int64_t n_layers, int64_t wfmt, const int
     for (int64_t m = 0; m < M; m++) layer_norm(x + m * C, lnfw, lnfb, out + m * C, C, eps, tmp);
     free(buf);
     return 0;
+}
+
+/* tok, pos (M,): each row's pending token and its position; cache rows row0 .. row0+M-1.
+   out (M, C): final hidden states. Returns 0, or -1 when out of memory. */
+int decode_step(const int64_t *params, int64_t n_layers, int64_t wfmt, const int64_t *tok, const int64_t *pos,
+                int64_t M, int64_t row0, int64_t C, int64_t n_heads, int64_t L, float eps, float *out) {
+    return layers(params, n_layers, wfmt, tok, pos, M, row0, 1, C, n_heads, L, eps, out);
+}
+
+/* A prefill: tokens tok (T,) at positions 0..T-1 into cache row `row` (T <= L), each
+   attending to those before it; out (T, C) their final hidden states. The step's operations
+   position by position (a row of the batch each), so a prompt prefilled here in a stream's
+   row and in a slot's row writes the same cache bits. Returns 0, or -1 when out of memory. */
+int decode_prefill(const int64_t *params, int64_t n_layers, int64_t wfmt, const int64_t *tok, int64_t T,
+                   int64_t row, int64_t C, int64_t n_heads, int64_t L, float eps, float *out) {
+    if (T > L) return -2;
+    int64_t *pos = malloc(sizeof(int64_t) * (size_t)(T > 0 ? T : 1));
+    if (!pos) return -1;
+    for (int64_t t = 0; t < T; t++) pos[t] = t;
+    const int failed = layers(params, n_layers, wfmt, tok, pos, T, row, 0, C, n_heads, L, eps, out);
+    free(pos);
+    return failed;
 }
 
 /* decode_step, then each row's next token into ids (M,) (it may be tok itself: the step has

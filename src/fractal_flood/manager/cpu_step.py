@@ -5,7 +5,7 @@ operators a step, each paying its dispatch; at batch 1 on a CPU that, not the ar
 is most of the step. ``CpuStep.hidden`` runs the whole body (embeddings, every layer, the
 final layer norm) as one call into ``cpu_step.c``, built on first use (``native.build``),
 writing each row's key and value into the same cache tensors the eager path uses, so the
-two can take turns (a window slide's prefill stays eager). ``CpuStep.step`` runs the body,
+two can take turns. ``CpuStep.step`` runs the body,
 then the output layer and each row's draw (``cpu_draw.c``: the class-factored head or one
 softmax, the counter-based uniform, the inversion; temperature > 0 and greedy rows), in the
 same call: one call a step. Rows that ask for top-k or top-p keep the Python draw
@@ -48,8 +48,12 @@ float32 (2026-12-07), but not the default: its products quantise their inputs, s
 step's layer norm, attention or GELU differ from PyTorch's in the last bits (above) an
 activation can round to the neighbouring integer, and its streams part from the eager model
 of the format's at such a near-tie after tens to hundreds of steps (int8's, tested, do not
-over 512). Its rows stay batch-invariant (integer sums are exact), and its streams' prefills
-take w8a8 products too (``prefill_products``).
+over 512). Its rows stay batch-invariant (integer sums are exact).
+
+Prefills (a prompt, a window slide) run in the same C code (``CpuStep.prefill``): the
+prompt's positions as rows of one call, each writing its key and value before it attends,
+so a prefill writes the bits of its steps one position at a time, in a stream's row and in a
+slot's row alike (tested), in the stream's weight format.
 """
 
 from __future__ import annotations
@@ -57,7 +61,6 @@ from __future__ import annotations
 import ctypes
 import os
 import platform
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -86,6 +89,8 @@ def library() -> Optional[ctypes.CDLL]:
             p, n = ctypes.c_void_p, ctypes.c_int64
             lib.decode_step.argtypes = [p, n, n, p, p, n, n, n, n, n, ctypes.c_float, p]
             lib.decode_step.restype = ctypes.c_int
+            lib.decode_prefill.argtypes = [p, n, n, p, n, n, n, n, n, ctypes.c_float, p]
+            lib.decode_prefill.restype = ctypes.c_int
             lib.decode_and_draw.argtypes = [p, n, n, p, p, n, n, n, n, n, ctypes.c_float, p, p, p, p, p, p]
             lib.decode_and_draw.restype = ctypes.c_int
             lib.decode_draw_steps.argtypes = [p, n, n, p, n, n, n, n, n, n, ctypes.c_float, p, p, p, p, p,
@@ -141,16 +146,6 @@ def weights_format() -> str:
     return asked
 
 
-@contextmanager
-def prefill_products(native: Optional["CpuStep"]):
-    """The products a stream's or slot cache's eager prefills (a prompt, a window slide)
-    compute in, to go with its compiled step ``native`` (None: the eager step):
-    ``weight_formats.decode_products`` of its format, so a w8a8 stream's every product is
-    w8a8 (the other formats' prefills stay float32, the row-invariant kernel's)."""
-    with weight_formats.decode_products(native.weights if native is not None else "fp32"):
-        yield
-
-
 def wanted() -> bool:
     """Whether the compiled step is asked for (``native`` or ``body``)."""
     return mode() != "eager"
@@ -160,6 +155,7 @@ def usable(model: CausalLM, device: torch.device, dtype: Optional[torch.dtype]) 
     """The compiled step runs this model here: a CPU, float32 weights and cache, asked for,
     and a C compiler built it."""
     dtype = dtype or model.wte.weight.dtype
+    rowwise_linear.mode()  # an unknown FRACTAL_FLOOD_ROWWISE is one clear error whichever path runs
     return (torch.device(device).type == "cpu" and not model.training and dtype == torch.float32
             and model.wte.weight.dtype == torch.float32 and model.wte.weight.device.type == "cpu"
             and wanted() and library() is not None)
@@ -244,6 +240,25 @@ class CpuStep:
         if self.lib.decode_step(ctypes.addressof(self._params), len(self.k), self._wfmt, tok.data_ptr(), pos.data_ptr(),
                                 M, row0, self.C, self.heads, self.L, self.eps, out.data_ptr()):
             raise MemoryError("the compiled decode step could not allocate its buffers")
+        return out
+
+    def prefill(self, tokens: torch.Tensor, row: int = 0) -> torch.Tensor:
+        """Write ``tokens`` (T,) at positions 0 .. T-1 into cache row ``row``, each position
+        attending to those before it, in one call: the step's operations position by position
+        (so a prompt or a window slide prefilled in a stream's row and in a slot's row writes
+        the same cache bits). Returns the (T, C) final hidden states."""
+        if [p._version for p in self._weights] != self._versions:
+            self._pack()
+        tokens = tokens.to(torch.int64).contiguous().view(-1)
+        T = tokens.numel()
+        if T > self.L:
+            raise ValueError(f"{T} tokens pass the context ({self.L})")
+        if not 0 <= row < self.k[0].size(0):
+            raise ValueError(f"cache row {row} outside 0 .. {self.k[0].size(0) - 1}")
+        out = torch.empty(T, self.C, dtype=torch.float32)
+        if T and self.lib.decode_prefill(ctypes.addressof(self._params), len(self.k), self._wfmt, tokens.data_ptr(),
+                                         T, row, self.C, self.heads, self.L, self.eps, out.data_ptr()):
+            raise MemoryError("the compiled prefill could not allocate its buffers")
         return out
 
     def step(self, tok: torch.Tensor, pos: torch.Tensor, seeds: torch.Tensor, steps: torch.Tensor,

@@ -234,8 +234,10 @@ class SlotManager:
         if T == 0:
             return
         self.window[r, :T] = tokens
-        pos = torch.arange(T, device=self.device)
-        with cpu_step.prefill_products(self._native):
+        if self._native is not None:  # the compiled step's operations: a stream's row's bits
+            self._native.prefill(tokens, r)
+        else:
+            pos = torch.arange(T, device=self.device)
             self._forward(tokens[None], pos[None], 1, row=r, last=T - 1)
         self.prefills += 1
 

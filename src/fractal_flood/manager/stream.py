@@ -187,7 +187,10 @@ class ARStream:
         if T == 0:
             return
         self._window[:, :T] = tokens
-        with cpu_step.prefill_products(self._native):
+        if self._native is not None:  # the compiled step's operations, position by position, a row a call
+            for b in range(self.batch_size):
+                self._native.prefill(tokens[b], b)
+        else:
             self.model.hidden_cached(tokens, torch.arange(T, device=self.device))
         self.prefills += 1
 

@@ -65,9 +65,8 @@ def layer_norm(m: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
 def linear(m: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     """``m(x)`` without ``nn.Module.__call__`` (see ``layer_norm``), each row computed alone
     on a CPU (``rowwise_linear``): a decode step's rows do not depend on the batch. A
-    ``W8A8Linear`` (the w8a8 format's eager model), or any layer within
-    ``weight_formats.decode_products("w8a8")``, computes the w8a8 product."""
-    if isinstance(m, W8A8Linear) or weight_formats.products() == "w8a8":
+    ``W8A8Linear`` (the w8a8 format's eager model) computes the w8a8 product."""
+    if isinstance(m, W8A8Linear):
         return weight_formats.w8a8_product(m, x)
     return rowwise_linear.linear(x, m.weight, m.bias)
 

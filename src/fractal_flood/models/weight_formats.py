@@ -26,9 +26,7 @@ format's products bit for bit, by tensor ops).
 
 from __future__ import annotations
 
-import contextvars
 import copy
-from contextlib import contextmanager
 from typing import Optional
 
 import torch
@@ -117,27 +115,6 @@ def w8a8_product(lin: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     lead, K = x.shape[:-1], x.size(-1)
     y = w8a8_linear.linear(x.reshape(-1, K), packed, sc, w.size(0), lin.bias)
     return y.view(*lead, -1)
-
-
-_products: contextvars.ContextVar = contextvars.ContextVar("decode_products", default="fp32")
-
-
-@contextmanager
-def decode_products(fmt: str):
-    """Within: the eager decode paths (``layers.linear``: a prompt's prefill, a window
-    slide's re-encoding) compute the layers' products in ``fmt`` where it is w8a8 (the
-    compiled step's streams and slot caches set it for their prefills, so that every
-    product of a w8a8 stream is w8a8). Other formats leave them float32."""
-    token = _products.set(check(fmt))
-    try:
-        yield
-    finally:
-        _products.reset(token)
-
-
-def products() -> str:
-    """The format ``decode_products`` set here (default fp32)."""
-    return _products.get()
 
 
 class W8A8Linear(nn.Linear):
