@@ -26,6 +26,12 @@ server's torch threads) writes, in one ``generate_batch`` per window, for as man
 the top level's clients (the requests' own prompts, left-padded with newline chunks), as
 many chunks each as the server wrote per request at that level, at the same temperature;
 its tokens/s (median of 3 runs after a warm-up) and the served level's over it are printed.
+The engines are loaded while the server idles, and with ``--rounds N`` the top level served
+and each compute type then take turns N times, their order rotated round by round, each
+round's ratios and their medians printed (the shared CPU's speed drifts between runs: only
+ratios measured side by side compare).
+
+    PYTHONPATH=src python scripts/load_test.py --levels 1,32 --engines --rounds 5
 """
 
 from __future__ import annotations
@@ -163,40 +169,87 @@ def run_level(base: str, reqs: list[dict], concurrency: int, time_limit: float) 
             "texts": {i: v[1] for i, v in results.items()}}
 
 
-def engine_rows(args, top: dict) -> list[str]:
-    """CTranslate2's generate_batch of the AR peer at the top level's clients: printed lines."""
-    import torch
+class Engines:
+    """CTranslate2's ``generate_batch`` of the model's AR peer (float32 and int8, at the
+    server's torch threads) for the top level: as many prompts as its clients (the requests'
+    own prompts, left-padded with newline chunks), as many chunks each as the server wrote per
+    request there, at the same temperature."""
 
-    from fractal_flood.cli.serve import default_threads
-    from fractal_flood.measure import ct2_peer
-    from fractal_flood.models import checkpoint as ckpt
-    from fractal_flood.sampling.tokens import SamplingConfig
+    def __init__(self, args, clients: int, chunks_each: int, tmp: str):
+        import torch
 
-    m = ckpt.load_model_dir(args.model, torch.device("cpu"), torch.float32, optional=("peer",))
-    if m.peer is None:
-        return ["CTranslate2: the model directory has no AR peer"]
-    threads = args.server_threads or default_threads(torch.device("cpu"))
-    B = top["concurrency"]
-    n = max(1, round(top["chunks"] / top["requests"]))
-    newline = m.tokenizer.encode_chunks("\n")[-1]
-    prompts = ct2_peer.pad_prompts([m.tokenizer.encode_chunks(b["prompt"] or "\n") for b in bodies(B, 1)], newline)
-    sampling = SamplingConfig(temperature=0.8)
-    lines = []
-    with tempfile.TemporaryDirectory(prefix="fractal-flood-ct2-") as tmp:
+        from fractal_flood.cli.serve import default_threads
+        from fractal_flood.measure import ct2_peer
+        from fractal_flood.models import checkpoint as ckpt
+        from fractal_flood.sampling.tokens import SamplingConfig
+
+        m = ckpt.load_model_dir(args.model, torch.device("cpu"), torch.float32, optional=("peer",))
+        self.missing = m.peer is None
+        if self.missing:
+            return
+        self.threads = args.server_threads or default_threads(torch.device("cpu"))
+        self.B, self.n = clients, max(1, chunks_each)
+        newline = m.tokenizer.encode_chunks("\n")[-1]
+        self.prompts = ct2_peer.pad_prompts([m.tokenizer.encode_chunks(b["prompt"] or "\n")
+                                             for b in bodies(clients, 1)], newline)
+        self.sampling = SamplingConfig(temperature=0.8)
         path = ct2_peer.convert(m.peer, f"{tmp}/peer")
-        for ct in ct2_peer.COMPUTE_TYPES:
-            engine = ct2_peer.CT2Peer(path, m.peer.config.context, ct, threads)
-            engine.generate(prompts, n, sampling)  # warm-up
-            times = []
-            for _ in range(3):
-                t0 = time.perf_counter()
-                engine.generate(prompts, n, sampling)
-                times.append(time.perf_counter() - t0)
-            tps = B * n / statistics.median(times)
-            lines.append(f"CTranslate2 {ct} generate_batch of the AR peer, {B} prompts x {n} chunks, {threads} "
-                         f"thread(s): {tps:,.0f} tokens/s (median of 3: {', '.join(f'{t:.3f}' for t in times)} s); "
-                         f"served at {B} clients / it: {top['tokens_per_s'] / tps:.2f}x")
-    return lines
+        self.engines = {ct: ct2_peer.CT2Peer(path, m.peer.config.context, ct, self.threads)
+                        for ct in ct2_peer.COMPUTE_TYPES}
+        for engine in self.engines.values():
+            engine.generate(self.prompts, self.n, self.sampling)  # warm-up
+
+    def tokens_per_s(self, ct: str) -> tuple[float, list]:
+        """(tokens/s of the median of 3 runs, the runs' seconds)."""
+        times = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            self.engines[ct].generate(self.prompts, self.n, self.sampling)
+            times.append(time.perf_counter() - t0)
+        return self.B * self.n / statistics.median(times), times
+
+    def lines(self, served_tps: float) -> list[str]:
+        """One line per compute type: its tokens/s and the served level's over it."""
+        if self.missing:
+            return ["CTranslate2: the model directory has no AR peer"]
+        out = []
+        for ct in self.engines:
+            tps, times = self.tokens_per_s(ct)
+            out.append(f"CTranslate2 {ct} generate_batch of the AR peer, {self.B} prompts x {self.n} chunks, "
+                       f"{self.threads} thread(s): {tps:,.0f} tokens/s (median of 3: "
+                       f"{', '.join(f'{t:.3f}' for t in times)} s); served at {self.B} clients / it: "
+                       f"{served_tps / tps:.2f}x")
+        return out
+
+
+def alternated_rounds(base: str, reqs: list[dict], solo: dict, args, engines: Engines, clients: int) -> list[str]:
+    """``args.rounds`` rounds of the top level served and each CTranslate2 compute type, their
+    order rotated round by round (on a shared CPU the machine's speed drifts between runs, so
+    only ratios measured next to each other compare): per round the ratios, then their
+    medians. Every served text is compared with its solo run again."""
+    names = ["served", *engines.engines]
+    ratios: dict = {ct: [] for ct in engines.engines}
+    out, unequal = [], 0
+    for r in range(args.rounds):
+        order = names[r % len(names):] + names[:r % len(names)]
+        got = {}
+        for name in order:
+            if name == "served":
+                row = run_level(base, reqs, clients, args.time_limit)
+                unequal += sum(row["texts"][i] != solo[i] for i in row["texts"] if i in solo)
+                got[name] = row["tokens_per_s"]
+            else:
+                got[name] = engines.tokens_per_s(name)[0]
+        for ct in engines.engines:
+            ratios[ct].append(got["served"] / got[ct])
+        out.append(f"round {r + 1} ({' '.join(order)}): served {got['served']:,.0f} tokens/s, "
+                   + ", ".join(f"ct2-{ct} {got[ct]:,.0f} ({got['served'] / got[ct]:.2f}x)" for ct in engines.engines))
+    for ct, v in ratios.items():
+        q = statistics.quantiles(v, n=4) if len(v) > 1 else [v[0], v[0], v[0]]
+        out.append(f"served at {clients} clients / CTranslate2 {ct} generate_batch ({engines.threads} thread(s)): "
+                   f"median {statistics.median(v):.2f}x (quartiles {q[0]:.2f} - {q[2]:.2f}, {len(v)} rounds)")
+    out.append(f"texts unequal to their solo run in these rounds: {unequal}")
+    return out
 
 
 def main() -> int:
@@ -217,6 +270,9 @@ def main() -> int:
     p.add_argument("--engines", action="store_true",
                    help="then CTranslate2's generate_batch of the AR peer at the top level's clients "
                         "(pip install 'fractal-flood[engines]')")
+    p.add_argument("--rounds", type=int, default=0,
+                   help="with --engines: then this many alternated rounds of the top level served and "
+                        "CTranslate2 (the server kept up), their ratios' medians")
     args = p.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
     if levels[0] != 1:
@@ -230,7 +286,11 @@ def main() -> int:
             sys.exit(f"load_test: {e}")
         if args.device != "cpu":
             sys.exit("load_test: --engines compares on the CPU only (--device cpu)")
+    if args.rounds and not args.engines:
+        sys.exit("load_test: --rounds alternates the served level with CTranslate2: add --engines")
     proc, base = start_server(args)
+    tmp = tempfile.TemporaryDirectory(prefix="fractal-flood-ct2-")
+    engines, alternated = None, []
     try:
         reqs = bodies(args.requests, args.max_tokens)
         run_level(base, reqs[:2], 2, args.time_limit)  # warm-up, not timed
@@ -245,6 +305,11 @@ def main() -> int:
             row["equal_to_solo"] = sum(texts[i] == solo[i] for i in compared)
             rows.append(row)
             print(f"  concurrency {c}: {row['requests']} requests in {row['seconds']:.1f} s", file=sys.stderr)
+        if args.engines:  # the server idles meanwhile (its engine thread waits for requests)
+            top = rows[-1]
+            engines = Engines(args, top["concurrency"], round(top["chunks"] / top["requests"]), tmp.name)
+            if args.rounds and not engines.missing:
+                alternated = alternated_rounds(base, reqs, solo, args, engines, top["concurrency"])
     finally:
         proc.terminate()
         proc.wait(30)
@@ -269,12 +334,15 @@ def main() -> int:
     top = rows[-1]
     print(f"{top['concurrency']} clients vs 1: {top['tokens_per_s'] / rows[0]['tokens_per_s']:.2f}x tokens/s")
     if args.engines:
-        for line in engine_rows(args, top):
+        for line in engines.lines(top["tokens_per_s"]) + alternated:
             print(line)
+    tmp.cleanup()
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"date": date, "args": vars(args), "rows": rows}, f, indent=1)
-    return 0 if all(r["equal_to_solo"] == r["compared"] for r in rows) else 1
+    ok = all(r["equal_to_solo"] == r["compared"] for r in rows) and not any(
+        line.startswith("texts unequal") and not line.endswith(": 0") for line in alternated)
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":
