@@ -273,11 +273,6 @@ void rowwise_linear_scalar(const float *x, const float *wt, const float *b, floa
 
 void rowwise_gathered(const float *x, const float *wt_blocks, const int64_t *index, float *y,
                       int64_t M, int64_t K, int64_t N) {
-    for (int64_t m = 0; m < M; m++) {
-        const float *wt = wt_blocks + index[m] * K * N;
-        for (int64_t n0 = 0; n0 < N; n0 += NB) {
-            const int64_t cols = N - n0 < NB ? N - n0 : NB;
-            fp32_part(x + m * K, wt + n0, 0, 0, y + m * N + n0, K, N, K, 1, cols);
-        }
-    }
+    for (int64_t m = 0; m < M; m++) /* each row a one-row product over its own block */
+        fp32_product(x + m * K, wt_blocks + index[m] * K * N, 0, 0, y + m * N, 1, K, N);
 }
