@@ -257,3 +257,48 @@ def test_a_prefill_refuses_what_it_cannot_take():
     with pytest.raises(ValueError, match="cache row 2 outside"):
         step.prefill(torch.zeros(3, dtype=torch.long), row=2)
     assert step.prefill(torch.zeros(0, dtype=torch.long)).shape == (0, 64)
+
+
+@torch.no_grad()
+def test_a_slot_step_is_the_step_and_its_bookkeeping_bit_for_bit():
+    """``CpuStep.slot_step`` (the slot cache's step with its window, pending token, position and
+    step counter updated in the same call) against ``step`` and those updates as tensor ops,
+    rows at their own positions and temperatures; a position outside the window or the
+    context is a ValueError with nothing written."""
+    m = model(context=32)
+    S = 5
+    m.setup_cache(S)
+    g = torch.Generator().manual_seed(11)
+    m.hidden_cached(torch.randint(0, 512, (S, 20), generator=g), torch.arange(20))
+    k, v = caches(m)
+    step = cpu_step.CpuStep(m, k, v)
+    tok = torch.randint(0, 512, (S,), generator=g)
+    pos = torch.tensor([20, 3, 17, 9, 20])
+    seeds, steps = torch.arange(S) + 40, torch.tensor([0, 5, 2, 9, 1])
+    temp = torch.tensor([0.0, 0.8, 1.3, 0.8, 0.5])
+    window = torch.randint(0, 512, (S, 32), generator=g)
+    saved = [c.clone() for c in (*k, *v)]
+    # the reference: step, then the bookkeeping as tensor ops
+    ref_window = window.clone()
+    ref_window[torch.arange(S), pos] = tok
+    ids, ref_hidden = step.step(tok.clone(), pos.clone(), seeds, steps.clone(), temp)
+    ref_cache = [c.clone() for c in (*k, *v)]
+    for c, c0 in zip((*k, *v), saved):
+        c.copy_(c0)
+    out = torch.full((S, 3), -1, dtype=torch.long)
+    t, p, s, w = tok.clone(), pos.clone(), steps.clone(), window.clone()
+    hidden = step.slot_step(t, p, seeds, s, temp, w, out[:, 1])
+    assert torch.equal(hidden, ref_hidden)
+    assert torch.equal(t, ids) and torch.equal(out[:, 1], ids) and (out[:, [0, 2]] == -1).all()
+    assert torch.equal(p, pos + 1) and torch.equal(s, steps + 1) and torch.equal(w, ref_window)
+    for c, r in zip((*k, *v), ref_cache):
+        assert torch.equal(c, r)
+    for bad in (torch.tensor([20, 3, 32, 9, 20]), torch.tensor([20, -1, 17, 9, 20])):
+        t, p, s, w = tok.clone(), bad.clone(), steps.clone(), window.clone()
+        before = [c.clone() for c in (*k, *v)]
+        with pytest.raises(ValueError, match="position outside"):
+            step.slot_step(t, p, seeds, s, temp, w, out[:, 0])
+        assert torch.equal(t, tok) and torch.equal(p, bad) and torch.equal(w, window)
+        assert all(torch.equal(c, b) for c, b in zip((*k, *v), before))
+    with pytest.raises(ValueError, match="window must be"):
+        step.slot_step(tok.clone(), pos.clone(), seeds, steps.clone(), temp, window[:, ::2], out[:, 0])

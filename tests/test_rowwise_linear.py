@@ -139,8 +139,8 @@ ROW_COUNTS = textwrap.dedent("""
         if "me" not in s.owner:
             s.add("me", prompt, SamplingConfig(0.9), seed=3)
         r, seen, inner = s.owner.index("me"), [], s.step_rows
-        def step_rows(A):
-            ids, h = inner(A)
+        def step_rows(A, out):
+            ids, h = inner(A, out)
             seen.append(h[r].clone())
             return ids, h
         s.step_rows = step_rows

@@ -54,8 +54,8 @@ def test_a_rows_logits_are_bitwise_the_same_alone_or_batched(others, shape, thre
     seen = {"alone": [], "together": []}
 
     def recording(name, inner, r):
-        def step_rows(A):
-            ids, hidden = inner(A)
+        def step_rows(A, out):
+            ids, hidden = inner(A, out)
             seen[name].append(hidden[r].clone())
             return ids, hidden
         return step_rows

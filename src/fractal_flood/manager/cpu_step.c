@@ -310,6 +310,30 @@ int decode_and_draw(const int64_t *params, int64_t n_layers, int64_t wfmt, const
                      head[5], seeds, steps, temperature, ids);
 }
 
+/* One step of the slot cache's rows 0..M-1, each at its own position, with its bookkeeping:
+   row m writes its pending token tok[m] into window[m * wstride + pos[m]], steps (its cache
+   row row0 + m at pos[m]), draws the next one into tok[m] and ids[m * istride], and adds 1 to
+   pos[m] and steps[m]. The same operations as decode_and_draw, then the updates the caller
+   made with tensor operations. Returns 0, -2 when a position is outside 0 .. min(L, wcols) - 1
+   (nothing written), or draw_rows's error (-1: out of memory). */
+int decode_draw_slots(const int64_t *params, int64_t n_layers, int64_t wfmt, int64_t *tok, int64_t *pos,
+                      int64_t M, int64_t row0, int64_t C, int64_t n_heads, int64_t L, float eps, float *out,
+                      const int64_t *head, const int64_t *seeds, int64_t *steps, const float *temperature,
+                      int64_t *window, int64_t wstride, int64_t wcols, int64_t *ids, int64_t istride) {
+    for (int64_t m = 0; m < M; m++)
+        if (pos[m] < 0 || pos[m] >= L || pos[m] >= wcols) return -2;
+    for (int64_t m = 0; m < M; m++) window[m * wstride + pos[m]] = tok[m];
+    if (decode_and_draw(params, n_layers, wfmt, tok, pos, M, row0, C, n_heads, L, eps, out, head, seeds, steps,
+                        temperature, tok))
+        return -1;
+    for (int64_t m = 0; m < M; m++) {
+        ids[m * istride] = tok[m];
+        pos[m] += 1;
+        steps[m] += 1;
+    }
+    return 0;
+}
+
 /* n steps of decode_and_draw for M rows that share one position (a stream): step s writes
    each row's pending token tok[m] into window[m * wstride + pos0 + s] (when window is not
    NULL), runs the step at position pos0 + s, writes the drawn token into tok[m] (the next

@@ -96,6 +96,9 @@ def library() -> Optional[ctypes.CDLL]:
             lib.decode_draw_steps.argtypes = [p, n, n, p, n, n, n, n, n, n, ctypes.c_float, p, p, p, p, p,
                                               n, p, n, p, n]
             lib.decode_draw_steps.restype = ctypes.c_int
+            lib.decode_draw_slots.argtypes = [p, n, n, p, p, n, n, n, n, n, ctypes.c_float, p, p, p, p, p,
+                                              p, n, n, p, n]
+            lib.decode_draw_slots.restype = ctypes.c_int
             lib.exp_both.argtypes = [p, n, p, p]
             lib.exp_both.restype = None
             lib.attention_scores_both.argtypes = [p, p, n, n, ctypes.c_float, p, p]
@@ -321,6 +324,40 @@ class CpuStep:
                                       temperature.data_ptr(), n, window.data_ptr() if window is not None else None,
                                       window.stride(0) if window is not None else 0, out.data_ptr(), out.stride(0)):
             raise MemoryError("the compiled decode step could not allocate its buffers")
+
+    def slot_step(self, tok: torch.Tensor, pos: torch.Tensor, seeds: torch.Tensor, steps: torch.Tensor,
+                  temperature: torch.Tensor, window: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """One step of M slot rows (cache rows 0 .. M-1, each at its own position) with the
+        slot cache's bookkeeping in the same call: row m's pending token ``tok[m]`` goes into
+        ``window[m, pos[m]]``, the drawn one into ``tok[m]`` and ``out[m]``, and ``pos[m]`` and
+        ``steps[m]`` grow by 1. In place: ``tok``, ``pos``, ``steps`` (M,) contiguous int64,
+        ``window`` (M, > every position) int64 with unit column stride, ``out`` (M,) int64 (a
+        column of a block's tokens); a position outside the context or the window is a
+        ValueError, nothing written. The tokens of ``step`` and the same updates (tested).
+        Returns the (M, C) hidden states."""
+        M = tok.numel()
+        for t, name in ((tok, "tok"), (pos, "pos"), (steps, "steps")):
+            if t.dtype != torch.int64 or not t.is_contiguous() or t.numel() != M:
+                raise ValueError(f"{name} must be M contiguous int64 entries")
+        if window.dtype != torch.int64 or window.dim() != 2 or window.size(0) != M or window.stride(1) != 1:
+            raise ValueError("window must be (M, n) int64 with unit column stride")
+        if out.dtype != torch.int64 or out.numel() != M:
+            raise ValueError("out must be M int64 entries")
+        if [p._version for p in self._weights] != self._versions:
+            self._pack()
+        seeds = seeds.to(torch.int64).contiguous()
+        temperature = temperature.to(torch.float32).contiguous()
+        hidden = torch.empty(M, self.C, dtype=torch.float32)
+        failed = M and self.lib.decode_draw_slots(
+            ctypes.addressof(self._params), len(self.k), self._wfmt, tok.data_ptr(), pos.data_ptr(), M, 0, self.C,
+            self.heads, self.L, self.eps, hidden.data_ptr(), ctypes.addressof(self._head), seeds.data_ptr(),
+            steps.data_ptr(), temperature.data_ptr(), window.data_ptr(), window.stride(0), window.size(1),
+            out.data_ptr(), out.stride(0) if out.dim() else 1)
+        if failed == -2:
+            raise ValueError(f"a position outside 0 .. {min(self.L, window.size(1)) - 1}")
+        if failed:
+            raise MemoryError("the compiled decode step could not allocate its buffers")
+        return hidden
 
     def draw(self, hidden: torch.Tensor, seeds: torch.Tensor, steps: torch.Tensor,
              temperature: torch.Tensor) -> torch.Tensor:

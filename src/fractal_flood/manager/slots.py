@@ -181,7 +181,7 @@ class SlotManager:
         for i in range(n):
             for r in np.flatnonzero(self.host_pos[:A] == self.context).tolist():
                 self._slide(r)  # this row's pending token has no slot
-            out[:, i] = self._step(A)
+            self.step_rows(A, out[:, i])
             self.host_pos[:A] += 1
             self.steps_run += 1
             self.row_steps += A
@@ -192,32 +192,35 @@ class SlotManager:
     def _update_filters(self) -> None:
         self.rows.filters = bool(self.host_filters[:len(self.owner)].any())
 
-    def _step(self, A: int) -> torch.Tensor:
-        rows = torch.arange(A, device=self.device)
-        pos, tok = self.pos[:A], self.tok[:A]
-        self.window[rows, pos] = tok  # pending token takes its slot
-        nxt, _ = self.step_rows(A)
-        self.tok[:A] = nxt
-        self.pos[:A] += 1
-        self.steps[:A] += 1
-        return nxt
-
-    def step_rows(self, A: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Rows 0..A-1's next tokens (A,) and final hidden states (A, C). On a CPU by default
-        one C call runs the step and every row's draw (``CpuStep.step``); rows that ask for
-        top-k or top-p are drawn again by ``CausalLM.draw`` from their hidden states (only
-        those rows, so no other row's draw depends on them)."""
+    def step_rows(self, A: int, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One step of rows 0..A-1: their next tokens into ``out`` (A,) and their final hidden
+        states (A, C), returned; each row's pending token takes its window slot, the drawn one
+        becomes pending, positions and step counters grow by 1. On a CPU by default one C call
+        does all of it (``CpuStep.slot_step``); where a row asks for top-k or top-p, the C step
+        and draw (``CpuStep.step``), those rows drawn again by ``CausalLM.draw`` from their
+        hidden states (only those rows, so no other row's draw depends on them), the
+        bookkeeping in tensor ops."""
+        if self._native is not None and self._native.draws and not self.rows.filters:
+            hidden = self._native.slot_step(self.tok[:A], self.pos[:A], self.seeds[:A], self.steps[:A],
+                                            self.rows.temperature[:A], self.window[:A], out)
+            return out, hidden
+        self.window[torch.arange(A, device=self.device), self.pos[:A]] = self.tok[:A]  # pending token's slot
         rows = self.rows.rows(slice(0, A))
         if self._native is None or not self._native.draws:
             hidden = self.step_hidden(A)
-            return self.model.draw(hidden, rows, self.seeds[:A], self.steps[:A]), hidden
-        ids, hidden = self._native.step(self.tok[:A], self.pos[:A], self.seeds[:A], self.steps[:A],
-                                        self.rows.temperature[:A])
-        if rows.filters:
-            picked = torch.from_numpy(np.flatnonzero(self.host_filters[:A]))
-            ids[picked] = self.model.draw(hidden[picked], self.rows.rows(picked), self.seeds[picked],
-                                          self.steps[picked])
-        return ids, hidden
+            ids = self.model.draw(hidden, rows, self.seeds[:A], self.steps[:A])
+        else:
+            ids, hidden = self._native.step(self.tok[:A], self.pos[:A], self.seeds[:A], self.steps[:A],
+                                            self.rows.temperature[:A])
+            if rows.filters:
+                picked = torch.from_numpy(np.flatnonzero(self.host_filters[:A]))
+                ids[picked] = self.model.draw(hidden[picked], self.rows.rows(picked), self.seeds[picked],
+                                              self.steps[picked])
+        self.tok[:A] = ids
+        self.pos[:A] += 1
+        self.steps[:A] += 1
+        out.copy_(ids)
+        return out, hidden
 
     def step_hidden(self, A: int) -> torch.Tensor:
         """Final hidden states (A, C) of the pending tokens of rows 0..A-1. (A row's cache
