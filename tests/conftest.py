@@ -59,7 +59,7 @@ from fractal_flood.hierarchy.tokenizer import HierarchicalTokenizer  # noqa: E40
 
 SMALL_CHARS = 60_000
 
-# The compiled CPU step's default weights are int8 (manager/cpu_step.py); the suite holds the
+# The compiled CPU step's default weights are bf16 (manager/cpu_step.py); the suite holds the
 # compiled step to the eager step and the float32 references, which only the float32 step
 # meets to their tolerances, so it runs float32 unless told otherwise. The int8 and bf16
 # steps are held to the float32 step over their dequantised weights, and the default to

@@ -172,7 +172,7 @@ def test_thirty_two_concurrent_clients_on_the_shipped_model_equal_each_alone(tmp
     """The shipped model served as the README serves it (32 slots, both cores): seeds 0-31
     at once, then each request alone on the same server: the same 32 texts. (Before every
     decode-step row was computed alone, this CPU rounded rows differently from 11 rows on,
-    and seeds 2 and 17 drew other texts.) With the compiled step's default weights (int8),
+    and seeds 2 and 17 drew other texts.) With the compiled step's default weights (bf16),
     not the float32 ones the rest of the suite pins (conftest.py)."""
     env = {k: v for k, v in os.environ.items() if k != "FRACTAL_FLOOD_CPU_WEIGHTS"}
     with serve(["--device", "cpu", "--max-batch", "32", "--log-level", "warning"], tmp_path / "serve.log",

@@ -103,8 +103,8 @@ def test_weights_changed_in_place_are_stored_again():
 def test_the_switch(monkeypatch):
     m = model()
     monkeypatch.delenv("FRACTAL_FLOOD_CPU_WEIGHTS", raising=False)  # (the suite runs fp32: conftest.py)
-    assert cpu_step.DEFAULT_WEIGHTS == "int8"
-    assert ARStream(m, 1, SamplingConfig(0.8), "cpu")._native.weights == "int8"
+    assert cpu_step.DEFAULT_WEIGHTS == "bf16"
+    assert ARStream(m, 1, SamplingConfig(0.8), "cpu")._native.weights == "bf16"
     for fmt in weight_formats.FORMATS:
         monkeypatch.setenv("FRACTAL_FLOOD_CPU_WEIGHTS", fmt)
         assert ARStream(m, 1, SamplingConfig(0.8), "cpu")._native.weights == fmt
@@ -116,7 +116,7 @@ def test_the_switch(monkeypatch):
 @pytest.mark.parametrize("fmt", [None, "w8a8"])
 @torch.no_grad()
 def test_under_the_default_a_request_alone_equals_it_among_others(monkeypatch, fmt):
-    """The default (int8) slot cache, and w8a8's: a request's tokens alone equal its tokens
+    """The default (bf16) slot cache, and w8a8's: a request's tokens alone equal its tokens
     among 11 others at other positions and temperatures (one top-k), through window slides,
     and a batch-1 stream's."""
     from fractal_flood.manager.slots import SlotManager
@@ -129,7 +129,7 @@ def test_under_the_default_a_request_alone_equals_it_among_others(monkeypatch, f
     prompt = [5, 9, 2, 7, 7, 1]
     for sampling in (SamplingConfig(0.9), SamplingConfig(0.0)):
         alone = SlotManager(m, 1, "cpu")
-        assert alone._native.weights == (fmt or "int8")
+        assert alone._native.weights == (fmt or cpu_step.DEFAULT_WEIGHTS)
         alone.add("me", prompt, sampling, seed=3)
         together = SlotManager(m, 12, "cpu")
         g = torch.Generator().manual_seed(1)

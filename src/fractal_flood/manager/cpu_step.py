@@ -35,8 +35,9 @@ default, for comparison), ``body`` (the body in C, the draw in Python) or ``eage
 reference: PyTorch layers, the Python draw); without a C compiler it is ``eager``.
 
 ``FRACTAL_FLOOD_CPU_WEIGHTS`` picks how the layers' matrices are stored (``models/weight_formats.py``):
-``int8`` by default (one scale per output channel; the shipped models' held-out bits per
-character within 0.0002 of float32's), ``bf16``, ``fp32`` or ``w8a8``. The step over int8 or
+``bf16`` by default (the upper half of each float32; the shipped models' held-out bits per
+character within 0.0001 of float32's), ``int8`` (one scale per output channel; within
+0.0002), ``fp32`` or ``w8a8``. The step over int8 or
 bf16 matrices is the float32 step over the dequantised matrices, bit for bit, so every
 statement above holds of it against a model holding those; against the float32 model itself
 (the eager step, the references) only ``fp32`` is held to the tolerances above (the test
@@ -135,9 +136,11 @@ def mode() -> str:
 WEIGHT_CODES = {"fp32": 0, "bf16": 1, "int8": 2, "w8a8": 3}  # cpu_step.c's wfmt
 # the fastest format whose held-out bits per character stay within 0.01 of float32's, for
 # the shipped manager and AR peer, among those whose compiled streams keep the eager
-# stream's tokens (docs/log/notebook.md, 2026-12-07: int8 +0.0001 and +0.0002 bits/char,
-# 1.10-1.35x end to end; w8a8, faster, parts from its eager model at near-ties: above)
-DEFAULT_WEIGHTS = "int8"
+# stream's tokens, on the project's CPU (scripts/weight_formats.py, 2-core AMD EPYC,
+# 2026-12-07: bf16 +0.0000 and +0.0001 bits/char, the manager 1.16x and end to end 1.08x
+# float32's, int8 1.03x and 1.05x; on the earlier Xeon int8 led, 1.26x end to end; w8a8,
+# faster, parts from its eager model at near-ties: above)
+DEFAULT_WEIGHTS = "bf16"
 
 
 def weights_format() -> str:
