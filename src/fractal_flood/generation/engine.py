@@ -189,6 +189,8 @@ class Engine:
     def _admit(self, cancel: bool) -> int:
         """Drop cancelled requests (``cancel``: between rounds only) and prefill waiting ones
         into free slots. Returns how many joined."""
+        if not cancel and not self._waiting:  # nothing to take: no lock (the HTTP thread takes it
+            return 0  # to submit; one that arrives now joins at the next join point)
         with self._lock:
             if cancel:
                 for job in [j for j in self._waiting if j.cancelled]:

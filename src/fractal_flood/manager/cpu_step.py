@@ -196,6 +196,7 @@ class CpuStep:
         self.weights = weight_formats.check(weights) if weights is not None else weights_format()
         self._wfmt = WEIGHT_CODES[self.weights]
         self._weights = [p for p in model.parameters()]
+        self._hidden: Optional[torch.Tensor] = None  # slot_step's output buffer
         self._pack()
 
     def _pack(self) -> None:
@@ -335,22 +336,28 @@ class CpuStep:
         ``window[m, pos[m]]``, the drawn one into ``tok[m]`` and ``out[m]``, and ``pos[m]`` and
         ``steps[m]`` grow by 1. In place: ``tok``, ``pos``, ``steps`` (M,) contiguous int64,
         ``window`` (M, > every position) int64 with unit column stride, ``out`` (M,) int64 (a
-        column of a block's tokens); a position outside the context or the window is a
-        ValueError, nothing written. The tokens of ``step`` and the same updates (tested).
-        Returns the (M, C) hidden states."""
+        column of a block's tokens); ``seeds`` (M,) contiguous int64 and ``temperature`` (M,)
+        contiguous float32; a position outside the context or the window is a ValueError,
+        nothing written. The tokens of ``step`` and the same updates (tested).
+
+        Returns the (M, C) hidden states in a buffer the next call reuses (copy them to keep
+        them). The engine calls this once a step: besides the C call it makes no tensor
+        operation, each of which would hand the interpreter lock to a server's HTTP thread and
+        wait to get it back."""
         M = tok.numel()
-        for t, name in ((tok, "tok"), (pos, "pos"), (steps, "steps")):
-            if t.dtype != torch.int64 or not t.is_contiguous() or t.numel() != M:
-                raise ValueError(f"{name} must be M contiguous int64 entries")
+        for t, name, dtype in ((tok, "tok", torch.int64), (pos, "pos", torch.int64), (steps, "steps", torch.int64),
+                               (seeds, "seeds", torch.int64), (temperature, "temperature", torch.float32)):
+            if t.dtype != dtype or not t.is_contiguous() or t.numel() != M:
+                raise ValueError(f"{name} must be M contiguous {str(dtype)[6:]} entries")
         if window.dtype != torch.int64 or window.dim() != 2 or window.size(0) != M or window.stride(1) != 1:
             raise ValueError("window must be (M, n) int64 with unit column stride")
         if out.dtype != torch.int64 or out.numel() != M:
             raise ValueError("out must be M int64 entries")
         if [p._version for p in self._weights] != self._versions:
             self._pack()
-        seeds = seeds.to(torch.int64).contiguous()
-        temperature = temperature.to(torch.float32).contiguous()
-        hidden = torch.empty(M, self.C, dtype=torch.float32)
+        if self._hidden is None or self._hidden.size(0) < M:
+            self._hidden = torch.empty(max(M, self.k[0].size(0)), self.C, dtype=torch.float32)
+        hidden = self._hidden[:M]
         failed = M and self.lib.decode_draw_slots(
             ctypes.addressof(self._params), len(self.k), self._wfmt, tok.data_ptr(), pos.data_ptr(), M, 0, self.C,
             self.heads, self.L, self.eps, hidden.data_ptr(), ctypes.addressof(self._head), seeds.data_ptr(),

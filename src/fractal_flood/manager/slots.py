@@ -127,6 +127,17 @@ class SlotManager:
         self.steps_run = 0  # decode steps (each over all active rows)
         self.row_steps = 0  # active rows summed over decode steps (/ steps_run: the mean batch)
         self.prefills = 0
+        # on a CPU, numpy views of the same memory for a row's bookkeeping (add, remove): a
+        # tensor assignment hands the interpreter lock over and waits to get it back, which in
+        # a server means waiting behind the HTTP thread (measured: most of the engine thread's
+        # waits at 32 clients, 2026-12-07); numpy keeps the lock for these small copies
+        self._host = None
+        if self.device.type == "cpu":
+            self._host = {name: t.numpy() for name, t in (
+                ("tok", self.tok), ("pos", self.pos), ("seeds", self.seeds), ("steps", self.steps),
+                ("window", self.window), ("temperature", self.rows.temperature), ("top_k", self.rows.top_k),
+                ("top_p", self.rows.top_p))}
+            self._host_rows = [t.numpy() for t in (*self.k, *self.v)] + list(self._host.values())
 
     @property
     def active(self) -> int:
@@ -144,15 +155,20 @@ class SlotManager:
         if not prompt:
             raise ValueError("prompt must hold at least one token")
         r = len(self.owner)
-        ids = torch.tensor(prompt[-self.context:], dtype=torch.long, device=self.device)
-        self._prefill(r, ids[:-1])
-        self.tok[r] = ids[-1]
-        self.pos[r] = self.host_pos[r] = ids.numel() - 1
-        self.seeds[r] = check_seed(seed)
-        self.steps[r] = 0
-        one = RowSampling.of([sampling], self.device)
-        self.rows.temperature[r], self.rows.top_k[r], self.rows.top_p[r] = (
-            one.temperature[0], one.top_k[0], one.top_p[0])
+        prompt = prompt[-self.context:]
+        self._prefill(r, torch.tensor(prompt[:-1], dtype=torch.long, device=self.device))
+        self.host_pos[r] = len(prompt) - 1
+        h = self._host
+        if h is not None:  # the values RowSampling.of gives, float32 rounded as it rounds them
+            h["tok"][r], h["pos"][r], h["seeds"][r], h["steps"][r] = prompt[-1], len(prompt) - 1, check_seed(seed), 0
+            h["temperature"][r] = sampling.temperature
+            h["top_k"][r] = sampling.top_k or 0
+            h["top_p"][r] = 1.0 if sampling.top_p is None else sampling.top_p
+        else:
+            self.tok[r], self.pos[r], self.seeds[r], self.steps[r] = prompt[-1], len(prompt) - 1, check_seed(seed), 0
+            one = RowSampling.of([sampling], self.device)
+            self.rows.temperature[r], self.rows.top_k[r], self.rows.top_p[r] = (
+                one.temperature[0], one.top_k[0], one.top_p[0])
         self.host_filters[r] = sampling.filters
         self.owner.append(owner)
         self._update_filters()
@@ -164,8 +180,9 @@ class SlotManager:
         r = self.owner.index(owner)
         last = len(self.owner) - 1
         if r != last:
-            for buf in (*self.k, *self.v, self.window, self.tok, self.pos, self.seeds, self.steps,
-                        self.rows.temperature, self.rows.top_k, self.rows.top_p):
+            for buf in (self._host_rows if self._host is not None else (
+                    *self.k, *self.v, self.window, self.tok, self.pos, self.seeds, self.steps,
+                    self.rows.temperature, self.rows.top_k, self.rows.top_p)):
                 buf[r] = buf[last]
             self.host_pos[r] = self.host_pos[last]
             self.host_filters[r] = self.host_filters[last]
@@ -236,7 +253,10 @@ class SlotManager:
         T = tokens.numel()
         if T == 0:
             return
-        self.window[r, :T] = tokens
+        if self._host is not None:
+            self._host["window"][r, :T] = tokens.numpy()
+        else:
+            self.window[r, :T] = tokens
         if self._native is not None:  # the compiled step's operations: a stream's row's bits
             self._native.prefill(tokens, r)
         else:
