@@ -1,8 +1,8 @@
 """``fractal-flood serve``: an OpenAI-compatible HTTP API over the batched engine.
 
 The engine runs rounds on its own thread; each HTTP request becomes an engine job whose
-blocks are handed to the request's coroutine through an ``asyncio.Queue``
-(``call_soon_threadsafe``). So a request that arrives while others run joins them at the
+blocks are handed to the request's coroutine through an ``asyncio.Queue`` (``handoff.py``:
+one wakeup of the event loop for all the blocks a round delivers). So a request that arrives while others run joins them at the
 next block boundary, a client that goes away cancels its job (its slot is freed at the next
 boundary), and a full queue is answered at once with 503 and ``Retry-After``.
 
@@ -21,6 +21,7 @@ import json
 import logging
 import time
 import uuid
+import weakref
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -38,6 +39,7 @@ from ..errors import FractalFloodError
 from ..generation.engine import Engine, Job, QueueFull
 from ..generation.request import DEFAULT_SERVE_BLOCK_ROOTS
 from ..render.result import chars_under
+from .handoff import Handoff
 from .openai_schema import (ApiError, ChatRequest, CompletionRequest, Limits, Parsed, from_chat, from_completion,
                             parse_json, validation_error)
 from .prometheus import ServerMetrics
@@ -225,15 +227,17 @@ def create_app(pipe, max_batch: int = 32, max_queue: int = 64, block_roots: int 
             raise ApiError(404, f"the model {parsed.model!r} does not exist; this server has {model_id!r}",
                            "model", "model_not_found")
 
+    handoffs: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # event loop -> its Handoff
+
     def submit(parsed: Parsed):
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
+        handoff = handoffs.get(loop)
+        if handoff is None:
+            handoff = handoffs[loop] = Handoff(loop)
 
         def post(item):
-            try:
-                loop.call_soon_threadsafe(queue.put_nowait, item)
-            except RuntimeError:  # the loop has closed: nobody is listening
-                pass
+            handoff.post(queue, item)
 
         try:
             job = engine.submit(parsed.request, lambda j, block: post(("block", block)),
