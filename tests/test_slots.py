@@ -195,3 +195,28 @@ def test_a_slot_row_is_a_stream_bit_for_bit_prefills_and_slides_included(prompt_
     last = int(slots.pos[1])  # the row's slots 0 .. last - 1 hold what the stream's hold
     for c, k, v in zip(m.kv_caches, slots.k, slots.v):
         assert torch.equal(k[1, :, :last], c.k[0, :, :last]) and torch.equal(v[1, :, :last], c.v[0, :, :last])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@torch.no_grad()
+def test_rows_leave_and_join_in_any_cache_dtype(dtype):
+    """add and remove keep the rows packed (the last active row moves into the freed one),
+    through numpy views where numpy holds the cache's dtype, through tensor ops where not
+    (bfloat16): the moved row's cache, window, token, position and settings with it."""
+    m = model(0, 4, 32)
+    s = SlotManager(m, 4, "cpu", dtype=dtype)
+    for i, prompt in enumerate(([1, 2, 3], [4, 5], [6, 7, 8, 9])):
+        s.add(i, prompt, SamplingConfig(0.5 + i / 10, top_k=3 if i == 1 else None), seed=10 + i)
+    s.generate(3)
+    last = [t[2].clone() for t in (*s.k, *s.v, s.window, s.tok, s.pos, s.seeds, s.steps,
+                                   s.rows.temperature, s.rows.top_k, s.rows.top_p)]
+    s.remove(0)
+    assert s.owner == [2, 1]
+    moved = [t[0] for t in (*s.k, *s.v, s.window, s.tok, s.pos, s.seeds, s.steps,
+                            s.rows.temperature, s.rows.top_k, s.rows.top_p)]
+    assert all(torch.equal(a, b) for a, b in zip(moved, last))
+    s.add(3, [11, 12], SamplingConfig(0.9), seed=3)
+    assert s.owner == [2, 1, 3] and int(s.tok[2]) == 12 and int(s.pos[2]) == 1
+    assert float(s.rows.temperature[2]) == torch.tensor(0.9, dtype=torch.float32).item()
+    assert int(s.rows.top_k[2]) == 0 and float(s.rows.top_p[2]) == 1.0 and int(s.seeds[2]) == 3
+    assert s.generate(2).shape == (3, 2)

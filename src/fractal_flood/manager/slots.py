@@ -132,7 +132,7 @@ class SlotManager:
         # a server means waiting behind the HTTP thread (measured: most of the engine thread's
         # waits at 32 clients, 2026-12-07); numpy keeps the lock for these small copies
         self._host = None
-        if self.device.type == "cpu":
+        if self.device.type == "cpu" and dtype in (torch.float32, torch.float16):  # numpy holds these
             self._host = {name: t.numpy() for name, t in (
                 ("tok", self.tok), ("pos", self.pos), ("seeds", self.seeds), ("steps", self.steps),
                 ("window", self.window), ("temperature", self.rows.temperature), ("top_k", self.rows.top_k),
