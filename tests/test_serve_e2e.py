@@ -188,3 +188,28 @@ def test_thirty_two_concurrent_clients_on_the_shipped_model_equal_each_alone(tmp
         alone = [one(seed) for seed in range(32)]
     assert len(set(together)) == 32  # 32 different texts: the check can fail
     assert [s for s in range(32) if together[s] != alone[s]] == []
+
+
+def test_load_test_alternates_the_served_level_with_ctranslate2(tmp_path):
+    """``--engines --rounds 2`` on the shipped model (its AR peer converted to CTranslate2):
+    the top level served and each compute type take turns, their order rotated, each round's
+    ratios and their medians printed, the served texts compared with their solo runs again;
+    ``--rounds`` without ``--engines`` is one clear line and a non-zero exit."""
+    pytest.importorskip("ctranslate2")
+    pytest.importorskip("transformers")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    script = os.path.join(root, "scripts", "load_test.py")
+    env = {**os.environ, "PYTHONPATH": os.path.join(root, "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    bad = subprocess.run([sys.executable, script, "--levels", "1,2", "--rounds", "2"], capture_output=True, text=True,
+                         timeout=120, env=env)
+    assert bad.returncode != 0 and bad.stderr.strip().splitlines() == [
+        "load_test: --rounds alternates the served level with CTranslate2: add --engines"]
+    run = subprocess.run([sys.executable, script, "--levels", "1,2", "--requests", "4", "--max-tokens", "4",
+                          "--server-threads", "1", "--engines", "--rounds", "2"],
+                         capture_output=True, text=True, timeout=600, env=env)
+    assert run.returncode == 0, run.stderr
+    out = run.stdout
+    assert "round 1 (served float32 int8): served " in out and "round 2 (float32 int8 served): served " in out
+    for ct in ("float32", "int8"):
+        assert f"served at 2 clients / CTranslate2 {ct} generate_batch (1 thread(s)): median " in out
+    assert "texts unequal to their solo run in these rounds: 0" in out
