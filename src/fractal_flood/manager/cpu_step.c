@@ -96,12 +96,13 @@ static inline __attribute__((always_inline)) void weigh_values(const float *scor
         }
 }
 
-/* Scores of keys 0..n-1 (rows of hd floats, hd a multiple of 16) against q:
-   lane_tree(lane_products(q, key, hd)) * scale each, into out[0..n-1]. With AVX-512, 16 keys
-   at a time: each key's 16 lane products as before, then lane_tree's additions for the 16
-   keys together by shuffles, in the same pairs (lane l + 8 into l, then + 4, + 2, + 1; a
-   float addition's operands commute, so only the pairs matter): the same bits as one key at
-   a time (tested, attention_scores_both), 45 vector operations instead of ~150 for a tree. */
+/* Scores of keys j0..j1-1 (rows of hd floats, hd a multiple of 16; j1 - j0 a multiple of 16)
+   against q: lane_tree(lane_products(q, key, hd)) * scale each, into out[j0..j1-1], 16 keys at
+   a time with AVX-512: each key's 16 lane products as one key at a time takes them, then
+   lane_tree's additions for the 16 keys together by shuffles, in the same pairs (lane l + 8
+   into l, then + 4, + 2, + 1; a float addition's operands commute, so only the pairs
+   matter): the same bits as one key at a time (tested, attention_scores_both), 45 vector
+   operations instead of ~150 for the trees. */
 #if defined(__AVX512F__)
 static inline __attribute__((always_inline)) void scores16(const float *q, const float *keys, int64_t j0, int64_t j1,
                                                            int64_t hd, float scale, float *out) {
@@ -131,15 +132,6 @@ static inline __attribute__((always_inline)) void scores16(const float *q, const
     }
 }
 #endif
-
-static void key_scores(const float *q, const float *keys, int64_t n, int64_t hd, float scale, float *out) {
-    int64_t j = 0;
-#if defined(__AVX512F__)
-    j = n / 16 * 16;
-    scores16(q, keys, 0, j, hd, scale, out);
-#endif
-    for (; j < n; j++) out[j] = lane_tree(lane_products(q, keys + j * hd, hd)) * scale;
-}
 
 static void attend_row(const float *q, const float *keys, const float *values, int64_t p, int64_t H,
                        int64_t hd, int64_t L, float scale, float *scores, float *totals, float *out) {
@@ -365,13 +357,19 @@ int decode_draw_steps(const int64_t *params, int64_t n_layers, int64_t wfmt, int
     return 0;
 }
 
-/* For the tests: the scores of n keys (rows of hd floats, hd a multiple of 16) against q by
-   key_scores into vec, and one key at a time by lane_tree's definition into scalar: the two
-   must agree bit for bit. */
+/* For the tests: the scores of n keys (rows of hd floats, hd a multiple of 16) against q as
+   attend_row takes them (scores16 over the whole blocks of 16, one key at a time after) into
+   vec, and one key at a time by lane_tree's definition into scalar: the two must agree bit
+   for bit. */
 void attention_scores_both(const float *q, const float *keys, int64_t n, int64_t hd, float scale, float *vec,
                            float *scalar) {
-    key_scores(q, keys, n, hd, scale, vec);
-    for (int64_t j = 0; j < n; j++) scalar[j] = lane_tree(lane_products(q, keys + j * hd, hd)) * scale;
+    int64_t j = 0;
+#if defined(__AVX512F__)
+    j = n / 16 * 16;
+    scores16(q, keys, 0, j, hd, scale, vec);
+#endif
+    for (; j < n; j++) vec[j] = lane_tree(lane_products(q, keys + j * hd, hd)) * scale;
+    for (j = 0; j < n; j++) scalar[j] = lane_tree(lane_products(q, keys + j * hd, hd)) * scale;
 }
 
 /* For the tests: e^x of n floats by the 16-lane path as the step takes it (whole blocks of

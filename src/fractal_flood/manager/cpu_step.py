@@ -265,7 +265,7 @@ class CpuStep:
         out = torch.empty(T, self.C, dtype=torch.float32)
         if T and self.lib.decode_prefill(ctypes.addressof(self._params), len(self.k), self._wfmt, tokens.data_ptr(),
                                          T, row, self.C, self.heads, self.L, self.eps, out.data_ptr()):
-            raise MemoryError("the compiled prefill could not allocate its buffers")
+            raise MemoryError("the compiled prefill could not allocate its buffers")  # (T > L: checked above)
         return out
 
     def step(self, tok: torch.Tensor, pos: torch.Tensor, seeds: torch.Tensor, steps: torch.Tensor,
