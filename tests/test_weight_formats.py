@@ -31,7 +31,7 @@ def model(classes=16, width=64, heads=4, seed=0):
 
 
 @pytest.mark.parametrize("fmt", REDUCED)
-@pytest.mark.parametrize("shape", [(384, 128), (64, 256), (70, 33)])
+@pytest.mark.parametrize("shape", [(384, 128), (64, 256), (70, 33), (167, 40)])
 def test_the_kernel_is_the_float32_kernel_over_the_dequantised_weights(fmt, shape):
     g = torch.Generator().manual_seed(shape[0])
     w, b = torch.randn(*shape, generator=g), torch.randn(shape[0], generator=g)
@@ -42,7 +42,8 @@ def test_the_kernel_is_the_float32_kernel_over_the_dequantised_weights(fmt, shap
     for bias in (None, b):
         full = rowwise_linear.stored_linear(x, wt, scale, bias)
         assert torch.equal(full, rowwise_linear.linear(x, deq, bias))
-        for rows in (1, 3, 4, 5):  # each row alone, as in any batch
+        for rows in (1, 2, 3, 4, 5):  # each row alone, as in any batch (bf16: 1-3 rows take the one-row
+            # tile of 128 outputs, then of 32, then the partial one; 167 outputs take all three)
             assert torch.equal(rowwise_linear.stored_linear(x[:rows], wt, scale, bias), full[:rows])
 
 
@@ -184,7 +185,7 @@ def test_the_build_without_native_instructions_gives_the_same_bits(tmp_path):
     lib = ctypes.CDLL(str(target))
     here = rowwise_linear.library()
     p = ctypes.c_void_p
-    for M, K, N in [(1, 128, 384), (4, 512, 128), (7, 128, 512), (3, 33, 70)]:
+    for M, K, N in [(1, 128, 384), (4, 512, 128), (7, 128, 512), (3, 33, 70), (2, 40, 167)]:
         g = torch.Generator().manual_seed(M * K)
         x, w, b = torch.randn(M, K, generator=g), torch.randn(N, K, generator=g), torch.randn(N, generator=g)
         for fmt, name in (("int8", "rowwise_linear_int8"), ("bf16", "rowwise_linear_bf16")):

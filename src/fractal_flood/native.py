@@ -73,6 +73,11 @@ def _compile(compiler: str, target: Path, flags: tuple, sources: Sequence[Path])
             os.unlink(tmp)
 
 
+def find_compiler() -> Optional[str]:
+    """The C compiler builds use: ``CC``, else ``cc``, else ``gcc``; None where there is none."""
+    return shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
+
+
 def build(name: str, sources: Sequence[Path], headers: Sequence[Path] = ()) -> Optional[ctypes.CDLL]:
     """The library of ``sources`` (``headers``: files they include, part of the key), built
     on first use; None where it cannot be built. One build per name and process."""
@@ -80,7 +85,7 @@ def build(name: str, sources: Sequence[Path], headers: Sequence[Path] = ()) -> O
         if name in _built:
             return _built[name]
         lib = None
-        compiler = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
+        compiler = find_compiler()
         if compiler is not None:
             text = b"".join(Path(p).read_bytes() for p in (*sources, *headers))
             for flags in (("-march=native", *FLAGS), FLAGS):  # some compilers lack -march=native
