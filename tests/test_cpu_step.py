@@ -239,6 +239,12 @@ def test_a_prefill_is_its_steps_one_position_at_a_time_bit_for_bit(weights):
     assert torch.equal(hidden, one_by_one)
     for a, c in zip(prefilled, (*k, *v)):
         assert torch.equal(a, c[2])
+    for c in (*k, *v):  # the caches alone (the last layer stops at its keys and values): the same bits
+        c.zero_()
+    assert step.prefill(tokens, row=2, hidden=False) is None
+    for a, c in zip(prefilled, (*k, *v)):
+        assert torch.equal(a, c[2])
+    assert all(c[[0, 1, 3]].abs().sum() == 0 for c in (*k, *v))
     if weights == "fp32":  # the eager prefill of the same tokens
         for c in (*k, *v):
             c.zero_()

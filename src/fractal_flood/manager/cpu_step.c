@@ -206,8 +206,11 @@ static void attend_row(const float *q, const float *keys, const float *values, i
 /* tok, pos (M,): each row's token and its position; row m's cache row is row0 + m * row_step.
    out (M, C): final hidden states. Rows are taken in order, each writing its key and value
    before it attends: with row_step 0 and positions 0..M-1 the rows are one cache row's
-   prompt, each attending to those before it (a prefill). Returns 0, or -1 when out of
-   memory. */
+   prompt, each attending to those before it (a prefill). out NULL: only the caches are
+   wanted (a prefill's hidden states feed nothing), so the last layer stops once its keys
+   and values are written: its attention, projection and MLP, a quarter of the products,
+   would only make the hidden states. The keys and values are the same bits either way.
+   Returns 0, or -1 when out of memory. */
 static int layers(const int64_t *params, int64_t n_layers, int64_t wfmt, const int64_t *tok, const int64_t *pos,
                   int64_t M, int64_t row0, int64_t row_step, int64_t C, int64_t n_heads, int64_t L, float eps,
                   float *out) {
@@ -239,6 +242,7 @@ static int layers(const int64_t *params, int64_t n_layers, int64_t wfmt, const i
 
         for (int64_t m = 0; m < M; m++) layer_norm(x + m * C, ln1w, ln1b, xn + m * C, C, eps, tmp);
         if ((failed = linear(wfmt, xn, attn_wt, attn_s, attn_w, attn_b, qkv, M, C, 3 * C)) != 0) break;
+        const int cache_only = !out && layer == n_layers - 1;
         for (int64_t m = 0; m < M; m++) {
             const int64_t r = row0 + m * row_step, at = pos[m];
             float *keys = kcache + r * n_heads * L * hd, *values = vcache + r * n_heads * L * hd;
@@ -246,9 +250,11 @@ static int layers(const int64_t *params, int64_t n_layers, int64_t wfmt, const i
                 memcpy(keys + (hh * L + at) * hd, qkv + m * 3 * C + C + hh * hd, sizeof(float) * hd);
                 memcpy(values + (hh * L + at) * hd, qkv + m * 3 * C + 2 * C + hh * hd, sizeof(float) * hd);
             }
-            attend_row(qkv + m * 3 * C, keys, values, at, n_heads, hd, L, scale, scores, scores + n_heads * L,
-                       att + m * C);
+            if (!cache_only)
+                attend_row(qkv + m * 3 * C, keys, values, at, n_heads, hd, L, scale, scores, scores + n_heads * L,
+                           att + m * C);
         }
+        if (cache_only) break;
         if ((failed = linear(wfmt, att, proj_wt, proj_s, proj_w, proj_b, y, M, C, C)) != 0) break;
         for (int64_t i = 0; i < M * C; i++) x[i] = x[i] + y[i];
         for (int64_t m = 0; m < M; m++) layer_norm(x + m * C, ln2w, ln2b, xn + m * C, C, eps, tmp);
@@ -262,7 +268,8 @@ static int layers(const int64_t *params, int64_t n_layers, int64_t wfmt, const i
         return -1;
     }
     const float *lnfw = (const float *)params[2], *lnfb = (const float *)params[3];
-    for (int64_t m = 0; m < M; m++) layer_norm(x + m * C, lnfw, lnfb, out + m * C, C, eps, tmp);
+    if (out)
+        for (int64_t m = 0; m < M; m++) layer_norm(x + m * C, lnfw, lnfb, out + m * C, C, eps, tmp);
     free(buf);
     return 0;
 }
@@ -275,9 +282,10 @@ int decode_step(const int64_t *params, int64_t n_layers, int64_t wfmt, const int
 }
 
 /* A prefill: tokens tok (T,) at positions 0..T-1 into cache row `row` (T <= L), each
-   attending to those before it; out (T, C) their final hidden states. The step's operations
-   position by position (a row of the batch each), so a prompt prefilled here in a stream's
-   row and in a slot's row writes the same cache bits. Returns 0, or -1 when out of memory. */
+   attending to those before it; out (T, C) their final hidden states, or NULL (the caches
+   only: layers' note). The step's operations position by position (a row of the batch
+   each), so a prompt prefilled here in a stream's row and in a slot's row writes the same
+   cache bits. Returns 0, or -1 when out of memory. */
 int decode_prefill(const int64_t *params, int64_t n_layers, int64_t wfmt, const int64_t *tok, int64_t T,
                    int64_t row, int64_t C, int64_t n_heads, int64_t L, float eps, float *out) {
     if (T > L) return -2;

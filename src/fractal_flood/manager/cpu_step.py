@@ -249,11 +249,13 @@ class CpuStep:
             raise MemoryError("the compiled decode step could not allocate its buffers")
         return out
 
-    def prefill(self, tokens: torch.Tensor, row: int = 0) -> torch.Tensor:
+    def prefill(self, tokens: torch.Tensor, row: int = 0, hidden: bool = True) -> Optional[torch.Tensor]:
         """Write ``tokens`` (T,) at positions 0 .. T-1 into cache row ``row``, each position
         attending to those before it, in one call: the step's operations position by position
         (so a prompt or a window slide prefilled in a stream's row and in a slot's row writes
-        the same cache bits). Returns the (T, C) final hidden states."""
+        the same cache bits). Returns the (T, C) final hidden states; with ``hidden=False``
+        None, and the last layer stops at its keys and values (the same cache bits, ~3/4 of
+        the products: what a prompt or a slide needs, whose hidden states feed nothing)."""
         if [p._version for p in self._weights] != self._versions:
             self._pack()
         tokens = tokens.to(torch.int64).contiguous().view(-1)
@@ -262,9 +264,10 @@ class CpuStep:
             raise ValueError(f"{T} tokens pass the context ({self.L})")
         if not 0 <= row < self.k[0].size(0):
             raise ValueError(f"cache row {row} outside 0 .. {self.k[0].size(0) - 1}")
-        out = torch.empty(T, self.C, dtype=torch.float32)
+        out = torch.empty(T, self.C, dtype=torch.float32) if hidden else None
         if T and self.lib.decode_prefill(ctypes.addressof(self._params), len(self.k), self._wfmt, tokens.data_ptr(),
-                                         T, row, self.C, self.heads, self.L, self.eps, out.data_ptr()):
+                                         T, row, self.C, self.heads, self.L, self.eps,
+                                         out.data_ptr() if hidden else None):
             raise MemoryError("the compiled prefill could not allocate its buffers")  # (T > L: checked above)
         return out
 

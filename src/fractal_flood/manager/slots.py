@@ -259,7 +259,7 @@ class SlotManager:
         else:
             self.window[r, :T] = tokens
         if self._native is not None:  # the compiled step's operations: a stream's row's bits
-            self._native.prefill(tokens, r)
+            self._native.prefill(tokens, r, hidden=False)
         else:
             pos = torch.arange(T, device=self.device)
             self._forward(tokens[None], pos[None], 1, row=r, last=T - 1)

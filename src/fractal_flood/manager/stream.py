@@ -189,7 +189,7 @@ class ARStream:
         self._window[:, :T] = tokens
         if self._native is not None:  # the compiled step's operations, position by position, a row a call
             for b in range(self.batch_size):
-                self._native.prefill(tokens[b], b)
+                self._native.prefill(tokens[b], b, hidden=False)
         else:
             self.model.hidden_cached(tokens, torch.arange(T, device=self.device))
         self.prefills += 1
