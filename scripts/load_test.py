@@ -61,11 +61,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def serve_block() -> int:
+    """serve's default roots per round (imported here only: the package imports torch)."""
+    from fractal_flood.generation.request import DEFAULT_SERVE_BLOCK_ROOTS
+    return DEFAULT_SERVE_BLOCK_ROOTS
+
+
 def start_server(args) -> tuple[subprocess.Popen, str]:
     port = free_port()
     cmd = [sys.executable, "-m", "fractal_flood", "serve", "--host", "127.0.0.1", "--port", str(port),
            "--device", args.device, "--max-batch", str(args.max_batch), "--max-queue", str(args.requests),
-           "--block", str(args.block), "--log-level", "warning"]
+           "--log-level", "warning"]
+    if args.block:  # default: serve's own block (DEFAULT_SERVE_BLOCK_ROOTS)
+        cmd += ["--block", str(args.block)]
     if args.model:
         cmd += ["--model", args.model]
     if args.server_threads:  # the server's torch threads; default: torch's
@@ -263,7 +271,8 @@ def main() -> int:
     p.add_argument("--model", help="model directory (default: the shipped model)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--max-batch", type=int, default=32)
-    p.add_argument("--block", type=int, default=32)
+    p.add_argument("--block", type=int, help="roots per round (serve --block; default: serve's own, "
+                   "DEFAULT_SERVE_BLOCK_ROOTS)")
     p.add_argument("--server-threads", type=int, help="the server's torch threads (serve --threads; "
                    "default: serve's own, half the cores on a CPU)")
     p.add_argument("--json", help="also write the results to this JSON file")
@@ -288,6 +297,8 @@ def main() -> int:
             sys.exit("load_test: --engines compares on the CPU only (--device cpu)")
     if args.rounds and not args.engines:
         sys.exit("load_test: --rounds alternates the served level with CTranslate2: add --engines")
+    if args.block is not None and args.block < 1:
+        sys.exit(f"load_test: --block {args.block}: roots per round must be at least 1")
     proc, base = start_server(args)
     tmp = tempfile.TemporaryDirectory(prefix="fractal-flood-ct2-")
     engines, alternated = None, []
@@ -315,7 +326,7 @@ def main() -> int:
         proc.wait(30)
     date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     print(f"Load test: {args.requests} requests per level x {args.max_tokens} roots (temperature 0.8), "
-          f"server --max-batch {args.max_batch} --block {args.block} on {args.device}"
+          f"server --max-batch {args.max_batch} --block {args.block or serve_block()} on {args.device}"
           f"{f' with {args.server_threads} torch thread(s)' if args.server_threads else ''}; "
           f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, {date}")
     print("| clients | requests | seconds | requests/s | tokens/s | roots/s | chars/s | p50 latency (s) | "
