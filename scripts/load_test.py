@@ -74,6 +74,8 @@ def start_server(args) -> tuple[subprocess.Popen, str]:
            "--log-level", "warning"]
     if args.block:  # default: serve's own block (DEFAULT_SERVE_BLOCK_ROOTS)
         cmd += ["--block", str(args.block)]
+    if args.engine:  # default: serve's own (a process of its own)
+        cmd += ["--engine", args.engine]
     if args.model:
         cmd += ["--model", args.model]
     if args.server_threads:  # the server's torch threads; default: torch's
@@ -273,6 +275,7 @@ def main() -> int:
     p.add_argument("--max-batch", type=int, default=32)
     p.add_argument("--block", type=int, help="roots per round (serve --block; default: serve's own, "
                    "DEFAULT_SERVE_BLOCK_ROOTS)")
+    p.add_argument("--engine", choices=("process", "thread"), help="serve --engine (default: serve's own)")
     p.add_argument("--server-threads", type=int, help="the server's torch threads (serve --threads; "
                    "default: serve's own, half the cores on a CPU)")
     p.add_argument("--json", help="also write the results to this JSON file")
@@ -326,7 +329,8 @@ def main() -> int:
         proc.wait(30)
     date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     print(f"Load test: {args.requests} requests per level x {args.max_tokens} roots (temperature 0.8), "
-          f"server --max-batch {args.max_batch} --block {args.block or serve_block()} on {args.device}"
+          f"server --max-batch {args.max_batch} --block {args.block or serve_block()}"
+          f"{f' --engine {args.engine}' if args.engine else ''} on {args.device}"
           f"{f' with {args.server_threads} torch thread(s)' if args.server_threads else ''}; "
           f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, {date}")
     print("| clients | requests | seconds | requests/s | tokens/s | roots/s | chars/s | p50 latency (s) | "

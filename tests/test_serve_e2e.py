@@ -38,7 +38,7 @@ def server(tiny_model_dir, server_log):
     log = server_log
     with serve(["--model", str(tiny_model_dir), "--device", "cpu", "--max-batch", "16", "--block", str(BLOCK),
                 "--log-level", "warning", "--threads", "1"], log, dict(os.environ), STARTUP_S) as base:
-        assert "1 torch thread(s)" in log.read_text()  # --threads reached torch
+        assert "1 torch thread(s), the engine on a process of its own" in log.read_text()  # --threads reached it
         yield base
 
 
@@ -90,6 +90,18 @@ def test_sixteen_concurrent_clients(client, pipe):
         texts = list(pool.map(one, range(16)))
     for seed, text in enumerate(texts):
         assert text == solo(pipe, "KING", 10 + seed, seed, 0.9), seed
+
+
+def test_the_engine_on_a_thread_serves_the_same_text(tiny_model_dir, pipe, tmp_path):
+    """``serve --engine thread`` (the engine on a thread of the server's process, as before
+    the engine had a process of its own): the same text for the same request."""
+    log = tmp_path / "serve.log"
+    with serve(["--model", str(tiny_model_dir), "--device", "cpu", "--block", str(BLOCK), "--engine", "thread",
+                "--log-level", "warning", "--threads", "1"], log, dict(os.environ), STARTUP_S) as base:
+        assert "the engine on a thread" in log.read_text()
+        c = openai.OpenAI(base_url=base + "/v1", api_key="unused", max_retries=0, timeout=120)
+        r = c.completions.create(model="fractal-flood", prompt="ROMEO:\n", max_tokens=20, seed=11, temperature=0.8)
+        assert r.choices[0].text == solo(pipe, "ROMEO:\n", 20, 11, 0.8)
 
 
 def test_bad_request_then_still_serving(client):

@@ -40,6 +40,10 @@ def add_arguments(v) -> None:
                    help="torch intra-op threads (default on a CPU: half the cores, at least 1; the "
                         "HTTP loop and the engine's Python need the rest: on 2 cores one thread "
                         "beat two at every load, docs/log/notebook.md 'Serving'; on a GPU: torch's)")
+    v.add_argument("--engine", default="process", choices=("process", "thread"),
+                   help="where the engine runs rounds: a process of its own (the default: HTTP work never "
+                        "waits on it) or a thread of the server's process (one process; the engine and "
+                        "the HTTP loop take turns at the interpreter lock)")
     v.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
 
 
@@ -96,17 +100,30 @@ def _serve(args, sock: socket.socket, uvicorn) -> int:
     from ..generation.pipeline import load_pipeline
     from ..serve.app import create_app
     from ..serve.openai_schema import Limits
-    pipe = load_pipeline(args.model, args.device, args.dtype, args.decoder)
-    threads = args.threads if args.threads is not None else default_threads(pipe.device)
-    if threads is not None:
-        torch.set_num_threads(threads)
+    from ..device import resolve_device, resolve_dtype
+    from ..serve.engine_process import EngineProcess
+    device = resolve_device(args.device)
+    resolve_dtype(args.dtype, device)  # a bad one is one line here, not the engine process's failure
+    threads = args.threads if args.threads is not None else default_threads(device)
+    engine = None
+    if args.engine == "process":  # this process validates requests and speaks HTTP: the CPU model will do
+        pipe = load_pipeline(args.model, "cpu", "auto", args.decoder)
+        torch.set_num_threads(1)
+        engine = EngineProcess(pipe, {"model": args.model, "device": args.device, "dtype": args.dtype,
+                                      "decoder": args.decoder, "threads": threads, "max_batch": args.max_batch,
+                                      "block_roots": args.block, "max_queue": args.max_queue})
+    else:
+        pipe = load_pipeline(args.model, args.device, args.dtype, args.decoder)
+        if threads is not None:
+            torch.set_num_threads(threads)
     limits = Limits(max_tokens=args.max_tokens_limit)
     app = create_app(pipe, args.max_batch, args.max_queue, args.block, limits, args.model_name,
-                     Path(args.bench_json) if args.bench_json else None)
+                     Path(args.bench_json) if args.bench_json else None, engine)
     port = sock.getsockname()[1]  # --port 0: the one the system chose
-    print(f"fractal-flood serve: {args.model or 'shipped model'} on {pipe.device}, "
+    print(f"fractal-flood serve: {args.model or 'shipped model'} on {device}, "
           f"http://{args.host}:{port}/ ({args.max_batch} slots, queue {args.max_queue}, "
-          f"{torch.get_num_threads()} torch thread(s))",
+          f"{threads if threads is not None else torch.get_num_threads()} torch thread(s), "
+          f"the engine on {'a process of its own' if args.engine == 'process' else 'a thread'})",
           file=sys.stderr, flush=True)
     server = uvicorn.Server(uvicorn.Config(app, log_level=args.log_level))
     try:

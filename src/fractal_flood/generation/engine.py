@@ -122,6 +122,20 @@ class Job:
             self.on_done(self)
 
 
+def prepared(pipe, request: GenerationRequest) -> tuple:
+    """``request`` validated (unknown characters, numbers, decoder: a FractalFloodError names
+    the first), with its prompt's ids and its decoder: (request, prompt_ids, decoder)."""
+    request = request.validated()
+    pipe.tokenizer.check_text(request.prompt)
+    for s in request.stop:
+        pipe.tokenizer.check_text(s)
+    try:
+        decoder = pipe.decoder_for(request.seed, request.renderer.decoder, request.renderer.options)
+    except ValueError as e:
+        raise FractalFloodError(str(e)) from None
+    return request, pipe.prompt_ids(request.prompt), decoder
+
+
 class QueueFull(FractalFloodError):
     """More requests waiting than the engine accepts (a server answers 503)."""
 
@@ -153,22 +167,22 @@ class Engine:
 
     def prepare(self, request: GenerationRequest, on_block=None, on_done=None) -> Job:
         """Validate ``request`` (unknown characters, numbers, decoder) and make its job."""
-        request = request.validated()
-        self.pipe.tokenizer.check_text(request.prompt)
-        for s in request.stop:
-            self.pipe.tokenizer.check_text(s)
-        decoder = self._decoder(request)
-        return Job(request, self.pipe.prompt_ids(request.prompt), decoder, on_block, on_done)
+        request, prompt_ids, decoder = prepared(self.pipe, request)
+        return Job(request, prompt_ids, decoder, on_block, on_done)
 
     def submit(self, request: GenerationRequest, on_block=None, on_done=None) -> Job:
         job = self.prepare(request, on_block, on_done)
+        self.enqueue(job)
+        return job
+
+    def enqueue(self, job: Job) -> None:
+        """Queue a prepared job (QueueFull when the queue is full)."""
         with self._lock:
             # free slots take waiting requests at the next boundary: they do not count
             if len(self._waiting) >= self.max_queue + self.slots.free:
                 raise QueueFull(f"the queue is full ({self.max_queue} waiting); retry shortly")
             self._waiting.append(job)
             self._lock.notify_all()
-        return job
 
     @property
     def queued(self) -> int:
@@ -178,11 +192,15 @@ class Engine:
     def active(self) -> int:
         return self.slots.active
 
-    def _decoder(self, request: GenerationRequest):
-        try:
-            return self.pipe.decoder_for(request.seed, request.renderer.decoder, request.renderer.options)
-        except ValueError as e:
-            raise FractalFloodError(str(e)) from None
+    @property
+    def steps_run(self) -> int:
+        """Batched manager steps run (each over every active row)."""
+        return self.slots.steps_run
+
+    @property
+    def row_steps(self) -> int:
+        """Rows in those steps, summed."""
+        return self.slots.row_steps
 
     # ---- rounds ---------------------------------------------------------------------------
 

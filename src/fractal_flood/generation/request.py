@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 import secrets
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from numbers import Integral
 from typing import Optional
 
@@ -122,6 +122,20 @@ class GenerationRequest:
         if self.roots is not None:
             return int(self.roots)
         return int(self.max_chars) if self.max_chars is not None else DEFAULT_ROOTS
+
+    def to_dict(self) -> dict:
+        """This request as plain values (JSON's), which ``from_dict`` turns back into it."""
+        m, r = self.manager, self.renderer
+        return {"prompt": self.prompt, "roots": self.roots, "max_chars": self.max_chars, "stop": list(self.stop),
+                "seed": self.seed, "manager": asdict(m),
+                "renderer": {"decoder": r.decoder, "options": None if r.options is None else asdict(r.options)}}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "GenerationRequest":
+        r = d["renderer"]
+        options = None if r["options"] is None else DecodeOptions(**r["options"])
+        return cls(d["prompt"], d["roots"], d["max_chars"], tuple(d["stop"]), d["seed"], SamplingConfig(**d["manager"]),
+                   RendererSettings(r["decoder"], options))
 
     # read-only names the engine's requests had before
     @property

@@ -1,2 +1,3 @@
-"""The HTTP server: the FastAPI app (``app.py``), the OpenAI request schema, the Prometheus
-metrics, and the browser playground (``static/``)."""
+"""The HTTP server: the FastAPI app (``app.py``), the engine in a process of its own
+(``engine_process.py``), the OpenAI request schema, the Prometheus metrics, and the browser
+playground (``static/``)."""

@@ -39,6 +39,7 @@ from ..errors import FractalFloodError
 from ..generation.engine import Engine, Job, QueueFull
 from ..generation.request import DEFAULT_SERVE_BLOCK_ROOTS
 from ..render.result import chars_under
+from .engine_process import EngineUnavailable
 from .handoff import Handoff
 from .openai_schema import (ApiError, ChatRequest, CompletionRequest, Limits, Parsed, from_chat, from_completion,
                             parse_json, validation_error)
@@ -158,9 +159,14 @@ def block_event(block) -> dict:
 
 def create_app(pipe, max_batch: int = 32, max_queue: int = 64, block_roots: int = DEFAULT_SERVE_BLOCK_ROOTS,
                limits: Optional[Limits] = None, model_id: str = "fractal-flood",
-               bench_json: Optional[Path] = None) -> FastAPI:
+               bench_json: Optional[Path] = None, engine=None) -> FastAPI:
+    """The app over ``engine``: by default an ``Engine`` on a thread of this process (over
+    ``pipe``, with ``max_batch``, ``block_roots``, ``max_queue``); ``fractal-flood serve``
+    passes an ``engine_process.EngineProcess`` (the engine in a process of its own) built
+    with the same settings."""
     limits = limits or Limits()
-    engine = Engine(pipe, max_batch=max_batch, block_roots=block_roots, max_queue=max_queue)
+    if engine is None:
+        engine = Engine(pipe, max_batch=max_batch, block_roots=block_roots, max_queue=max_queue)
     metrics = ServerMetrics()
     created = int(time.time())
     alphabet = pipe.tokenizer.alphabet
@@ -210,8 +216,10 @@ def create_app(pipe, max_batch: int = 32, max_queue: int = 64, block_roots: int 
 
     @app.get("/health")
     async def health():
+        if not getattr(engine, "alive", True):  # the engine's process has exited
+            return JSONResponse({"status": "engine stopped", "model": model_id}, status_code=503)
         return {"status": "ok", "model": model_id, "active": engine.active, "queued": engine.queued,
-                "slots": max_batch}
+                "slots": engine.max_batch}
 
     @app.get("/v1/models")
     async def models():
@@ -245,6 +253,8 @@ def create_app(pipe, max_batch: int = 32, max_queue: int = 64, block_roots: int 
         except QueueFull as e:
             raise ApiError(503, str(e), kind="server_error", code="queue_full",
                            headers={"Retry-After": str(RETRY_AFTER_S)}) from None
+        except EngineUnavailable as e:
+            raise ApiError(503, str(e), kind="server_error", code="engine_unavailable") from None
         except FractalFloodError as e:
             raise ApiError(400, str(e), code="invalid_request") from None
         return job, queue

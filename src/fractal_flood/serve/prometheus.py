@@ -12,7 +12,8 @@ LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 
 
 class EngineCollector:
-    """The engine's (``generation.engine.Engine``) gauges and work counters, at scrape time."""
+    """The engine's (``generation.engine.Engine``, or ``engine_process.EngineProcess``'s last
+    report of it) gauges and work counters, at scrape time."""
 
     def __init__(self, engine):
         self.engine = engine
@@ -28,8 +29,8 @@ class EngineCollector:
                 ("engine_busy_seconds", e.busy_s, "Seconds the engine spent in rounds."),
                 ("engine_flood_seconds", e.flood_s,
                  "Of those, seconds in renders (the rest: the manager's steps and bookkeeping)."),
-                ("manager_steps", e.slots.steps_run, "Batched manager decode steps."),
-                ("manager_row_steps", e.slots.row_steps,
+                ("manager_steps", e.steps_run, "Batched manager decode steps."),
+                ("manager_row_steps", e.row_steps,
                  "Rows in those steps, summed (divided by manager_steps: the mean batch).")):
             yield CounterMetricFamily(f"fractal_flood_{name}", text, value=value)
 
