@@ -125,6 +125,7 @@ class EngineProcess:
             proc.wait()
         if self._reader is not None:
             self._reader.join(30)
+        proc.stdout.close()
         self._ready.clear()
 
     def submit(self, request: GenerationRequest, on_block=None, on_done=None) -> RemoteJob:
