@@ -14,7 +14,8 @@ are a FractalFloodError, a full queue a QueueFull), jobs with ``cancel`` and ``d
 counters /metrics reports, ``start`` and ``stop``. The parent and the child talk over the
 child's standard input and output, one JSON object a line (no pickle):
 
-- to the child: ``{"op": "submit", "id", "request"}`` (``GenerationRequest.to_dict``),
+- to the child: ``{"op": "submit", "id", "request", "prompt_ids"}`` (``GenerationRequest.to_dict``,
+  validated here, and its prompt's ids),
   ``{"op": "cancel", "id"}``; the end of its input stops it;
 - from the child: ``{"op": "ready"}`` once its model is loaded, ``{"op": "block", "id", ...}``
   per block, ``{"op": "done", "id", ...}`` per finished request, ``{"op": "stats", ...}``
@@ -140,7 +141,7 @@ class EngineProcess:
             self._next += 1
             job = RemoteJob(self, self._next, request, prompt_ids, on_block, on_done)
             self._jobs[job.id] = job
-            self._write({"op": "submit", "id": job.id, "request": request.to_dict()})
+            self._write({"op": "submit", "id": job.id, "request": request.to_dict(), "prompt_ids": prompt_ids})
         return job
 
     @property
@@ -246,7 +247,7 @@ def child_environment() -> dict:
 def _child(settings: dict) -> int:
     import torch
 
-    from ..generation.engine import Engine
+    from ..generation.engine import Engine, Job
     from ..generation.pipeline import load_pipeline
 
     out = os.fdopen(os.dup(1), "wb", buffering=0)  # the messages' channel
@@ -293,9 +294,12 @@ def _child(settings: dict) -> int:
             if msg["op"] == "submit":
                 ident = msg["id"]
                 try:
-                    job = engine.prepare(GenerationRequest.from_dict(msg["request"]),
-                                         lambda j, block, ident=ident: on_block(ident, block),
-                                         lambda j, ident=ident: on_done(ident, j))
+                    # validated and encoded by the parent (the same code): no tokenizer here, whose
+                    # thread pool would take turns with the engine's thread
+                    request = GenerationRequest.from_dict(msg["request"])
+                    decoder = pipe.decoder_for(request.seed, request.renderer.decoder, request.renderer.options)
+                    job = Job(request, msg["prompt_ids"], decoder, lambda j, block, ident=ident: on_block(ident, block),
+                              lambda j, ident=ident: on_done(ident, j))
                     jobs[ident] = job
                     engine.enqueue(job)
                 except (FractalFloodError, ValueError, TypeError) as e:  # the parent validated it: unexpected
