@@ -99,8 +99,11 @@ FULL = Sizes(name="full", roots=(64, 256, 1024, 4096, 16384, 65536), seq_roots=(
              repeats=3, row_budget_s=12.0, sweep_deadline_s=150.0, quality_windows=32, heldout_windows=64,
              small_warmup=False)
 # A CPU full run: same kinds of rows, batched sizes a 2-core machine finishes, so the
-# render sweeps (run last) still get their share of the time.
-CPU_FULL = replace(FULL, name="full-cpu", batch=(4, 16), roots_per_request=32, peer_batch=(4, 16, 64),
+# render sweeps (run last) still get their share of the time. A batched request writes 64
+# roots, ~118 tokens, beside the peer's 128 (32 roots until 2026-12-07: a quarter of the
+# peer's work a request, where a round's fixed costs, the render call's and the prefills',
+# weighed four times as much on ours).
+CPU_FULL = replace(FULL, name="full-cpu", batch=(4, 16), roots_per_request=64, peer_batch=(4, 16, 64),
                    sweep_deadline_s=240.0)
 QUICK = Sizes(name="quick", roots=(4, 16), seq_roots=(4,), ks=(1, 4, 16), e2e_roots=24,
               batch=(4,), roots_per_request=8, peer_tokens=32, peer_batch=(4,), peer_tokens_batched=8,

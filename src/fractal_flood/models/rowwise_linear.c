@@ -165,7 +165,13 @@ static inline __attribute__((always_inline)) void fp32_wtile(const float *restri
     for (int64_t k = 0; k < K; k++) {
         const float *w = wt + k * N;
         __m512 wk[WNV];
-        for (int v = 0; v < WNV; v++) wk[v] = _mm512_loadu_ps(w + v * VL);
+        for (int v = 0; v < WNV; v++) {
+            wk[v] = _mm512_loadu_ps(w + v * VL);
+            /* a register, not a memory operand: for 4 rows or fewer GCC folded the load into
+               every row's fused multiply-add, one load a product, and the tile ran at half the
+               rate of 5 rows (throwaway microbenchmark, 2026-12-07, indicative) */
+            __asm__("" : "+v"(wk[v]));
+        }
         for (int r = 0; r < rows; r++) {
             const __m512 xv = _mm512_set1_ps(x[r * K + k]);
             for (int v = 0; v < WNV; v++) acc[r][v] = _mm512_fmadd_ps(xv, wk[v], acc[r][v]);
