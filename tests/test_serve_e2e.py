@@ -219,12 +219,15 @@ def test_load_test_alternates_the_served_level_with_ctranslate2(tmp_path):
     bad = subprocess.run([sys.executable, script, "--block", "0"], capture_output=True, text=True, timeout=120, env=env)
     assert bad.returncode != 0 and bad.stderr.strip().splitlines() == [
         "load_test: --block 0: roots per round must be at least 1"]
+    # --engine thread: one server process fewer beside the script's two CTranslate2 models
+    # (the suite's memory peak is this test's); the engine's own process is the other
+    # end-to-end tests' server and tests/test_engine_process.py's
     run = subprocess.run([sys.executable, script, "--levels", "1,2", "--requests", "4", "--max-tokens", "4",
-                          "--server-threads", "1", "--engines", "--rounds", "2"],
+                          "--server-threads", "1", "--engines", "--rounds", "2", "--engine", "thread"],
                          capture_output=True, text=True, timeout=600, env=env)
     assert run.returncode == 0, run.stderr
     out = run.stdout
-    assert "server --max-batch 32 --block 64 on cpu" in out  # serve's own block when none is given
+    assert "server --max-batch 32 --block 64 --engine thread on cpu" in out  # serve's own block when none is given
     assert "round 1 (served float32 int8): served " in out and "round 2 (float32 int8 served): served " in out
     for ct in ("float32", "int8"):
         assert f"served at 2 clients / CTranslate2 {ct} generate_batch (1 thread(s)): median " in out
