@@ -89,7 +89,9 @@ class EngineProcess:
         self.max_batch, self.max_queue = settings["max_batch"], settings["max_queue"]
         self._proc: Optional[subprocess.Popen] = None
         self._jobs: dict = {}  # id -> RemoteJob, submitted and not done
-        self._lock = threading.Lock()  # _jobs and the child's input
+        self._lock = threading.Lock()  # _jobs, _next, _gone
+        self._write_lock = threading.Lock()  # the child's input (never held with _lock: a write
+        # that waits for a full pipe never keeps the reader from finishing a job)
         self._next = 0
         self._reader: Optional[threading.Thread] = None
         self._ready = threading.Event()
@@ -115,10 +117,11 @@ class EngineProcess:
         proc, self._proc = self._proc, None
         if proc is None:
             return
-        try:
-            proc.stdin.close()  # the child stops at the end of its input
-        except OSError:
-            pass
+        with self._write_lock:
+            try:
+                proc.stdin.close()  # the child stops at the end of its input
+            except OSError:
+                pass
         try:
             proc.wait(30)
         except subprocess.TimeoutExpired:
@@ -140,8 +143,8 @@ class EngineProcess:
                 raise QueueFull(f"the queue is full ({self.max_queue} waiting); retry shortly")
             self._next += 1
             job = RemoteJob(self, self._next, request, prompt_ids, on_block, on_done)
-            self._jobs[job.id] = job
-            self._write({"op": "submit", "id": job.id, "request": request.to_dict(), "prompt_ids": prompt_ids})
+            self._jobs[job.id] = job  # from here the reader fails it if the child ends
+        self._send({"op": "submit", "id": job.id, "request": request.to_dict(), "prompt_ids": prompt_ids})
         return job
 
     @property
@@ -180,17 +183,16 @@ class EngineProcess:
     # ---- the pipes ----------------------------------------------------------------------------
 
     def _send(self, msg: dict) -> None:
-        with self._lock:
-            self._write(msg)
-
-    def _write(self, msg: dict) -> None:  # under _lock
-        if self._proc is None or self._gone is not None:
-            return
-        try:
-            self._proc.stdin.write((json.dumps(msg) + "\n").encode())
-            self._proc.stdin.flush()
-        except OSError:  # the child is gone: the reader fails its jobs
-            pass
+        data = (json.dumps(msg) + "\n").encode()
+        with self._write_lock:
+            proc = self._proc
+            if proc is None or self._gone is not None:
+                return
+            try:
+                proc.stdin.write(data)
+                proc.stdin.flush()
+            except (OSError, ValueError):  # the child is gone (or stop() closed its input): the
+                pass  # reader fails its jobs
 
     def _read(self) -> None:
         proc = self._proc
