@@ -35,6 +35,7 @@ import os
 import subprocess
 import sys
 import threading
+from dataclasses import fields
 from typing import Callable, Optional
 
 from ..errors import FractalFloodError
@@ -75,6 +76,23 @@ class RemoteJob:
         self.done.set()
         if self.on_done is not None:
             self.on_done(self)
+
+
+def _reported(name: str) -> property:
+    """A counter of the child's engine, as its last stats message gave it."""
+    return property(lambda self: self._stats[name])
+
+
+def failed(request: Optional[GenerationRequest]) -> Completion:
+    """The completion of a request that failed before any text."""
+    return Completion(request, "", [], "error", 0, 0, 0.0, 0.0, 0.0)
+
+
+def done_message(ident: int, completion: Completion, error: Optional[str]) -> dict:
+    """A finished request as the child sends it: the completion's fields but its request (the
+    parent holds that), and what failed, if anything."""
+    return {"op": "done", "id": ident, "error": error,
+            **{f.name: getattr(completion, f.name) for f in fields(Completion) if f.name != "request"}}
 
 
 class EngineProcess:
@@ -147,38 +165,18 @@ class EngineProcess:
         self._send({"op": "submit", "id": job.id, "request": request.to_dict(), "prompt_ids": prompt_ids})
         return job
 
-    @property
-    def queued(self) -> int:
-        return self._stats["queued"]
-
-    @property
-    def active(self) -> int:
-        return self._stats["active"]
+    # what /health and /metrics report: the child's report after its last round or request
+    queued = _reported("queued")
+    active = _reported("active")
+    rounds = _reported("rounds")
+    busy_s = _reported("busy_s")
+    flood_s = _reported("flood_s")
+    steps_run = _reported("steps_run")
+    row_steps = _reported("row_steps")
 
     @property
     def alive(self) -> bool:
         return self._proc is not None and self._gone is None
-
-    # the counters /metrics reports: the child's report after its last round
-    @property
-    def rounds(self) -> int:
-        return self._stats["rounds"]
-
-    @property
-    def busy_s(self) -> float:
-        return self._stats["busy_s"]
-
-    @property
-    def flood_s(self) -> float:
-        return self._stats["flood_s"]
-
-    @property
-    def steps_run(self) -> int:
-        return self._stats["steps_run"]
-
-    @property
-    def row_steps(self) -> int:
-        return self._stats["row_steps"]
 
     # ---- the pipes ----------------------------------------------------------------------------
 
@@ -230,8 +228,7 @@ class EngineProcess:
             jobs, self._jobs = list(self._jobs.values()), {}
         self._ready.set()  # wakes a start() still waiting
         for job in jobs:  # nobody else will finish them
-            job._finish(Completion(job.request, "", [], "error", 0, 0, 0.0, 0.0, 0.0),
-                        EngineError(f"the engine's process ended: {self._gone}"))
+            job._finish(failed(job.request), EngineError(f"the engine's process ended: {self._gone}"))
 
 
 def child_environment() -> dict:
@@ -280,11 +277,8 @@ def _child(settings: dict) -> int:
 
     def on_done(ident: int, job) -> None:
         jobs.pop(ident, None)
-        c = job.completion
         error = None if job.error is None else f"{type(job.error).__name__}: {job.error}"
-        send({"op": "done", "id": ident, "text": c.text, "root_ids": c.root_ids,
-              "finish_reason": c.finish_reason, "blocks": c.blocks, "chunks": c.chunks, "manager_s": c.manager_s,
-              "flood_s": c.flood_s, "seconds": c.seconds, "error": error})
+        send(done_message(ident, job.completion, error))
         stats()  # its slot is free now (a round may not follow: an idle engine ends none)
 
     engine.on_round = stats
@@ -306,9 +300,7 @@ def _child(settings: dict) -> int:
                     engine.enqueue(job)
                 except (FractalFloodError, ValueError, TypeError) as e:  # the parent validated it: unexpected
                     jobs.pop(ident, None)
-                    send({"op": "done", "id": ident, "text": "", "root_ids": [], "finish_reason": "error",
-                          "blocks": 0, "chunks": 0, "manager_s": 0.0, "flood_s": 0.0, "seconds": 0.0,
-                          "error": f"{type(e).__name__}: {e}"})
+                    send(done_message(ident, failed(None), f"{type(e).__name__}: {e}"))
             elif msg["op"] == "cancel" and msg["id"] in jobs:
                 jobs[msg["id"]].cancel()
     finally:
